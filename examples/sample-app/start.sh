@@ -1,0 +1,8 @@
+mode=$(/bin/busybox cat /mode)
+version=$(/bin/busybox cat /www/version.txt)
+if [ "$mode" = "crash" ]; then
+    echo "fatal: sample app $version refuses to start (MODE=crash)" >&2
+    exit 3
+fi
+echo "sample app $version starting on :8080 (mode $mode, slot ${ZDAGENT_SLOT:-?})"
+exec /bin/busybox httpd -f -p 8080 -h /www

@@ -1,0 +1,275 @@
+"""Shared fixtures: real Docker, real Nginx, test images built once per session.
+
+Under CI=true a missing Docker engine or Nginx fails the integration tests; elsewhere they
+skip with the reason. Every container a test creates belongs to an app named ``zdt-…`` and is
+swept at the start and end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_APP = ROOT / "examples" / "sample-app"
+IMAGE_REPO = "zdtest"
+TEST_PREFIX = "zdt-"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(ok: bool, what: str) -> None:
+    """Skip locally, fail under CI: a missing dependency must never hide a test in CI."""
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is required under CI=true", pytrace=False)
+    pytest.skip(what)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- Docker ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def docker_client():
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as e:  # any failure to reach the engine
+        require(False, f"a Docker engine ({e})")
+    _sweep(client)
+    yield client
+    _sweep(client)
+    client.close()
+
+
+def _sweep(client) -> None:
+    for c in client.containers.list(all=True, filters={"label": "zdagent.app"}):
+        if c.labels.get("zdagent.app", "").startswith(TEST_PREFIX):
+            c.remove(force=True)
+
+
+def make_context(dest: Path) -> Path:
+    """A build context of the sample app with Debian's static busybox copied in."""
+    busybox = shutil.which("busybox")
+    require(busybox is not None, "busybox-static (apt-get install busybox-static)")
+    shutil.copytree(SAMPLE_APP, dest, dirs_exist_ok=True)
+    shutil.copy2(str(busybox), dest / "busybox")
+    return dest
+
+
+def build_image(client, context: Path, tag: str, **args: str) -> str:
+    for chunk in client.api.build(path=str(context), tag=tag, buildargs=args, rm=True,
+                                  decode=True):
+        if "error" in chunk:
+            raise RuntimeError(f"building {tag}: {chunk['error']}")
+    return str(client.images.get(tag).id)
+
+
+@pytest.fixture(scope="session")
+def images(docker_client, tmp_path_factory) -> dict[str, str]:
+    """zdtest:v1..v3 healthy, plus :fail (health 500), :crash, :slow; built once."""
+    ctx = make_context(tmp_path_factory.mktemp("ctx") / "app")
+    specs = {"v1": "ok", "v2": "ok", "v3": "ok", "fail": "fail", "crash": "crash",
+             "slow": "slow"}
+    return {tag: build_image(docker_client, ctx, f"{IMAGE_REPO}:{tag}", ZDAGENT_VERSION=tag,
+                             MODE=mode)
+            for tag, mode in specs.items()}
+
+
+# --- Nginx ----------------------------------------------------------------------------------
+
+NGINX_CONF = """\
+worker_processes 2;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log notice;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    include {prefix}/sites/*.conf;
+}}
+"""
+
+
+@dataclass
+class NginxServer:
+    """A test-owned Nginx master on 127.0.0.1:<port> with its own prefix."""
+
+    prefix: Path
+    port: int
+
+    @property
+    def conf(self) -> Path:
+        return self.prefix / "nginx.conf"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.prefix / "nginx.pid"
+
+    def argv(self, *extra: str) -> list[str]:
+        return ["nginx", "-p", str(self.prefix), "-c", str(self.conf), "-e",
+                str(self.prefix / "error.log"), *extra]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        subprocess.run(self.argv(), check=True, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 10
+        while not self.pid_file.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("nginx did not write its pid file")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        try:
+            pid = int(self.pid_file.read_text())
+            os.kill(pid, signal.SIGQUIT)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                os.kill(pid, 0)
+                time.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+@pytest.fixture
+def nginx_server(tmp_path) -> Iterator[NginxServer]:
+    require(shutil.which("nginx") is not None, "nginx (apt-get install nginx)")
+    prefix = tmp_path / "nginx"
+    for sub in ("tmp", "sites", "zdagent"):
+        (prefix / sub).mkdir(parents=True)
+    server = NginxServer(prefix=prefix, port=free_port())
+    server.conf.write_text(NGINX_CONF.format(prefix=prefix))
+    yield server
+    server.stop()
+
+
+# --- an app under test ----------------------------------------------------------------------
+
+@dataclass
+class TestApp:
+    """One zdagent app config wired to a test Nginx; run the real CLI against it."""
+
+    name: str
+    config: Path
+    nginx: NginxServer
+    blue_port: int
+    green_port: int
+    env: dict[str, str] = field(default_factory=dict)
+
+    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "ZDAGENT_CONFIG": str(self.config), "NO_COLOR": "1",
+               "COLUMNS": "200", **self.env}
+        return subprocess.run([sys.executable, "-m", "zdagent", *args], capture_output=True,
+                              text=True, timeout=timeout, env=env, check=False)
+
+    def ok(self, *args: str) -> subprocess.CompletedProcess[str]:
+        p = self.cli(*args)
+        assert p.returncode == 0, f"zdagent {' '.join(args)} -> {p.returncode}\n{p.stderr}"
+        return p
+
+    def get(self, path: str = "/cgi-bin/version") -> httpx.Response:
+        return httpx.get(self.nginx.url + path, headers={"Connection": "close"}, timeout=10)
+
+    def served_version(self) -> str:
+        r = self.get()
+        assert r.status_code == 200, r.text
+        return r.text.split()[0]
+
+
+def write_config(path: Path, name: str, nginx: NginxServer, blue: int, green: int,
+                 source: str, extra: str = "") -> None:
+    upstream = nginx.prefix / "zdagent" / f"{name}.upstream.conf"
+    path.write_text(f"""\
+[app]
+name = "{name}"
+state_dir = "{path.parent / 'state'}"
+
+{source}
+
+[container]
+port = 8080
+stop_timeout = 2
+
+[slots]
+blue_port = {blue}
+green_port = {green}
+drain_seconds = 5
+
+[health]
+path = "/cgi-bin/health"
+interval = 0.2
+timeout = 2
+passes = 2
+startup_deadline = 15
+expect_version = "body"
+
+[nginx]
+upstream_file = "{upstream}"
+test_command = {nginx.argv("-t")!r}
+reload_command = {nginx.argv("-s", "reload")!r}
+pid_file = "{nginx.pid_file}"
+public_url = "{nginx.url}/"
+listen = "127.0.0.1:{nginx.port}"
+reload_timeout = 10
+{extra}
+""".replace("'", '"'))
+
+
+IMAGE_SOURCE = f'[source]\nimage = "{IMAGE_REPO}"\npull = "never"'
+
+
+@pytest.fixture
+def make_app(tmp_path, nginx_server, docker_client, images):
+    """Factory: an app config (image source by default) plus Nginx serving its site."""
+    made: list[TestApp] = []
+
+    def factory(source: str = IMAGE_SOURCE, extra: str = "", start_nginx: bool = True
+                ) -> TestApp:
+        name = f"{TEST_PREFIX}{uuid.uuid4().hex[:8]}"
+        cfg_dir = tmp_path / name
+        cfg_dir.mkdir()
+        blue, green = free_port(), free_port()
+        config = cfg_dir / "zdagent.toml"
+        write_config(config, name, nginx_server, blue, green, source, extra)
+        app = TestApp(name, config, nginx_server, blue, green)
+        site = app.ok("nginx", "render", "--site").stdout
+        (nginx_server.prefix / "sites" / f"{name}.conf").write_text(site)
+        upstream = app.ok("nginx", "render", "--live", "none").stdout
+        (nginx_server.prefix / "zdagent" / f"{name}.upstream.conf").write_text(upstream)
+        if start_nginx:
+            nginx_server.start()
+        made.append(app)
+        return app
+
+    yield factory
+    for app in made:
+        for c in docker_client.containers.list(all=True,
+                                               filters={"label": f"zdagent.app={app.name}"}):
+            c.remove(force=True)

@@ -1,0 +1,5 @@
+"""Allow `python -m zdagent`."""
+
+from zdagent.cli import main
+
+main()

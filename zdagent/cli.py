@@ -1,0 +1,320 @@
+"""The ``zdagent`` command: parse, call the engine, render its events and results.
+
+No deploy logic lives here. Errors the engine expects print as one line plus a hint and exit
+with their documented code; anything unexpected prints one line and the path of a log holding
+the traceback (exit 70).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from zdagent import __version__
+from zdagent.config import AppConfig, config_path, load_config
+from zdagent.errors import UsageError, ZdError
+from zdagent.events import Event
+
+EXIT_INTERNAL = 70
+
+HELP = """Zero-downtime blue-green deploys of one containerised app with Docker and Nginx.
+
+\b
+Exit codes:
+  0  success
+  1  the deploy/rollback failed; the live app is unchanged or was restored
+  2  usage or config error; nothing was changed
+  3  environment problem (Docker unreachable, Nginx missing or not running)
+  70 internal error (a bug); the message names a log with details
+"""
+
+app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False, rich_markup_mode=None)
+config_app = typer.Typer(help="Validate or print app configs.", no_args_is_help=True)
+nginx_app = typer.Typer(help="Render the Nginx files zdagent manages.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(nginx_app, name="nginx")
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+ConfigOpt = Annotated[str | None, typer.Option(
+    "--config", "-c", envvar="ZDAGENT_CONFIG", show_envvar=True,
+    help="App config (TOML). Default: /etc/zdagent/zdagent.toml")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+NoWaitOpt = Annotated[bool, typer.Option(
+    "--no-wait", help="Fail at once if another deploy of this app holds the lock.")]
+
+
+def _fail(message: str, hint: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    if hint:
+        err.print(f"[dim]hint:[/] {escape(hint)}")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _guard() -> Iterator[None]:
+    """Turn known errors into one line + hint; log unexpected ones."""
+    try:
+        yield
+    except ZdError as e:
+        _fail(e.message, e.hint, e.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", "the next command reconciles any half-done deploy", 130)
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as e:
+        with tempfile.NamedTemporaryFile("w", prefix="zdagent-error-", suffix=".log",
+                                         delete=False) as f:
+            traceback.print_exc(file=f)
+        _fail(f"unexpected error: {type(e).__name__}: {e}",
+              f"this is a bug; details in {f.name}", EXIT_INTERNAL)
+
+
+def _load(config: str | None) -> AppConfig:
+    return load_config(config_path(config))
+
+
+class ProgressRenderer:
+    """Renders engine events on stderr: a line per phase, a spinner while it runs."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.spinner: Any = None
+
+    def __call__(self, ev: Event) -> None:
+        if ev.kind == "phase-start":
+            self._stop()
+            self.console.print(f"[bold cyan]▸[/] {escape(ev.message)}")
+            if self.console.is_terminal:
+                self.spinner = self.console.status(escape(ev.message))
+                self.spinner.start()
+        elif ev.kind == "phase-end":
+            self._stop()
+            self.console.print(f"  [green]✓[/] {escape(ev.message)}")
+        elif ev.kind == "log":
+            self.console.print(f"    [dim]{escape(ev.message)}[/]")
+        elif ev.kind == "warn":
+            self.console.print(f"[yellow]![/] {escape(ev.message)}")
+        else:
+            self.console.print(escape(ev.message))
+
+    def _stop(self) -> None:
+        if self.spinner is not None:
+            self.spinner.stop()
+            self.spinner = None
+
+    def close(self) -> None:
+        self._stop()
+
+
+def _with_engine(config: str | None, fn: Callable[[Any], Any]) -> Any:
+    from zdagent.deploy import Engine
+
+    cfg = _load(config)
+    renderer = ProgressRenderer(err)
+    engine = Engine(cfg, renderer)
+    try:
+        return fn(engine)
+    finally:
+        renderer.close()
+        engine.close()
+
+
+def _print_result(result: Any, as_json: bool, verb: str) -> None:
+    if as_json:
+        out.print_json(json.dumps(result.to_dict()))
+        return
+    err.print(f"[bold green]{verb}[/] {escape(result.version or '?')} on the {result.slot} "
+              f"slot in {result.seconds:.1f}s (#{result.deploy_id}; standby: "
+              f"{result.from_slot or 'none'})")
+
+
+@app.command()
+def deploy(
+    version: Annotated[str, typer.Argument(help="Version to deploy: the image tag to build "
+                                                "or pull (e.g. v2 or a git sha).")],
+    config: ConfigOpt = None,
+    no_wait: NoWaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Deploy VERSION into the inactive slot and switch to it with zero downtime.
+
+    Steps: build or pull -> start the candidate on 127.0.0.1 -> probe until healthy ->
+    render the upstream, nginx -t, reload, verify -> drain the old slot, keep it as standby.
+    Any failure before the switch leaves the live slot serving untouched.
+    """
+    with _guard():
+        result = _with_engine(config, lambda e: e.deploy(version, wait=not no_wait))
+        _print_result(result, as_json, "deployed")
+
+
+@app.command()
+def rollback(
+    to: Annotated[str | None, typer.Option("--to", help="Redeploy this version from history "
+                                                        "instead of switching to the standby.")
+                  ] = None,
+    config: ConfigOpt = None,
+    no_wait: NoWaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Switch traffic back to the standby slot (started and probed first if stopped)."""
+    with _guard():
+        result = _with_engine(config, lambda e: e.rollback(to=to, wait=not no_wait))
+        _print_result(result, as_json, "rolled back to")
+
+
+@app.command()
+def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Show both slots, which one Nginx routes to (confirmed live), and the last deploy."""
+    from zdagent.status import collect
+
+    with _guard():
+        data = _with_engine(config, collect)
+        if as_json:
+            out.print_json(json.dumps(data))
+            return
+        _render_status(data)
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    secs = max(0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs / size:.0f}{unit} ago"
+    return f"{secs:.0f}s ago"
+
+
+def _render_status(data: dict[str, Any]) -> None:
+    live = data["live_slot"]
+    table = Table(title=f"zdagent: {data['app']}", title_justify="left")
+    for col in ("slot", "container", "state", "version", "image", "health", "port",
+                "deployed"):
+        table.add_column(col)
+    for name, row in data["slots"].items():
+        mark = " (live)" if name == live else ""
+        table.add_row(f"{name}{mark}", row["container"], row["state"], row["version"] or "-",
+                      row["image"] or "-", row["health"], f"127.0.0.1:{row['port']}",
+                      _ago(row["deployed_at"]))
+    out.print(table)
+    r = data["routing"]
+    confirmed = "confirmed live" if r["confirmed"] else "NOT confirmed"
+    out.print(f"nginx routes to: {live or 'nothing'} ({confirmed}; answered by "
+              f"{r['served_by'] or 'no slot'}) via {r['upstream_file']}")
+    last = data["last_deploy"]
+    if last:
+        out.print(f"last deploy: #{last['id']} {last['kind']} {last['version']} -> "
+                  f"{last['slot']}: {last['outcome']} {_ago(last['started_at'])}"
+                  + (f" ({last['error']})" if last["error"] else ""))
+    for line in data["drift"]:
+        out.print(f"[yellow]! {escape(line)}[/]")
+
+
+@app.command()
+def history(
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    limit: Annotated[int, typer.Option(min=1, max=10000, help="How many entries.")] = 20,
+) -> None:
+    """List past deploys and rollbacks, newest first, with outcome and phase timings."""
+    from zdagent.store import Store
+
+    with _guard():
+        cfg = _load(config)
+        store = Store(cfg.state_dir)
+        try:
+            records = store.history(cfg.name, limit)
+        finally:
+            store.close()
+        if as_json:
+            out.print_json(json.dumps([r.to_dict() for r in records]))
+            return
+        table = Table(title=f"zdagent history: {cfg.name}", title_justify="left")
+        for col in ("#", "when", "kind", "version", "slot", "outcome", "took", "by", "error"):
+            table.add_column(col, overflow="fold")
+        for r in records:
+            took = f"{r.finished_at - r.started_at:.1f}s" if r.finished_at else "-"
+            table.add_row(str(r.id), time.strftime("%Y-%m-%d %H:%M:%S",
+                                                   time.localtime(r.started_at)),
+                          r.kind, r.version or "-", f"{r.from_slot or '-'}→{r.slot}",
+                          r.outcome, took, r.user or "-", r.error or "")
+        out.print(table)
+
+
+@config_app.command("check")
+def config_check(config: ConfigOpt = None) -> None:
+    """Validate the config file and touch nothing (exit 2 with file and key on error)."""
+    with _guard():
+        cfg = _load(config)
+        err.print(f"[green]ok[/] {cfg.path}: app {cfg.name}, slots 127.0.0.1:"
+                  f"{cfg.slots.blue_port}/{cfg.slots.green_port}")
+
+
+@config_app.command("example")
+def config_example() -> None:
+    """Print the annotated example config (every key, with its default)."""
+    out.print((Path(__file__).resolve().parent / "example.toml").read_text(), markup=False,
+              end="")
+
+
+@nginx_app.command("render")
+def nginx_render(
+    config: ConfigOpt = None,
+    site: Annotated[bool, typer.Option("--site", help="Render the site block to install "
+                                                      "once, instead of the upstream.")] = False,
+    live: Annotated[str, typer.Option(
+        help="Slot to render as live: blue, green, or none for the placeholder to install "
+             "before the first deploy (upstream only).")] = "none",
+) -> None:
+    """Print the rendered upstream (or, with --site, the server block) without writing.
+
+    First-time setup: install the site block once, and the placeholder upstream
+    (`--live none`, Nginx answers 502 until the first deploy) at nginx.upstream_file.
+    """
+    from zdagent.nginx import render_site, render_upstream
+
+    with _guard():
+        if live not in ("blue", "green", "none"):
+            raise UsageError(f"--live must be blue, green or none, got {live!r}")
+        cfg = _load(config)
+        if site:
+            text = render_site(cfg)
+        elif live == "none":
+            text = render_upstream(cfg, None, None)
+        else:
+            text = render_upstream(cfg, live, "green" if live == "blue" else "blue")
+        out.print(text, markup=False, end="")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        out.print(f"zdagent {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback,
+                                          is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """Zero-downtime blue-green deploys of one containerised app with Docker and Nginx."""
+
+
+def main() -> None:
+    app()
+    sys.exit(0)

@@ -1,0 +1,488 @@
+"""Typed, frozen app config loaded once from TOML.
+
+Validation happens here and only here: every error names the file and the key
+(``web.toml: health.passes: must be an integer >= 1, got 0``), and the rest of the code trusts
+the dataclasses it gets.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zdagent.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/zdagent/zdagent.toml")
+CONFIG_ENV = "ZDAGENT_CONFIG"
+
+APP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+# Docker's own tag grammar; versions become image tags and container labels.
+VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+HEADER_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+IMAGE_REF_RE = re.compile(r"^[a-z0-9][a-z0-9._/:-]{0,254}$")
+
+
+@dataclass(frozen=True)
+class BuildSource:
+    """Build the image from a local context; the version becomes the tag."""
+
+    context: Path
+    dockerfile: str
+    tag: str
+    args: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Use a pre-built image ``<image>:<version>``, pulled per ``pull`` policy."""
+
+    image: str
+    pull: str  # always | missing | never
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    port: int
+    env: Mapping[str, str]
+    env_file: Path | None
+    stop_timeout: int
+    network: str | None
+
+
+@dataclass(frozen=True)
+class SlotsConfig:
+    blue_port: int
+    green_port: int
+    after_switch: str  # standby | stop
+    drain_seconds: float
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    path: str
+    statuses: tuple[int, ...]
+    timeout: float
+    interval: float
+    startup_deadline: float
+    passes: int
+    expect_version: str  # none | body | header:<Name>
+
+    @property
+    def version_header(self) -> str | None:
+        return self.expect_version.split(":", 1)[1] if ":" in self.expect_version else None
+
+
+@dataclass(frozen=True)
+class NginxConfig:
+    upstream_file: Path
+    upstream_template: Path | None
+    site_template: Path | None
+    test_command: tuple[str, ...]
+    reload_command: tuple[str, ...]
+    pid_file: Path
+    public_url: str
+    verify_path: str
+    listen: str
+    server_name: str
+    standby_as_backup: bool
+    reload_timeout: float
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Everything zdagent knows about one app, validated."""
+
+    path: Path
+    name: str
+    state_dir: Path
+    source: BuildSource | ImageSource
+    container: ContainerConfig
+    slots: SlotsConfig
+    health: HealthConfig
+    nginx: NginxConfig
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+
+    def slot_port(self, slot: str) -> int:
+        return self.slots.blue_port if slot == "blue" else self.slots.green_port
+
+    def slot_for_port(self, port: int) -> str | None:
+        return {self.slots.blue_port: "blue", self.slots.green_port: "green"}.get(port)
+
+    @property
+    def verify_url(self) -> str:
+        return self.nginx.public_url.rstrip("/") + self.nginx.verify_path
+
+
+# --- the schema --------------------------------------------------------------------------
+
+Check = Callable[[Any], str | None]  # returns an error text or None
+
+
+@dataclass(frozen=True)
+class Key:
+    """One allowed key: its default (``REQUIRED`` if none) and its check."""
+
+    default: Any
+    check: Check
+    doc: str = ""
+
+
+REQUIRED = object()
+
+
+def _int(lo: int, hi: int) -> Check:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int):
+            return f"must be an integer, got {v!r}"
+        if not lo <= v <= hi:
+            return f"must be between {lo} and {hi}, got {v}"
+        return None
+
+    return check
+
+
+def _num(lo: float, hi: float) -> Check:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return f"must be a number, got {v!r}"
+        if not lo <= v <= hi:
+            return f"must be between {lo:g} and {hi:g}, got {v}"
+        return None
+
+    return check
+
+
+def _str(pattern: re.Pattern[str] | None = None, what: str = "", empty: bool = False) -> Check:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, str):
+            return f"must be a string, got {v!r}"
+        if not v and empty:
+            return None
+        if not v:
+            return "must not be empty"
+        if pattern and not pattern.fullmatch(v):
+            return f"must be {what}, got {v!r}"
+        return None
+
+    return check
+
+
+def _choice(*options: str) -> Check:
+    def check(v: Any) -> str | None:
+        return None if v in options else f"must be one of {', '.join(options)}; got {v!r}"
+
+    return check
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
+
+
+def _argv(v: Any) -> str | None:
+    if not isinstance(v, list) or not v or not all(isinstance(a, str) and a for a in v):
+        return "must be a non-empty list of strings (argv, no shell)"
+    return None
+
+
+def _str_map(v: Any) -> str | None:
+    if not isinstance(v, dict):
+        return f"must be a table of strings, got {v!r}"
+    for k, val in v.items():
+        if not ENV_KEY_RE.fullmatch(k):
+            return f"key {k!r} is not a valid variable name"
+        if not isinstance(val, str | int | float) or isinstance(val, bool):
+            return f"value of {k!r} must be a string or number"
+    return None
+
+
+def _statuses(v: Any) -> str | None:
+    if not isinstance(v, list) or not v:
+        return "must be a non-empty list of HTTP status codes"
+    if not all(isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in v):
+        return f"must hold HTTP status codes (100-599), got {v!r}"
+    return None
+
+
+def _path(v: Any) -> str | None:
+    return _str(re.compile(r"^/[^\s]*$"), "an absolute URL path starting with /")(v)
+
+
+def _url(v: Any) -> str | None:
+    return _str(re.compile(r"^https?://[^\s/]+(/[^\s]*)?$"), "an http(s):// URL")(v)
+
+
+def _expect_version(v: Any) -> str | None:
+    if v in ("none", "body"):
+        return None
+    if isinstance(v, str) and v.startswith("header:") and HEADER_RE.fullmatch(v[7:]):
+        return None
+    return f"must be none, body or header:<Header-Name>; got {v!r}"
+
+
+PORT = _int(1, 65535)
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "app": {
+        "name": Key(REQUIRED, _str(APP_NAME_RE, "lowercase letters, digits and '-' (max 40)")),
+        "state_dir": Key("/var/lib/zdagent", _str()),
+    },
+    "source": {
+        "image": Key(None, _str(IMAGE_REF_RE, "an image reference without a tag")),
+        "pull": Key("missing", _choice("always", "missing", "never")),
+    },
+    "source.build": {
+        "context": Key(REQUIRED, _str()),
+        "dockerfile": Key("Dockerfile", _str()),
+        "tag": Key(None, _str(IMAGE_REF_RE, "an image repository name")),
+        "args": Key({}, _str_map),
+    },
+    "container": {
+        "port": Key(REQUIRED, PORT),
+        "env": Key({}, _str_map),
+        "env_file": Key("", _str(empty=True)),
+        "stop_timeout": Key(10, _int(0, 3600)),
+        "network": Key("", _str(re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"), "a network name",
+                                 empty=True)),
+    },
+    "slots": {
+        "blue_port": Key(REQUIRED, PORT),
+        "green_port": Key(REQUIRED, PORT),
+        "after_switch": Key("standby", _choice("standby", "stop")),
+        "drain_seconds": Key(10.0, _num(0, 3600)),
+    },
+    "health": {
+        "path": Key("/", _path),
+        "statuses": Key([200], _statuses),
+        "timeout": Key(2.0, _num(0.05, 300)),
+        "interval": Key(1.0, _num(0.05, 300)),
+        "startup_deadline": Key(60.0, _num(0.5, 3600)),
+        "passes": Key(3, _int(1, 100)),
+        "expect_version": Key("none", _expect_version),
+    },
+    "nginx": {
+        "upstream_file": Key(REQUIRED, _str()),
+        "upstream_template": Key("", _str(empty=True)),
+        "site_template": Key("", _str(empty=True)),
+        "test_command": Key(["nginx", "-t"], _argv),
+        "reload_command": Key(["nginx", "-s", "reload"], _argv),
+        "pid_file": Key("/run/nginx.pid", _str()),
+        "public_url": Key("http://127.0.0.1/", _url),
+        "verify_path": Key("", lambda v: None if v == "" else _path(v)),
+        "listen": Key("80", _str(re.compile(r"^((\[[0-9a-fA-F:]+\]|[0-9.]+|\*):)?\d{1,5}$"),
+                                  "a port or address:port")),
+        "server_name": Key("_", _str(re.compile(r"^[A-Za-z0-9_.* -]+$"), "server names")),
+        "standby_as_backup": Key(True, _bool),
+        "reload_timeout": Key(10.0, _num(0.5, 300)),
+    },
+}
+
+
+class _Reader:
+    """Walks the parsed TOML against SCHEMA and collects the first error with its key."""
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path = path
+        self.data = data
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(
+            f"{self.path}: {key}: {message}",
+            hint="fix the key and run `zdagent config check`; nothing was changed",
+        )
+
+    def section(self, name: str) -> dict[str, Any]:
+        node: Any = self.data
+        for part in name.split("."):
+            node = node.get(part, {}) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                raise self.fail(name, "must be a table")
+        schema = SCHEMA[name]
+        nested = {s.split(".")[-1] for s in SCHEMA if s.startswith(name + ".")}
+        for key in node:
+            if key not in schema and key not in nested:
+                close = difflib.get_close_matches(key, [*schema, *nested], n=1)
+                tip = f" (did you mean '{close[0]}'?)" if close else ""
+                raise self.fail(f"{name}.{key}", f"unknown key{tip}")
+        out: dict[str, Any] = {}
+        for key, spec in schema.items():
+            if key in node:
+                problem = spec.check(node[key])
+                if problem:
+                    raise self.fail(f"{name}.{key}", problem)
+                out[key] = node[key]
+            elif spec.default is REQUIRED:
+                raise self.fail(f"{name}.{key}", "is required")
+            else:
+                out[key] = spec.default
+        return out
+
+    def check_top_level(self) -> None:
+        tops = {s.split(".")[0] for s in SCHEMA}
+        for key in self.data:
+            if key not in tops:
+                close = difflib.get_close_matches(key, list(tops), n=1)
+                tip = f" (did you mean '{close[0]}'?)" if close else ""
+                raise self.fail(key, f"unknown section{tip}")
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _string_map(raw: Mapping[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in raw.items()}
+
+
+def load_config(path: Path | str) -> AppConfig:
+    """Load and validate one app config; raise ConfigError naming file and key."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file not found: {path}",
+            hint=f"pass --config PATH or set {CONFIG_ENV}; `zdagent config example` prints one",
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}", hint="check the syntax") from None
+    return _build(path, data)
+
+
+def _build(path: Path, data: dict[str, Any]) -> AppConfig:
+    r = _Reader(path, data)
+    r.check_top_level()
+    base = path.parent.resolve()
+    app = r.section("app")
+    source = _source(r, base, app["name"])
+    cont = r.section("container")
+    slots = r.section("slots")
+    health = r.section("health")
+    ngx = r.section("nginx")
+
+    if slots["blue_port"] == slots["green_port"]:
+        raise r.fail("slots.green_port", "must differ from slots.blue_port")
+    env_file = _resolve(base, cont["env_file"]) if cont["env_file"] else None
+    if env_file is not None:
+        if not env_file.is_file():
+            raise r.fail("container.env_file", f"file not found: {env_file}")
+        read_env_file(env_file)  # fail now, at load, on a malformed line
+    templates = {}
+    for key in ("upstream_template", "site_template"):
+        t = _resolve(base, ngx[key]) if ngx[key] else None
+        if t is not None and not t.is_file():
+            raise r.fail(f"nginx.{key}", f"template not found: {t}")
+        templates[key] = t
+
+    return AppConfig(
+        path=path.resolve(),
+        name=app["name"],
+        state_dir=_resolve(base, app["state_dir"]),
+        source=source,
+        container=ContainerConfig(
+            port=cont["port"],
+            env=_string_map(cont["env"]),
+            env_file=env_file,
+            stop_timeout=cont["stop_timeout"],
+            network=cont["network"] or None,
+        ),
+        slots=SlotsConfig(
+            blue_port=slots["blue_port"],
+            green_port=slots["green_port"],
+            after_switch=slots["after_switch"],
+            drain_seconds=float(slots["drain_seconds"]),
+        ),
+        health=HealthConfig(
+            path=health["path"],
+            statuses=tuple(health["statuses"]),
+            timeout=float(health["timeout"]),
+            interval=float(health["interval"]),
+            startup_deadline=float(health["startup_deadline"]),
+            passes=health["passes"],
+            expect_version=health["expect_version"],
+        ),
+        nginx=NginxConfig(
+            upstream_file=_resolve(base, ngx["upstream_file"]),
+            upstream_template=templates["upstream_template"],
+            site_template=templates["site_template"],
+            test_command=tuple(ngx["test_command"]),
+            reload_command=tuple(ngx["reload_command"]),
+            pid_file=_resolve(base, ngx["pid_file"]),
+            public_url=ngx["public_url"],
+            verify_path=ngx["verify_path"] or health["path"],
+            listen=ngx["listen"],
+            server_name=ngx["server_name"],
+            standby_as_backup=ngx["standby_as_backup"],
+            reload_timeout=float(ngx["reload_timeout"]),
+        ),
+    )
+
+
+def _source(r: _Reader, base: Path, app: str) -> BuildSource | ImageSource:
+    src = r.section("source")
+    has_build = isinstance(r.data.get("source"), dict) and "build" in r.data["source"]
+    if has_build and src["image"]:
+        raise r.fail("source", "set either source.image or [source.build], not both")
+    if not has_build and not src["image"]:
+        raise r.fail("source", "set source.image (pull) or a [source.build] table (build)")
+    if src["image"]:
+        return ImageSource(image=src["image"], pull=src["pull"])
+    b = r.section("source.build")
+    context = _resolve(base, b["context"])
+    if not context.is_dir():
+        raise r.fail("source.build.context", f"directory not found: {context}")
+    if not (context / b["dockerfile"]).is_file():
+        raise r.fail("source.build.dockerfile", f"not found in the context: {b['dockerfile']}")
+    return BuildSource(
+        context=context,
+        dockerfile=b["dockerfile"],
+        tag=b["tag"] or f"zdagent/{app}",
+        args=_string_map(b["args"]),
+    )
+
+
+def config_path(explicit: str | None) -> Path:
+    """The config to use: --config, then $ZDAGENT_CONFIG, then the system default."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def check_version(version: str) -> str:
+    """Versions become image tags and labels: reject anything Docker would not accept."""
+    if not VERSION_RE.fullmatch(version):
+        raise ConfigError(
+            f"invalid version {version!r}",
+            hint="use letters, digits, '_', '.', '-' (max 128, not starting with '.' or '-')",
+        )
+    return version
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a KEY=VALUE env file (comments and blank lines allowed); values stay secret."""
+    env: dict[str, str] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        key = key.strip()
+        if not sep or not ENV_KEY_RE.fullmatch(key):
+            raise ConfigError(f"{path}:{n}: expected KEY=VALUE", hint="fix the env file")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[key] = value
+    return env

@@ -1,0 +1,313 @@
+"""The deploy / rollback state machine.
+
+It reads like the runbook: lock the app, reconcile any crashed run, get the image, start the
+candidate in the inactive slot, probe it, switch Nginx (verified), drain the old slot and keep
+it as a warm standby. Every phase is written to the store before it starts, so a crash leaves a
+phase to look up, and ``reconcile`` knows what to repair. The engine emits events; it never
+prints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from zdagent.config import AppConfig, BuildSource, check_version
+from zdagent.errors import DeployFailed, ZdError
+from zdagent.events import Emit, Event
+from zdagent.lock import app_lock
+from zdagent.nginx import Nginx
+from zdagent.probe import probe_once, slot_url, wait_healthy
+from zdagent.slots import Slots, connect, other
+from zdagent.store import PhaseRecord, Store
+
+
+class Phase(StrEnum):
+    """Where an app is; stored before each step so a crash leaves a lookup, not a guess."""
+
+    IDLE = "idle"
+    SOURCE = "source"
+    START = "start"
+    PROBE = "probe"
+    SWITCH = "switch"
+    DRAIN = "drain"
+
+
+# Phases in which the live slot was never touched: recovery just removes the candidate.
+BEFORE_SWITCH = frozenset({Phase.SOURCE, Phase.START, Phase.PROBE})
+
+
+@dataclass
+class Result:
+    """What a finished deploy or rollback did."""
+
+    deploy_id: int
+    kind: str
+    version: str | None
+    slot: str
+    from_slot: str | None
+    image: str | None
+    seconds: float
+    phases: list[PhaseRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Run:
+    """Times and records the phases of one deploy record."""
+
+    def __init__(self, engine: Engine, deploy_id: int, live: str | None, target: str) -> None:
+        self.engine = engine
+        self.deploy_id = deploy_id
+        self.live = live
+        self.target = target
+        self.phases: list[PhaseRecord] = []
+        self.started = time.monotonic()
+
+    @contextmanager
+    def phase(self, phase: Phase, message: str, *, live: str | None = None) -> Iterator[None]:
+        eng = self.engine
+        eng.store.set_state(eng.cfg.name, phase=phase, live_slot=live or self.live,
+                            deploy_id=self.deploy_id, candidate_slot=self.target)
+        rec = PhaseRecord(name=phase.value, started_at=time.time())
+        self.phases.append(rec)
+        eng.emit(Event("phase-start", message, phase=phase.value))
+        t0 = time.monotonic()
+        try:
+            yield
+        except BaseException:
+            rec.duration, rec.ok = time.monotonic() - t0, False
+            eng.store.set_phases(self.deploy_id, self.phases)
+            raise
+        rec.duration, rec.ok = time.monotonic() - t0, True
+        eng.store.set_phases(self.deploy_id, self.phases)
+        eng.emit(Event("phase-end", f"{phase.value} done in {rec.duration:.2f}s",
+                       phase=phase.value, data={"seconds": round(rec.duration, 3)}))
+
+
+class Engine:
+    """Deploy, roll back and reconcile one app."""
+
+    def __init__(self, cfg: AppConfig, emit: Emit) -> None:
+        self.cfg = cfg
+        self.emit = emit
+        self.store = Store(cfg.state_dir)
+        self.slots = Slots(cfg, connect())
+        self.nginx = Nginx(cfg, emit)
+
+    def close(self) -> None:
+        self.store.close()
+        self.slots.client.close()
+
+    # --- public operations --------------------------------------------------------------
+
+    def deploy(self, version: str, *, wait: bool = True) -> Result:
+        """Build or pull ``version`` and make it live with zero downtime."""
+        check_version(version)
+        self.nginx.preflight()
+        with app_lock(self.cfg.state_dir, self.cfg.name, f"deploy {version}", self.emit,
+                      wait=wait):
+            self.reconcile()
+            return self._deploy_locked("deploy", version, image=None)
+
+    def rollback(self, *, to: str | None = None, wait: bool = True) -> Result:
+        """Switch back to the standby, or redeploy ``to`` from history."""
+        if to is not None:
+            check_version(to)
+        self.nginx.preflight()
+        what = f"rollback to {to}" if to else "rollback"
+        with app_lock(self.cfg.state_dir, self.cfg.name, what, self.emit, wait=wait):
+            self.reconcile()
+            if to is not None:
+                rec = self.store.last_success_of(self.cfg.name, to)
+                if rec is None or not rec.image_id or not self.slots.has_image(rec.image_id):
+                    raise DeployFailed(
+                        f"no deployable image of version {to!r} in history",
+                        hint="`zdagent history` lists versions; deploy it again to rebuild",
+                    )
+                return self._deploy_locked("rollback", to, image=(rec.image, rec.image_id))
+            return self._rollback_to_standby()
+
+    def live_slot(self) -> str | None:
+        """The slot Nginx routes to by the upstream file; the store only if there is none."""
+        from_file = self.nginx.live_slot_in_file()
+        stored = self.store.state(self.cfg.name).live_slot
+        if from_file and stored and from_file != stored:
+            self.emit(Event("warn", f"the upstream file routes to {from_file} but the store "
+                                    f"says {stored}: trusting the upstream file"))
+        return from_file or stored
+
+    # --- the flows ----------------------------------------------------------------------
+
+    def _deploy_locked(self, kind: str, version: str,
+                       image: tuple[str | None, str] | None) -> Result:
+        live = self.live_slot()
+        target = other(live) if live else "blue"
+        did = self.store.begin(self.cfg.name, kind, version, target, live)
+        run = _Run(self, did, live, target)
+        self.emit(Event("info", f"{kind} #{did}: {version} -> {target} slot "
+                                f"(live: {live or 'none'})", data={"deploy_id": did}))
+        with self._recorded(run):
+            with run.phase(Phase.SOURCE, "getting the image"):
+                ref, image_id = image if image else self._source(version)
+            self.store.update(did, image=ref, image_id=image_id)
+            self._activate(run, image_id, version, fresh=True)
+            return self._result(run, kind, version, ref)
+
+    def _rollback_to_standby(self) -> Result:
+        live = self.live_slot()
+        if live is None:
+            raise DeployFailed("nothing is deployed yet, so there is no standby",
+                               hint="deploy a version first")
+        standby = other(live)
+        info = self.slots.info(standby)
+        if info.state == "missing":
+            raise DeployFailed(
+                f"the standby slot {standby} has no container",
+                hint="use `zdagent rollback --to VERSION` to redeploy a version from history",
+            )
+        did = self.store.begin(self.cfg.name, "rollback", info.version, standby, live)
+        self.store.update(did, image=info.image, image_id=info.image_id)
+        run = _Run(self, did, live, standby)
+        self.emit(Event("info", f"rollback #{did}: {live} -> {standby} "
+                                f"(version {info.version or '?'}, {info.state})"))
+        with self._recorded(run):
+            if info.running:
+                with run.phase(Phase.PROBE, f"checking the running standby {standby}"):
+                    self._probe_running(standby, info.version)
+                self._switch(run)
+            else:
+                self._activate(run, None, info.version, fresh=False)
+            return self._result(run, "rollback", info.version, info.image)
+
+    @contextmanager
+    def _recorded(self, run: _Run) -> Iterator[None]:
+        """Record the outcome; on failure leave the app idle on the (restored) live slot."""
+        try:
+            yield
+        except BaseException as e:
+            msg = e.message if isinstance(e, ZdError) else f"{type(e).__name__}: {e}"
+            self.store.finish(run.deploy_id, "failed", msg)
+            self.store.set_state(self.cfg.name, phase=Phase.IDLE, live_slot=self.live_slot())
+            raise
+        self.store.finish(run.deploy_id, "succeeded")
+        self.store.set_state(self.cfg.name, phase=Phase.IDLE, live_slot=run.target)
+
+    def _source(self, version: str) -> tuple[str, str]:
+        def line(text: str) -> None:
+            self.emit(Event("log", text, phase=Phase.SOURCE.value))
+
+        if isinstance(self.cfg.source, BuildSource):
+            return self.slots.build(version, line)
+        ref = self.slots.image_ref(version)
+        return ref, self.slots.pull(ref, line)
+
+    def _activate(self, run: _Run, image_id: str | None, version: str | None,
+                  *, fresh: bool) -> None:
+        """Start the target slot, wait until healthy, switch; undo the candidate on failure."""
+        target = run.target
+        try:
+            with run.phase(Phase.START, f"starting {self.cfg.name}-{target} "
+                                        f"on 127.0.0.1:{self.cfg.slot_port(target)}"):
+                if fresh:
+                    assert image_id is not None and version is not None
+                    self.slots.run(target, image_id, version, run.deploy_id)
+                else:
+                    self.slots.start(target)
+            with run.phase(Phase.PROBE, f"waiting for {target} to become healthy"):
+                wait_healthy(
+                    slot_url(self.cfg.slot_port(target), self.cfg.health.path),
+                    self.cfg.health, version, self.emit,
+                    exit_reason=lambda: self.slots.exit_reason(target),
+                    logs=lambda: self.slots.logs_tail(target),
+                )
+            self._switch(run)
+        except BaseException:
+            if self.live_slot() != target:
+                self._discard_candidate(target, fresh)
+            raise
+
+    def _discard_candidate(self, slot: str, fresh: bool) -> None:
+        try:
+            if fresh:
+                self.slots.remove(slot)
+            else:
+                self.slots.stop(slot)
+            self.emit(Event("info", f"stopped the candidate in the {slot} slot"))
+        except Exception as e:  # the deploy error matters more than a cleanup hiccup
+            self.emit(Event("warn", f"could not stop the candidate {slot}: {e}"))
+
+    def _switch(self, run: _Run) -> None:
+        new, old = run.target, run.live
+        keep = old if self.cfg.slots.after_switch == "standby" else None
+        backup = keep if self.cfg.nginx.standby_as_backup else None
+        with run.phase(Phase.SWITCH, f"switching Nginx to {new}"):
+            result = self.nginx.switch(new, backup)
+        with run.phase(Phase.DRAIN, "draining the old slot", live=new):
+            left = self.nginx.wait_workers_gone(result.old_workers, self.cfg.slots.drain_seconds)
+            if left:
+                self.emit(Event("warn", f"{len(left)} old Nginx worker(s) still busy after "
+                                        f"{self.cfg.slots.drain_seconds:g}s drain"))
+            if old and keep is None:
+                self.slots.stop(old)
+                self.emit(Event("info", f"stopped the old slot {old}"))
+            elif old:
+                self.emit(Event("info", f"{old} stays up as the warm standby"))
+
+    def _probe_running(self, slot: str, version: str | None) -> None:
+        import httpx
+
+        url = slot_url(self.cfg.slot_port(slot), self.cfg.health.path)
+        with httpx.Client(headers={"Connection": "close"}) as client:
+            result = probe_once(client, url, self.cfg.health, version)
+        if not result.ok:
+            raise DeployFailed(f"the standby {slot} is not healthy: {result.detail}",
+                               hint="nothing was switched; try `zdagent rollback --to VERSION`")
+
+    def _result(self, run: _Run, kind: str, version: str | None, image: str | None) -> Result:
+        secs = time.monotonic() - run.started
+        return Result(run.deploy_id, kind, version, run.target, run.live, image, secs,
+                      run.phases)
+
+    # --- crash recovery -----------------------------------------------------------------
+
+    def reconcile(self) -> list[str]:
+        """Repair a run that died mid-way (we hold the lock, so nobody else is running)."""
+        st = self.store.state(self.cfg.name)
+        if st.phase == Phase.IDLE:
+            return []
+        phase = Phase(st.phase)
+        cand = st.candidate_slot
+        notes = [f"deploy #{st.deploy_id} was interrupted in phase '{phase}'"]
+        in_file = self.nginx.live_slot_in_file()
+        if phase in BEFORE_SWITCH:
+            live = in_file or st.live_slot
+        elif phase == Phase.DRAIN:
+            live = cand
+        else:  # SWITCH: keep whatever the file routes to if it is healthy, else go back
+            live = in_file if in_file and self._healthy(in_file) else st.live_slot
+        if live and (in_file != live or self.nginx.live_slot_served() != live):
+            standby = other(live) if self.slots.info(other(live)).running else None
+            self.nginx.switch(live, standby if self.cfg.nginx.standby_as_backup else None)
+            notes.append(f"re-pointed Nginx at {live}")
+        if cand and cand != live and phase != Phase.DRAIN:
+            self.slots.remove(cand)
+            notes.append(f"removed the orphan candidate in {cand}")
+        if st.deploy_id is not None:
+            self.store.finish(st.deploy_id, "interrupted", "; ".join(notes))
+        self.store.set_state(self.cfg.name, phase=Phase.IDLE, live_slot=live)
+        for note in notes:
+            self.emit(Event("warn", f"recovered: {note}"))
+        return notes
+
+    def _healthy(self, slot: str) -> bool:
+        try:
+            self._probe_running(slot, None)
+            return True
+        except DeployFailed:
+            return False

@@ -1,0 +1,289 @@
+"""The Nginx side of a switch: render, write atomically, test, reload, verify, restore.
+
+A reload is not trusted until verified: ``nginx -t`` and ``nginx -s reload`` can both return 0
+while the master rejects the new config (e.g. ``bind() failed``) and keeps its old workers. A
+switch counts only when the master's workers were replaced *and* a response through the public
+URL names the new slot in ``X-Zdagent-Upstream``. Anything less restores the previous file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import httpx
+import jinja2
+import psutil
+
+from zdagent.config import AppConfig
+from zdagent.errors import EnvironmentProblem, NginxError
+from zdagent.events import Emit, Event
+
+UPSTREAM_HEADER = "X-Zdagent-Upstream"
+_SERVER_RE = re.compile(r"^\s*server\s+(?:127\.0\.0\.1|localhost):(\d+)\b([^;]*);", re.M)
+
+
+def templates_dir() -> Path:
+    """Bundled templates: inside the wheel, or beside the package in a source checkout."""
+    packaged = resources.files("zdagent") / "nginx_templates"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "nginx_templates"
+
+
+def upstream_name(app: str) -> str:
+    return "zdagent_" + app.replace("-", "_")
+
+
+def _render(template: Path | None, default: str, **context: object) -> str:
+    path = template or templates_dir() / default
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(path.parent)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # Nginx config, not HTML
+    )
+    try:
+        return env.get_template(path.name).render(**context)
+    except jinja2.TemplateError as e:
+        where = f"{path}:{e.lineno}" if getattr(e, "lineno", None) else str(path)
+        raise NginxError(f"cannot render {where}: {e.message}",
+                         hint="fix the template; nothing was changed") from None
+
+
+def render_upstream(cfg: AppConfig, live_slot: str | None, standby_slot: str | None) -> str:
+    """The upstream file; with no live slot, a placeholder that Nginx accepts (all down)."""
+    return _render(
+        cfg.nginx.upstream_template, "upstream.conf.j2",
+        app=cfg.name, upstream=upstream_name(cfg.name),
+        live_slot=live_slot, live_port=cfg.slot_port(live_slot) if live_slot else None,
+        placeholder_port=cfg.slots.blue_port,
+        standby_slot=standby_slot,
+        standby_port=cfg.slot_port(standby_slot) if standby_slot else None,
+    )
+
+
+def render_site(cfg: AppConfig) -> str:
+    return _render(
+        cfg.nginx.site_template, "site.conf.j2",
+        app=cfg.name, upstream=upstream_name(cfg.name),
+        upstream_file=str(cfg.nginx.upstream_file),
+        listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
+    )
+
+
+def live_port_in(text: str) -> int | None:
+    """The primary (non-backup, non-down) server's port in an upstream file."""
+    for m in _SERVER_RE.finditer(text):
+        flags = m.group(2).split()
+        if "backup" not in flags and "down" not in flags:
+            return int(m.group(1))
+    return None
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temp file in the same directory, fsync, rename: never a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def served_by(url: str, timeout: float = 2.0) -> str | None:
+    """Which upstream address answered a fresh request through Nginx (last one if retried)."""
+    try:
+        r = httpx.get(url, timeout=timeout, headers={"Connection": "close"})
+    except httpx.HTTPError:
+        return None
+    value = r.headers.get(UPSTREAM_HEADER, "")
+    parts = [p.strip() for p in re.split(r"[,:]\s", value) if p.strip()]
+    return parts[-1] if parts else None
+
+
+@dataclass(frozen=True)
+class SwitchResult:
+    old_workers: frozenset[int]
+    seconds: float
+
+
+class Nginx:
+    """One app's upstream file and the Nginx master that serves it."""
+
+    def __init__(self, cfg: AppConfig, emit: Emit) -> None:
+        self.cfg = cfg
+        self.emit = emit
+        self.file = cfg.nginx.upstream_file
+
+    # --- inspection ---------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        """Fail with exit 3 before touching anything if Nginx cannot be driven."""
+        for argv in (self.cfg.nginx.test_command, self.cfg.nginx.reload_command):
+            if shutil.which(argv[0]) is None:
+                raise EnvironmentProblem(f"nginx command not found: {argv[0]}",
+                                         hint="install nginx or fix nginx.test_command")
+        self.master()
+
+    def master(self) -> psutil.Process:
+        pid_file = self.cfg.nginx.pid_file
+        try:
+            pid = int(pid_file.read_text().strip())
+            proc = psutil.Process(pid)
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                return proc
+        except (OSError, ValueError, psutil.Error):
+            pass
+        raise EnvironmentProblem(
+            f"nginx is not running (no live master in {pid_file})",
+            hint="start nginx, or point nginx.pid_file at its pid file",
+        )
+
+    def workers(self) -> frozenset[int]:
+        try:
+            return frozenset(p.pid for p in self.master().children())
+        except psutil.Error:
+            return frozenset()
+
+    def current_text(self) -> str | None:
+        try:
+            return self.file.read_text()
+        except FileNotFoundError:
+            return None
+
+    def live_slot_in_file(self) -> str | None:
+        text = self.current_text()
+        port = live_port_in(text) if text else None
+        return self.cfg.slot_for_port(port) if port else None
+
+    def live_slot_served(self) -> str | None:
+        addr = served_by(self.cfg.verify_url)
+        if not addr or ":" not in addr:
+            return None
+        port = addr.rsplit(":", 1)[1]
+        return self.cfg.slot_for_port(int(port)) if port.isdigit() else None
+
+    # --- actions ------------------------------------------------------------------------
+
+    def _run(self, argv: tuple[str, ...], what: str) -> str | None:
+        """Run an nginx command (argv, no shell); return its error text or None."""
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        except FileNotFoundError:
+            raise EnvironmentProblem(f"nginx command not found: {argv[0]}",
+                                     hint="install nginx or fix nginx.*_command") from None
+        except subprocess.TimeoutExpired:
+            return f"{what} did not finish within 60s"
+        if p.returncode == 0:
+            return None
+        lines = [ln for ln in (p.stderr or p.stdout).splitlines() if ln.strip()]
+        important = [ln for ln in lines if "[emerg]" in ln or "[alert]" in ln or "[crit]" in ln]
+        return (important or lines or [f"exit code {p.returncode}"])[0].strip()
+
+    def switch(self, live_slot: str, standby_slot: str | None) -> SwitchResult:
+        """Point the upstream at ``live_slot``, verified; on any failure restore and raise."""
+        start = time.monotonic()
+        previous = self.current_text()
+        text = render_upstream(self.cfg, live_slot, standby_slot)
+        atomic_write(self.file, text)
+        problem = self._run(self.cfg.nginx.test_command, "nginx -t")
+        if problem:
+            self._restore(previous, reload=False)
+            raise NginxError(
+                f"nginx -t failed: {problem}",
+                hint=f"the previous {self.file.name} was restored and the live slot kept "
+                "serving; fix the template (nginx.upstream_template)",
+            )
+        old = self.workers()
+        try:
+            self._reload_verified(live_slot, old)
+        except NginxError as e:
+            self._restore(previous, reload=True)
+            raise NginxError(
+                f"{e.message}; the previous upstream was restored",
+                hint=e.hint or "check Nginx's error log",
+            ) from None
+        return SwitchResult(old_workers=old, seconds=time.monotonic() - start)
+
+    def _reload_verified(self, slot: str, old: frozenset[int]) -> None:
+        problem = self._run(self.cfg.nginx.reload_command, "nginx reload")
+        if problem:
+            raise NginxError(f"nginx reload failed: {problem}")
+        deadline = time.monotonic() + self.cfg.nginx.reload_timeout
+        while not (self.workers() - old):
+            if time.monotonic() > deadline:
+                raise NginxError(
+                    "nginx accepted the reload but its master kept the old workers "
+                    "(it rejected the new config)",
+                    hint="look for [emerg] in Nginx's error log (e.g. bind() failed)",
+                )
+            time.sleep(0.02)
+        want = f"127.0.0.1:{self.cfg.slot_port(slot)}"
+        streak, seen = 0, None
+        while streak < 3:
+            seen = served_by(self.cfg.verify_url)
+            streak = streak + 1 if seen == want else 0
+            if streak < 3:
+                if time.monotonic() > deadline:
+                    raise NginxError(
+                        f"after the reload {self.cfg.verify_url} is answered by {seen or 'nobody'}"
+                        f", not the {slot} slot ({want})",
+                        hint=f"the site must proxy to the zdagent upstream and add "
+                        f"`add_header {UPSTREAM_HEADER} $upstream_addr always;` "
+                        "(see `zdagent nginx render --site`)",
+                    )
+                time.sleep(0.02 if seen == want else 0.1)
+
+    def _restore(self, previous: str | None, *, reload: bool) -> None:
+        if previous is None:
+            self.file.unlink(missing_ok=True)
+        else:
+            atomic_write(self.file, previous)
+        if not reload:
+            return
+        restored = live_port_in(previous) if previous else None
+        slot = self.cfg.slot_for_port(restored) if restored else None
+        try:
+            if slot:
+                self._reload_verified(slot, self.workers())
+            else:
+                self._run(self.cfg.nginx.reload_command, "nginx reload")
+            self.emit(Event("warn", f"restored the previous upstream ({slot or 'none'})"))
+        except NginxError as e:
+            self.emit(Event("warn", f"restoring the previous upstream could not be verified: "
+                                    f"{e.message}"))
+
+    def wait_workers_gone(self, pids: frozenset[int], timeout: float) -> set[int]:
+        """Wait until the pre-reload workers exited (their requests done); return leftovers."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = {p for p in pids if _alive(p)}
+            if not alive or time.monotonic() >= deadline:
+                return alive
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

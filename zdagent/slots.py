@@ -1,0 +1,286 @@
+"""Blue/green slots as Docker containers, through the Docker SDK (never the docker CLI).
+
+A slot is a container named ``<app>-<slot>`` published on 127.0.0.1 only, labelled with the
+app, slot, version, deploy id and time, so the labels alone can tell what is deployed where
+even when the store is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+from zdagent.config import AppConfig, BuildSource, ImageSource, read_env_file
+from zdagent.errors import BuildFailed, DeployFailed, EnvironmentProblem
+
+SLOTS = ("blue", "green")
+LABEL = "zdagent"
+LogLine = Callable[[str], None]
+
+
+def other(slot: str) -> str:
+    return "green" if slot == "blue" else "blue"
+
+
+def container_name(app: str, slot: str) -> str:
+    return f"{app}-{slot}"
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    """What Docker says about one slot right now."""
+
+    slot: str
+    port: int
+    state: str  # running | exited | created | restarting | missing ...
+    version: str | None = None
+    image: str | None = None
+    image_id: str | None = None
+    deployed_at: float | None = None
+    deploy_id: int | None = None
+    container_id: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def connect() -> docker.DockerClient:
+    """A client for the local engine, API version negotiated (never pinned)."""
+    try:
+        client = docker.from_env()
+        client.ping()
+        return client
+    except docker.errors.DockerException as e:
+        raise EnvironmentProblem(
+            f"cannot reach the Docker engine: {_short(e)}",
+            hint="is dockerd running (`systemctl start docker`) and is DOCKER_HOST right? "
+            "The user needs access to /var/run/docker.sock",
+        ) from None
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:300]
+
+
+def slot_labels(cfg: AppConfig, slot: str, version: str, deploy_id: int) -> dict[str, str]:
+    return {
+        LABEL: "1",
+        f"{LABEL}.app": cfg.name,
+        f"{LABEL}.slot": slot,
+        f"{LABEL}.version": version,
+        f"{LABEL}.deploy-id": str(deploy_id),
+        f"{LABEL}.deployed-at": f"{time.time():.3f}",
+    }
+
+
+def container_kwargs(cfg: AppConfig, slot: str, image: str, version: str, deploy_id: int,
+                     env: Mapping[str, str]) -> dict[str, Any]:
+    """The exact arguments for ``containers.run`` (pure, so it is tested as data)."""
+    kwargs: dict[str, Any] = {
+        "image": image,
+        "name": container_name(cfg.name, slot),
+        "detach": True,
+        "labels": slot_labels(cfg, slot, version, deploy_id),
+        "environment": {**env, "ZDAGENT_VERSION": version, "ZDAGENT_SLOT": slot},
+        "ports": {f"{cfg.container.port}/tcp": ("127.0.0.1", cfg.slot_port(slot))},
+        # unless-stopped: a retired (stopped) slot stays stopped across a dockerd restart.
+        "restart_policy": {"Name": "unless-stopped"},
+    }
+    if cfg.container.network:
+        kwargs["network"] = cfg.container.network
+    return kwargs
+
+
+class Slots:
+    """The Docker side of one app: its two slot containers and its images."""
+
+    def __init__(self, cfg: AppConfig, client: docker.DockerClient) -> None:
+        self.cfg = cfg
+        self.client = client
+
+    # --- images -----------------------------------------------------------------------
+
+    def image_ref(self, version: str) -> str:
+        src = self.cfg.source
+        repo = src.tag if isinstance(src, BuildSource) else src.image
+        return f"{repo}:{version}"
+
+    def build(self, version: str, on_line: LogLine, extra_args: Mapping[str, str] = {}
+              ) -> tuple[str, str]:
+        """Build the context with the log streamed; return (ref, image id)."""
+        src = self.cfg.source
+        assert isinstance(src, BuildSource)
+        ref = self.image_ref(version)
+        step = "before the first step"
+        image_id: str | None = None
+        args = {**src.args, **extra_args, "ZDAGENT_VERSION": version}
+        try:
+            stream = self.client.api.build(
+                path=str(src.context), dockerfile=src.dockerfile, tag=ref, buildargs=args,
+                rm=True, forcerm=True, decode=True,
+                labels={f"{LABEL}.app": self.cfg.name, f"{LABEL}.version": version},
+            )
+            for chunk in stream:
+                # The HTTP status is 200 even when the build fails: errors come as chunks.
+                if "error" in chunk or "errorDetail" in chunk:
+                    detail = chunk.get("errorDetail", {}).get("message") or chunk.get("error")
+                    raise BuildFailed(
+                        f"build failed at {step}: {str(detail).strip()}",
+                        hint=f"fix {src.context / src.dockerfile}; the live slot is untouched",
+                    )
+                text = str(chunk.get("stream", "")).strip()
+                if text.startswith("Step "):
+                    step = text.split(" :", 1)[0].replace("Step ", "step ")
+                    step = f"{step} ({text.split(' : ', 1)[-1][:80]})"
+                if text:
+                    on_line(text)
+                if "aux" in chunk and "ID" in chunk["aux"]:
+                    image_id = chunk["aux"]["ID"]
+        except docker.errors.APIError as e:
+            raise BuildFailed(f"build failed: {_short(e)}",
+                              hint="check the build context and Dockerfile") from None
+        if image_id is None:
+            image_id = self.client.images.get(ref).id
+        return ref, image_id
+
+    def pull(self, ref: str, on_line: LogLine) -> str:
+        """Make ``ref`` available locally per the pull policy; return its image id."""
+        src = self.cfg.source
+        policy = src.pull if isinstance(src, ImageSource) else "never"
+        local = self._local_image(ref)
+        if local is not None and policy != "always":
+            on_line(f"using local image {ref} ({local.short_id})")
+            return str(local.id)
+        if policy == "never":
+            raise DeployFailed(f"image {ref} is not present locally and source.pull is 'never'",
+                               hint="load or build the image first, or set source.pull")
+        repo, _, tag = ref.rpartition(":")
+        try:
+            for chunk in self.client.api.pull(repo, tag=tag, stream=True, decode=True):
+                if "error" in chunk:
+                    raise DeployFailed(f"pull of {ref} failed: {chunk['error']}",
+                                       hint="check the image name, tag and registry login")
+                status = chunk.get("status", "")
+                if status and "id" not in chunk:
+                    on_line(status)
+        except docker.errors.APIError as e:
+            raise DeployFailed(f"pull of {ref} failed: {_short(e)}",
+                               hint="check the image name, tag and registry login") from None
+        return str(self.client.images.get(ref).id)
+
+    def _local_image(self, ref: str) -> Any:
+        try:
+            return self.client.images.get(ref)
+        except docker.errors.ImageNotFound:
+            return None
+
+    def has_image(self, image_id: str) -> bool:
+        return self._local_image(image_id) is not None
+
+    # --- containers ---------------------------------------------------------------------
+
+    def _container(self, slot: str) -> Container | None:
+        try:
+            return self.client.containers.get(container_name(self.cfg.name, slot))
+        except docker.errors.NotFound:
+            return None
+
+    def info(self, slot: str) -> SlotInfo:
+        c = self._container(slot)
+        port = self.cfg.slot_port(slot)
+        if c is None:
+            return SlotInfo(slot=slot, port=port, state="missing")
+        labels = c.labels or {}
+        tags = c.image.tags if c.image else []
+        at = labels.get(f"{LABEL}.deployed-at")
+        dep = labels.get(f"{LABEL}.deploy-id")
+        return SlotInfo(
+            slot=slot,
+            port=port,
+            state=c.status,
+            version=labels.get(f"{LABEL}.version"),
+            image=tags[0] if tags else None,
+            image_id=c.image.id if c.image else None,
+            deployed_at=float(at) if at else None,
+            deploy_id=int(dep) if dep and dep.isdigit() else None,
+            container_id=c.short_id,
+        )
+
+    def state(self, slot: str) -> str:
+        c = self._container(slot)
+        if c is None:
+            return "missing"
+        c.reload()
+        return str(c.status)
+
+    def exit_reason(self, slot: str) -> str | None:
+        """None while the container is up; otherwise why it is not (for fail-fast probes)."""
+        c = self._container(slot)
+        if c is None:
+            return "the container disappeared"
+        c.reload()
+        st = c.attrs.get("State", {})
+        if st.get("Running") and not st.get("Restarting"):
+            return None
+        if st.get("Restarting") or c.status in ("exited", "dead"):
+            return f"the container exited with code {st.get('ExitCode')}"
+        return None
+
+    def logs_tail(self, slot: str, lines: int = 20) -> list[str]:
+        c = self._container(slot)
+        if c is None:
+            return []
+        try:
+            raw = c.logs(tail=lines, stdout=True, stderr=True)
+        except docker.errors.APIError:
+            return []
+        return raw.decode("utf-8", "replace").splitlines()[-lines:]
+
+    def run(self, slot: str, image: str, version: str, deploy_id: int) -> None:
+        """Start a fresh container for ``slot`` (whatever stood there is removed first)."""
+        self.remove(slot)
+        env = dict(self.cfg.container.env)
+        if self.cfg.container.env_file:
+            env.update(read_env_file(self.cfg.container.env_file))
+        kwargs = container_kwargs(self.cfg, slot, image, version, deploy_id, env)
+        try:
+            self.client.containers.run(**kwargs)
+        except docker.errors.APIError as e:
+            self.remove(slot)
+            raise DeployFailed(
+                f"could not start {kwargs['name']}: {_short(e)}",
+                hint=f"is 127.0.0.1:{self.cfg.slot_port(slot)} free? (slots.*_port)",
+            ) from None
+
+    def start(self, slot: str) -> None:
+        c = self._container(slot)
+        if c is None:
+            raise DeployFailed(f"slot {slot} has no container to start")
+        c.start()
+
+    def stop(self, slot: str) -> None:
+        """SIGTERM, then SIGKILL after the stop timeout (the container is kept)."""
+        c = self._container(slot)
+        if c is not None and c.status in ("running", "restarting", "paused"):
+            c.stop(timeout=self.cfg.container.stop_timeout)
+
+    def remove(self, slot: str) -> None:
+        c = self._container(slot)
+        if c is None:
+            return
+        if c.status in ("running", "restarting", "paused"):
+            c.stop(timeout=self.cfg.container.stop_timeout)
+        with contextlib.suppress(docker.errors.NotFound):
+            c.remove(force=True)

@@ -1,0 +1,91 @@
+"""What is true right now, and where the record and reality disagree.
+
+Status never changes anything: it reads the containers, probes them once, reads the upstream
+file, asks Nginx which slot answers, and compares all of that with the store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from zdagent.deploy import Engine, Phase
+from zdagent.errors import EnvironmentProblem
+from zdagent.probe import probe_once, slot_url
+from zdagent.slots import SLOTS, container_name
+
+
+def collect(engine: Engine) -> dict[str, Any]:
+    """A JSON-ready picture of the app: slots, routing, last deploy, drift."""
+    cfg = engine.cfg
+    state = engine.store.state(cfg.name)
+    slots: dict[str, dict[str, Any]] = {}
+    with httpx.Client(headers={"Connection": "close"}) as client:
+        for slot in SLOTS:
+            info = engine.slots.info(slot)
+            row = info.to_dict()
+            row["container"] = container_name(cfg.name, slot)
+            if info.running:
+                url = slot_url(info.port, cfg.health.path)
+                result = probe_once(client, url, cfg.health, info.version)
+                row["health"] = "healthy" if result.ok else f"unhealthy ({result.detail})"
+            else:
+                row["health"] = "-"
+            slots[slot] = row
+    in_file = engine.nginx.live_slot_in_file()
+    try:
+        engine.nginx.master()
+        nginx_running = True
+        served = engine.nginx.live_slot_served()
+    except EnvironmentProblem:
+        nginx_running, served = False, None
+    history = engine.store.history(cfg.name, limit=1)
+    last = history[0].to_dict() if history else None
+    drift = _drift(state.live_slot, state.phase, in_file, served, nginx_running, slots)
+    return {
+        "app": cfg.name,
+        "live_slot": in_file,
+        "routing": {
+            "upstream_file": str(cfg.nginx.upstream_file),
+            "file_routes_to": in_file,
+            "nginx_running": nginx_running,
+            "served_by": served,
+            "confirmed": bool(in_file) and in_file == served,
+        },
+        "slots": slots,
+        "store": {"live_slot": state.live_slot, "phase": state.phase,
+                  "deploy_id": state.deploy_id},
+        "last_deploy": last,
+        "drift": drift,
+        "ok": not drift and bool(in_file) and slots.get(in_file or "", {}).get("health")
+        == "healthy",
+    }
+
+
+def _drift(stored: str | None, phase: str, in_file: str | None, served: str | None,
+           nginx_running: bool, slots: dict[str, dict[str, Any]]) -> list[str]:
+    """Plain sentences for every disagreement between record and reality."""
+    out: list[str] = []
+    if phase != Phase.IDLE:
+        out.append(f"a deploy was interrupted in phase '{phase}' (or is running now); the next "
+                   "deploy or rollback repairs it")
+    if stored and in_file and stored != in_file:
+        out.append(f"the store says {stored} is live but the upstream file routes to {in_file} "
+                   "(edited by hand?)")
+    if stored and not in_file:
+        out.append(f"the store says {stored} is live but the upstream file names no slot")
+    if not nginx_running:
+        out.append("nginx is not running")
+    elif in_file and served != in_file:
+        out.append(f"the upstream file routes to {in_file} but Nginx answers from "
+                   f"{served or 'no slot'} (not reloaded, or the site does not use it?)")
+    for name, row in slots.items():
+        if name == in_file and row["state"] == "missing":
+            out.append(f"the live slot's container {row['container']} is missing "
+                       "(removed by hand?)")
+        elif name == in_file and row["state"] != "running":
+            out.append(f"the live slot's container {row['container']} is {row['state']}")
+        elif name == in_file and row["health"] != "healthy":
+            out.append(f"the live slot {name} is {row['health']}")
+    return out

@@ -1,0 +1,207 @@
+"""Embedded, crash-safe state and history: stdlib sqlite3 in WAL mode.
+
+Two tables: ``deploys`` is the audit trail (one row per deploy, rollback or recovery, with
+per-phase timings), and ``app_state`` holds the phase an app is in right now, so a crash
+mid-deploy is found by a lookup on the next run rather than guessed.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zdagent.errors import EnvironmentProblem
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deploys (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    app TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    version TEXT,
+    image TEXT,
+    image_id TEXT,
+    slot TEXT,
+    from_slot TEXT,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    phases TEXT NOT NULL DEFAULT '[]',
+    user TEXT,
+    pid INTEGER
+);
+CREATE INDEX IF NOT EXISTS deploys_app ON deploys(app, id);
+CREATE TABLE IF NOT EXISTS app_state (
+    app TEXT PRIMARY KEY,
+    live_slot TEXT,
+    phase TEXT NOT NULL,
+    deploy_id INTEGER,
+    candidate_slot TEXT,
+    updated_at REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class PhaseRecord:
+    name: str
+    started_at: float
+    duration: float | None = None
+    ok: bool | None = None
+
+
+@dataclass
+class DeployRecord:
+    """One row of history."""
+
+    id: int
+    app: str
+    kind: str  # deploy | rollback | recover
+    version: str | None
+    image: str | None
+    image_id: str | None
+    slot: str | None
+    from_slot: str | None
+    started_at: float
+    finished_at: float | None
+    outcome: str  # running | succeeded | failed | interrupted
+    error: str | None
+    user: str | None
+    pid: int | None
+    phases: list[PhaseRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AppState:
+    app: str
+    live_slot: str | None
+    phase: str
+    deploy_id: int | None
+    candidate_slot: str | None
+    updated_at: float
+
+
+def current_user() -> str:
+    try:
+        return os.environ.get("SUDO_USER") or getpass.getuser()
+    except Exception:  # no passwd entry in a container: the uid is still informative
+        return str(os.getuid())
+
+
+class Store:
+    """History and per-app state in ``<state_dir>/zdagent.db``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "zdagent.db"
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise EnvironmentProblem(
+                f"cannot open the state store at {self.path}: {e}",
+                hint="check app.state_dir exists and is writable by this user",
+            ) from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- history ------------------------------------------------------------------------
+
+    def begin(self, app: str, kind: str, version: str | None, slot: str | None,
+              from_slot: str | None) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO deploys(app, kind, version, slot, from_slot, started_at, outcome,"
+                " user, pid) VALUES (?,?,?,?,?,?,?,?,?)",
+                (app, kind, version, slot, from_slot, time.time(), "running",
+                 current_user(), os.getpid()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def update(self, deploy_id: int, **fields: Any) -> None:
+        allowed = {"version", "image", "image_id", "slot", "from_slot", "error", "outcome"}
+        bad = set(fields) - allowed
+        if bad:
+            raise ValueError(f"unknown fields {bad}")
+        cols = ", ".join(f"{k}=?" for k in fields)
+        with self._tx() as db:
+            db.execute(f"UPDATE deploys SET {cols} WHERE id=?", (*fields.values(), deploy_id))
+
+    def set_phases(self, deploy_id: int, phases: list[PhaseRecord]) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE deploys SET phases=? WHERE id=?",
+                       (json.dumps([asdict(p) for p in phases]), deploy_id))
+
+    def finish(self, deploy_id: int, outcome: str, error: str | None = None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE deploys SET outcome=?, error=?, finished_at=? WHERE id=?",
+                       (outcome, error, time.time(), deploy_id))
+
+    def history(self, app: str, limit: int = 20) -> list[DeployRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM deploys WHERE app=? ORDER BY id DESC LIMIT ?", (app, limit)
+        ).fetchall()
+        return [self._record(r) for r in rows]
+
+    def get(self, deploy_id: int) -> DeployRecord | None:
+        row = self._db.execute("SELECT * FROM deploys WHERE id=?", (deploy_id,)).fetchone()
+        return self._record(row) if row else None
+
+    def last_success_of(self, app: str, version: str) -> DeployRecord | None:
+        row = self._db.execute(
+            "SELECT * FROM deploys WHERE app=? AND version=? AND outcome='succeeded'"
+            " AND image_id IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (app, version),
+        ).fetchone()
+        return self._record(row) if row else None
+
+    @staticmethod
+    def _record(row: sqlite3.Row) -> DeployRecord:
+        d = dict(row)
+        phases = [PhaseRecord(**p) for p in json.loads(d.pop("phases") or "[]")]
+        return DeployRecord(**d, phases=phases)
+
+    # --- current state ------------------------------------------------------------------
+
+    def state(self, app: str) -> AppState:
+        row = self._db.execute("SELECT * FROM app_state WHERE app=?", (app,)).fetchone()
+        if row is None:
+            return AppState(app, None, "idle", None, None, 0.0)
+        return AppState(**dict(row))
+
+    def set_state(self, app: str, *, phase: str, live_slot: str | None,
+                  deploy_id: int | None = None, candidate_slot: str | None = None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO app_state(app, live_slot, phase, deploy_id, candidate_slot,"
+                " updated_at) VALUES (?,?,?,?,?,?) ON CONFLICT(app) DO UPDATE SET"
+                " live_slot=excluded.live_slot, phase=excluded.phase,"
+                " deploy_id=excluded.deploy_id, candidate_slot=excluded.candidate_slot,"
+                " updated_at=excluded.updated_at",
+                (app, live_slot, phase, deploy_id, candidate_slot, time.time()),
+            )
