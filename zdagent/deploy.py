@@ -58,6 +58,35 @@ class Result:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class RecoveryPlan:
+    """What reconcile does: which slot ends up live, which candidate (if any) goes."""
+
+    live: str | None
+    remove: str | None
+
+
+def recovery_plan(phase: Phase, candidate: str | None, stored_live: str | None,
+                  in_file: str | None, in_file_healthy: bool) -> RecoveryPlan:
+    """Decide how to finish or undo a run that died in ``phase`` (pure: unit-tested).
+
+    Before the switch the live slot was never touched: keep it, drop the candidate. During
+    the switch the file may name either slot: keep what it names if that slot is healthy,
+    otherwise go back to the recorded live slot. In the drain the switch was verified: the
+    candidate is live.
+    """
+    if phase in BEFORE_SWITCH:
+        live = in_file or stored_live
+    elif phase == Phase.DRAIN:
+        live = candidate
+    elif in_file and in_file_healthy:
+        live = in_file
+    else:
+        live = stored_live
+    remove = candidate if candidate and candidate != live and phase != Phase.DRAIN else None
+    return RecoveryPlan(live=live, remove=remove)
+
+
 class _Run:
     """Times and records the phases of one deploy record."""
 
@@ -281,26 +310,21 @@ class Engine:
         st = self.store.state(self.cfg.name)
         if st.phase == Phase.IDLE:
             return []
-        phase = Phase(st.phase)
-        cand = st.candidate_slot
-        notes = [f"deploy #{st.deploy_id} was interrupted in phase '{phase}'"]
         in_file = self.nginx.live_slot_in_file()
-        if phase in BEFORE_SWITCH:
-            live = in_file or st.live_slot
-        elif phase == Phase.DRAIN:
-            live = cand
-        else:  # SWITCH: keep whatever the file routes to if it is healthy, else go back
-            live = in_file if in_file and self._healthy(in_file) else st.live_slot
-        if live and (in_file != live or self.nginx.live_slot_served() != live):
-            standby = other(live) if self.slots.info(other(live)).running else None
-            self.nginx.switch(live, standby if self.cfg.nginx.standby_as_backup else None)
-            notes.append(f"re-pointed Nginx at {live}")
-        if cand and cand != live and phase != Phase.DRAIN:
-            self.slots.remove(cand)
-            notes.append(f"removed the orphan candidate in {cand}")
+        plan = recovery_plan(Phase(st.phase), st.candidate_slot, st.live_slot, in_file,
+                             in_file is not None and self._healthy(in_file))
+        notes = [f"deploy #{st.deploy_id} was interrupted in phase '{st.phase}'"]
+        if plan.live and (in_file != plan.live or self.nginx.live_slot_served() != plan.live):
+            standby = other(plan.live)
+            keep = standby if self.slots.info(standby).running else None
+            self.nginx.switch(plan.live, keep if self.cfg.nginx.standby_as_backup else None)
+            notes.append(f"re-pointed Nginx at {plan.live}")
+        if plan.remove:
+            self.slots.remove(plan.remove)
+            notes.append(f"removed the orphan candidate in {plan.remove}")
         if st.deploy_id is not None:
             self.store.finish(st.deploy_id, "interrupted", "; ".join(notes))
-        self.store.set_state(self.cfg.name, phase=Phase.IDLE, live_slot=live)
+        self.store.set_state(self.cfg.name, phase=Phase.IDLE, live_slot=plan.live)
         for note in notes:
             self.emit(Event("warn", f"recovered: {note}"))
         return notes

@@ -1,0 +1,94 @@
+"""Pure builders as data: the rendered upstream/site and the container arguments."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from zdagent.config import load_config
+from zdagent.errors import NginxError
+from zdagent.nginx import live_port_in, render_site, render_upstream
+from zdagent.slots import container_kwargs
+
+GOLDEN = Path(__file__).parent / "golden"
+CONFIG = """
+[app]
+name = "web-app"
+[source]
+image = "registry.local/web"
+[container]
+port = 8080
+[slots]
+blue_port = 18001
+green_port = 18002
+[nginx]
+upstream_file = "/etc/nginx/zdagent/web-app.upstream.conf"
+listen = "127.0.0.1:8080"
+server_name = "example.com"
+"""
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    p = tmp_path / "web.toml"
+    p.write_text(CONFIG)
+    return load_config(p)
+
+
+def golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    assert text == path.read_text(), f"{name} changed; review and update the golden file"
+
+
+def test_upstream_live_with_standby_backup(cfg):
+    text = render_upstream(cfg, "green", "blue")
+    golden("upstream_green_backup_blue.conf", text)
+    assert live_port_in(text) == 18002
+
+
+def test_upstream_without_standby(cfg):
+    text = render_upstream(cfg, "blue", None)
+    assert re.search(r"^\s*server .*backup;", text, re.M) is None
+    assert live_port_in(text) == 18001
+
+
+def test_placeholder_upstream_names_no_live_slot(cfg):
+    text = render_upstream(cfg, None, None)
+    golden("upstream_placeholder.conf", text)
+    assert live_port_in(text) is None
+
+
+def test_site_block(cfg):
+    golden("site.conf", render_site(cfg))
+
+
+def test_live_port_skips_backup_and_down():
+    text = "upstream x {\n  server 127.0.0.1:1 down;\n  server 127.0.0.1:2 backup;\n" \
+           "  server 127.0.0.1:3 max_fails=1;\n}\n"
+    assert live_port_in(text) == 3
+
+
+def test_custom_template_error_names_the_file(tmp_path, cfg):
+    bad = tmp_path / "bad.j2"
+    bad.write_text("upstream {{ upstream }} {\n  server {{ no_such_var }};\n}\n")
+    object.__setattr__(cfg.nginx, "upstream_template", bad)
+    with pytest.raises(NginxError, match=r"bad\.j2"):
+        render_upstream(cfg, "blue", None)
+
+
+def test_container_kwargs_bind_loopback_only(cfg):
+    kw = container_kwargs(cfg, "green", "sha256:abc", "v7", 42, {"SECRET": "s3"})
+    assert kw["name"] == "web-app-green"
+    assert kw["ports"] == {"8080/tcp": ("127.0.0.1", 18002)}
+    assert kw["restart_policy"] == {"Name": "unless-stopped"}
+    assert kw["environment"] == {"SECRET": "s3", "ZDAGENT_VERSION": "v7",
+                                 "ZDAGENT_SLOT": "green"}
+    labels = kw["labels"]
+    assert labels["zdagent.app"] == "web-app"
+    assert labels["zdagent.slot"] == "green"
+    assert labels["zdagent.version"] == "v7"
+    assert labels["zdagent.deploy-id"] == "42"
+    assert float(labels["zdagent.deployed-at"]) > 0
+    assert "network" not in kw
