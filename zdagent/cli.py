@@ -47,8 +47,10 @@ nginx_app = typer.Typer(help="Render the Nginx files zdagent manages.", no_args_
 app.add_typer(config_app, name="config")
 app.add_typer(nginx_app, name="nginx")
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (CI logs, ssh) is not squeezed into 80 columns.
+err = Console(stderr=True, highlight=False, soft_wrap=True,
+              width=None if sys.stderr.isatty() else 160)
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 ConfigOpt = Annotated[str | None, typer.Option(
     "--config", "-c", envvar="ZDAGENT_CONFIG", show_envvar=True,
@@ -203,12 +205,11 @@ def _ago(ts: float | None) -> str:
 def _render_status(data: dict[str, Any]) -> None:
     live = data["live_slot"]
     table = Table(title=f"zdagent: {data['app']}", title_justify="left")
-    for col in ("slot", "container", "state", "version", "image", "health", "port",
-                "deployed"):
+    for col in ("slot", "state", "version", "image", "health", "port", "deployed"):
         table.add_column(col)
     for name, row in data["slots"].items():
         mark = " (live)" if name == live else ""
-        table.add_row(f"{name}{mark}", row["container"], row["state"], row["version"] or "-",
+        table.add_row(f"{name}{mark}", row["state"], row["version"] or "-",
                       row["image"] or "-", row["health"], f"127.0.0.1:{row['port']}",
                       _ago(row["deployed_at"]))
     out.print(table)
@@ -249,7 +250,7 @@ def history(
             table.add_column(col, overflow="fold")
         for r in records:
             took = f"{r.finished_at - r.started_at:.1f}s" if r.finished_at else "-"
-            table.add_row(str(r.id), time.strftime("%Y-%m-%d %H:%M:%S",
+            table.add_row(str(r.id), time.strftime("%m-%d %H:%M:%S",
                                                    time.localtime(r.started_at)),
                           r.kind, r.version or "-", f"{r.from_slot or '-'}→{r.slot}",
                           r.outcome, took, r.user or "-", r.error or "")
