@@ -1,31 +1,32 @@
 """Shared fixtures: real Docker, real Nginx, test images built once per session.
 
 Under CI=true a missing Docker engine or Nginx fails the integration tests; elsewhere they
-skip with the reason. Every container a test creates belongs to an app named ``zdt-…`` and is
+skip with the reason. Every container a test creates belongs to an app named ``zdt<pid>-…`` and is
 swept at the start and end of the session.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_APP = ROOT / "examples" / "sample-app"
+from benchmarks import harness
+from benchmarks.harness import NginxServer, build_image, free_port
+
 IMAGE_REPO = "zdtest"
-TEST_PREFIX = "zdt-"
+# App names carry the test runner's pid, so concurrent runs never sweep each other's apps.
+TEST_PREFIX = f"zdt{os.getpid()}-"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -36,12 +37,6 @@ def require(ok: bool, what: str) -> None:
     if IN_CI:
         pytest.fail(f"{what} is required under CI=true", pytrace=False)
     pytest.skip(what)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- Docker ---------------------------------------------------------------------------------
@@ -62,26 +57,16 @@ def docker_client():
 
 
 def _sweep(client) -> None:
+    """Remove test apps' containers left by this run or by a runner that has died."""
     for c in client.containers.list(all=True, filters={"label": "zdagent.app"}):
-        if c.labels.get("zdagent.app", "").startswith(TEST_PREFIX):
+        m = re.match(r"zdt(\d+)-", c.labels.get("zdagent.app", ""))
+        if m and (m.group(0) == TEST_PREFIX or not psutil.pid_exists(int(m.group(1)))):
             c.remove(force=True)
 
 
 def make_context(dest: Path) -> Path:
-    """A build context of the sample app with Debian's static busybox copied in."""
-    busybox = shutil.which("busybox")
-    require(busybox is not None, "busybox-static (apt-get install busybox-static)")
-    shutil.copytree(SAMPLE_APP, dest, dirs_exist_ok=True)
-    shutil.copy2(str(busybox), dest / "busybox")
-    return dest
-
-
-def build_image(client, context: Path, tag: str, **args: str) -> str:
-    for chunk in client.api.build(path=str(context), tag=tag, buildargs=args, rm=True,
-                                  decode=True):
-        if "error" in chunk:
-            raise RuntimeError(f"building {tag}: {chunk['error']}")
-    return str(client.images.get(tag).id)
+    require(shutil.which("busybox") is not None, "busybox-static (apt-get install busybox-static)")
+    return harness.make_context(dest)
 
 
 @pytest.fixture(scope="session")
@@ -97,75 +82,10 @@ def images(docker_client, tmp_path_factory) -> dict[str, str]:
 
 # --- Nginx ----------------------------------------------------------------------------------
 
-NGINX_CONF = """\
-worker_processes 2;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log notice;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
-    include {prefix}/sites/*.conf;
-}}
-"""
-
-
-@dataclass
-class NginxServer:
-    """A test-owned Nginx master on 127.0.0.1:<port> with its own prefix."""
-
-    prefix: Path
-    port: int
-
-    @property
-    def conf(self) -> Path:
-        return self.prefix / "nginx.conf"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.prefix / "nginx.pid"
-
-    def argv(self, *extra: str) -> list[str]:
-        return ["nginx", "-p", str(self.prefix), "-c", str(self.conf), "-e",
-                str(self.prefix / "error.log"), *extra]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        subprocess.run(self.argv(), check=True, capture_output=True, timeout=30)
-        deadline = time.monotonic() + 10
-        while not self.pid_file.exists():
-            if time.monotonic() > deadline:
-                raise RuntimeError("nginx did not write its pid file")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        try:
-            pid = int(self.pid_file.read_text())
-            os.kill(pid, signal.SIGQUIT)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                os.kill(pid, 0)
-                time.sleep(0.05)
-            os.kill(pid, signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
-
-
 @pytest.fixture
 def nginx_server(tmp_path) -> Iterator[NginxServer]:
     require(shutil.which("nginx") is not None, "nginx (apt-get install nginx)")
-    prefix = tmp_path / "nginx"
-    for sub in ("tmp", "sites", "zdagent"):
-        (prefix / sub).mkdir(parents=True)
-    server = NginxServer(prefix=prefix, port=free_port())
-    server.conf.write_text(NGINX_CONF.format(prefix=prefix))
+    server = NginxServer.create(tmp_path / "nginx")
     yield server
     server.stop()
 
@@ -252,7 +172,7 @@ def make_app(tmp_path, nginx_server, docker_client, images):
 
     def factory(source: str = IMAGE_SOURCE, extra: str = "", start_nginx: bool = True
                 ) -> TestApp:
-        name = f"{TEST_PREFIX}{uuid.uuid4().hex[:8]}"
+        name = f"{TEST_PREFIX}{uuid.uuid4().hex[:6]}"
         cfg_dir = tmp_path / name
         cfg_dir.mkdir()
         blue, green = free_port(), free_port()

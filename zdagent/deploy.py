@@ -131,6 +131,7 @@ class Engine:
 
     def close(self) -> None:
         self.store.close()
+        self.nginx.close()
         self.slots.client.close()
 
     # --- public operations --------------------------------------------------------------

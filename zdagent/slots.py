@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -67,6 +67,22 @@ def connect() -> docker.DockerClient:
             hint="is dockerd running (`systemctl start docker`) and is DOCKER_HOST right? "
             "The user needs access to /var/run/docker.sock",
         ) from None
+
+
+def _as_deploy_error(what: str, e: docker.errors.APIError) -> DeployFailed:
+    return DeployFailed(f"Docker refused {what}: {e.explanation or _short(e)}",
+                        hint="check `docker ps -a` and the Docker daemon log")
+
+
+@contextlib.contextmanager
+def _docker_errors(what: str) -> Iterator[None]:
+    """Docker API errors become one-line deploy errors instead of tracebacks."""
+    try:
+        yield
+    except docker.errors.NotFound:
+        raise
+    except docker.errors.APIError as e:
+        raise _as_deploy_error(what, e) from None
 
 
 def _short(e: BaseException) -> str:
@@ -203,7 +219,11 @@ class Slots:
         if c is None:
             return SlotInfo(slot=slot, port=port, state="missing")
         labels = c.labels or {}
-        tags = c.image.tags if c.image else []
+        try:
+            image = c.image
+        except docker.errors.ImageNotFound:  # deleted by hand: report, do not crash
+            image = None
+        tags = image.tags if image else []
         at = labels.get(f"{LABEL}.deployed-at")
         dep = labels.get(f"{LABEL}.deploy-id")
         return SlotInfo(
@@ -212,7 +232,7 @@ class Slots:
             state=c.status,
             version=labels.get(f"{LABEL}.version"),
             image=tags[0] if tags else None,
-            image_id=c.image.id if c.image else None,
+            image_id=image.id if image else c.attrs.get("Image"),
             deployed_at=float(at) if at else None,
             deploy_id=int(dep) if dep and dep.isdigit() else None,
             container_id=c.short_id,
@@ -268,19 +288,33 @@ class Slots:
         c = self._container(slot)
         if c is None:
             raise DeployFailed(f"slot {slot} has no container to start")
-        c.start()
+        with _docker_errors(f"starting {c.name}"):
+            c.start()
 
     def stop(self, slot: str) -> None:
         """SIGTERM, then SIGKILL after the stop timeout (the container is kept)."""
         c = self._container(slot)
         if c is not None and c.status in ("running", "restarting", "paused"):
-            c.stop(timeout=self.cfg.container.stop_timeout)
+            with _docker_errors(f"stopping {c.name}"), \
+                    contextlib.suppress(docker.errors.NotFound):
+                c.stop(timeout=self.cfg.container.stop_timeout)
 
     def remove(self, slot: str) -> None:
+        """Stop gracefully, then remove; waits out a removal already in progress."""
         c = self._container(slot)
         if c is None:
             return
-        if c.status in ("running", "restarting", "paused"):
-            c.stop(timeout=self.cfg.container.stop_timeout)
-        with contextlib.suppress(docker.errors.NotFound):
+        self.stop(slot)
+        try:
             c.remove(force=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as e:
+            if e.status_code != 409:
+                raise _as_deploy_error(f"removing {c.name}", e) from None
+        deadline = time.monotonic() + 60
+        while self._container(slot) is not None:  # someone else is removing it
+            if time.monotonic() > deadline:
+                raise DeployFailed(f"{c.name} is still being removed after 60s",
+                                   hint="check `docker ps -a` and the Docker daemon log")
+            time.sleep(0.2)

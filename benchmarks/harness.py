@@ -1,0 +1,115 @@
+"""Real components for tests and benchmarks: a private Nginx, free ports, sample-app images.
+
+Shared by tests/conftest.py and the benchmarks, so a benchmark measures exactly the setup the
+tests prove. Everything listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_APP = ROOT / "examples" / "sample-app"
+
+NGINX_CONF = """\
+worker_processes 2;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log notice;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    include {prefix}/sites/*.conf;
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class NginxServer:
+    """A private Nginx master on 127.0.0.1:<port> with its own prefix."""
+
+    prefix: Path
+    port: int
+
+    @classmethod
+    def create(cls, prefix: Path, port: int | None = None) -> NginxServer:
+        for sub in ("tmp", "sites", "zdagent"):
+            (prefix / sub).mkdir(parents=True, exist_ok=True)
+        server = cls(prefix=prefix, port=port or free_port())
+        server.conf.write_text(NGINX_CONF.format(prefix=prefix))
+        return server
+
+    @property
+    def conf(self) -> Path:
+        return self.prefix / "nginx.conf"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.prefix / "nginx.pid"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self, *extra: str) -> list[str]:
+        return ["nginx", "-p", str(self.prefix), "-c", str(self.conf), "-e",
+                str(self.prefix / "error.log"), *extra]
+
+    def start(self) -> None:
+        subprocess.run(self.argv(), check=True, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 10
+        while not self.pid_file.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("nginx did not write its pid file")
+            time.sleep(0.05)
+
+    def reload(self) -> None:
+        subprocess.run(self.argv("-s", "reload"), check=True, capture_output=True, timeout=30)
+
+    def stop(self) -> None:
+        try:
+            pid = int(self.pid_file.read_text())
+            os.kill(pid, signal.SIGQUIT)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                os.kill(pid, 0)
+                time.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+def make_context(dest: Path) -> Path:
+    """A build context of the sample app with Debian's static busybox copied in."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        raise FileNotFoundError("busybox not found (apt-get install busybox-static)")
+    shutil.copytree(SAMPLE_APP, dest, dirs_exist_ok=True)
+    shutil.copy2(busybox, dest / "busybox")
+    return dest
+
+
+def build_image(client, context: Path, tag: str, **args: str) -> str:
+    """Build ``tag`` from ``context`` with build args; raise on any error chunk."""
+    for chunk in client.api.build(path=str(context), tag=tag, buildargs=args, rm=True,
+                                  decode=True):
+        if "error" in chunk:
+            raise RuntimeError(f"building {tag}: {chunk['error']}")
+    return str(client.images.get(tag).id)
