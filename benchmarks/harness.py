@@ -6,6 +6,7 @@ tests prove. Everything listens on 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -113,3 +114,44 @@ def build_image(client, context: Path, tag: str, **args: str) -> str:
         if "error" in chunk:
             raise RuntimeError(f"building {tag}: {chunk['error']}")
     return str(client.images.get(tag).id)
+
+
+def app_config(name: str, state_dir: Path, nginx: NginxServer, blue: int, green: int,
+               source: str, extra: str = "") -> str:
+    """A zdagent app config wired to a private Nginx, with fast probes for tests/benchmarks."""
+    upstream = nginx.prefix / "zdagent" / f"{name}.upstream.conf"
+    argv = json.dumps  # TOML arrays of strings are JSON arrays
+    return f"""\
+[app]
+name = "{name}"
+state_dir = "{state_dir}"
+
+{source}
+
+[container]
+port = 8080
+stop_timeout = 2
+
+[slots]
+blue_port = {blue}
+green_port = {green}
+drain_seconds = 5
+
+[health]
+path = "/cgi-bin/health"
+interval = 0.2
+timeout = 2
+passes = 2
+startup_deadline = 15
+expect_version = "body"
+
+[nginx]
+upstream_file = "{upstream}"
+test_command = {argv(nginx.argv("-t"))}
+reload_command = {argv(nginx.argv("-s", "reload"))}
+pid_file = "{nginx.pid_file}"
+public_url = "{nginx.url}/"
+listen = "127.0.0.1:{nginx.port}"
+reload_timeout = 10
+{extra}
+"""

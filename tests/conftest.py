@@ -123,45 +123,6 @@ class TestApp:
         return r.text.split()[0]
 
 
-def write_config(path: Path, name: str, nginx: NginxServer, blue: int, green: int,
-                 source: str, extra: str = "") -> None:
-    upstream = nginx.prefix / "zdagent" / f"{name}.upstream.conf"
-    path.write_text(f"""\
-[app]
-name = "{name}"
-state_dir = "{path.parent / 'state'}"
-
-{source}
-
-[container]
-port = 8080
-stop_timeout = 2
-
-[slots]
-blue_port = {blue}
-green_port = {green}
-drain_seconds = 5
-
-[health]
-path = "/cgi-bin/health"
-interval = 0.2
-timeout = 2
-passes = 2
-startup_deadline = 15
-expect_version = "body"
-
-[nginx]
-upstream_file = "{upstream}"
-test_command = {nginx.argv("-t")!r}
-reload_command = {nginx.argv("-s", "reload")!r}
-pid_file = "{nginx.pid_file}"
-public_url = "{nginx.url}/"
-listen = "127.0.0.1:{nginx.port}"
-reload_timeout = 10
-{extra}
-""".replace("'", '"'))
-
-
 IMAGE_SOURCE = f'[source]\nimage = "{IMAGE_REPO}"\npull = "never"'
 
 
@@ -177,7 +138,8 @@ def make_app(tmp_path, nginx_server, docker_client, images):
         cfg_dir.mkdir()
         blue, green = free_port(), free_port()
         config = cfg_dir / "zdagent.toml"
-        write_config(config, name, nginx_server, blue, green, source, extra)
+        config.write_text(harness.app_config(name, cfg_dir / "state", nginx_server, blue, green,
+                                             source, extra))
         app = TestApp(name, config, nginx_server, blue, green)
         site = app.ok("nginx", "render", "--site").stdout
         (nginx_server.prefix / "sites" / f"{name}.conf").write_text(site)

@@ -8,6 +8,7 @@ URL names the new slot in ``X-Zdagent-Upstream``. Anything less restores the pre
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -42,16 +43,21 @@ def upstream_name(app: str) -> str:
     return "zdagent_" + app.replace("-", "_")
 
 
-def _render(template: Path | None, default: str, **context: object) -> str:
-    path = template or templates_dir() / default
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(path.parent)),
+@functools.lru_cache(maxsize=16)
+def _environment(directory: str) -> jinja2.Environment:
+    """One environment per template directory: templates compile once (auto_reload on change)."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(directory),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,  # Nginx config, not HTML
     )
+
+
+def _render(template: Path | None, default: str, **context: object) -> str:
+    path = template or templates_dir() / default
     try:
-        return env.get_template(path.name).render(**context)
+        return _environment(str(path.parent)).get_template(path.name).render(**context)
     except jinja2.TemplateError as e:
         where = f"{path}:{e.lineno}" if getattr(e, "lineno", None) else str(path)
         raise NginxError(f"cannot render {where}: {e.message}",
@@ -165,8 +171,15 @@ class Nginx:
         )
 
     def workers(self) -> frozenset[int]:
+        """The master's children: /proc's children list (cheap), else a psutil scan."""
+        master = self.master()
         try:
-            return frozenset(p.pid for p in self.master().children())
+            text = Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text()
+            return frozenset(int(p) for p in text.split())
+        except (OSError, ValueError):
+            pass
+        try:
+            return frozenset(p.pid for p in master.children())
         except psutil.Error:
             return frozenset()
 
@@ -242,7 +255,7 @@ class Nginx:
                     "(it rejected the new config)",
                     hint="look for [emerg] in Nginx's error log (e.g. bind() failed)",
                 )
-            time.sleep(0.02)
+            time.sleep(0.005)
         want = f"127.0.0.1:{self.cfg.slot_port(slot)}"
         streak, seen = 0, None
         while streak < 3:

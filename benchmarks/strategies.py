@@ -1,0 +1,189 @@
+"""Three ways to put a new version live, measured under the same load.
+
+* ``zdagent``: the real engine (verified switch, drain, warm standby, tuned template).
+* ``bare``: a typical render-and-reload script: start the new container on the other port,
+  wait for it, rewrite the upstream, ``nginx -s reload``, remove the old container at once;
+  plain ``proxy_pass``, no keep-alive, no backup, no drain, no verification.
+* ``naive``: stop the old container and start the new one on the same port.
+Each runs against its own private Nginx on 127.0.0.1, and reports when the candidate was
+healthy and when the switch happened, so the driver can measure switch and rollback times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import httpx
+
+from benchmarks.harness import NginxServer, app_config, free_port
+from zdagent.config import load_config
+from zdagent.deploy import Engine, Result
+from zdagent.events import Event
+from zdagent.nginx import render_site, render_upstream
+
+PLAIN_SITE = """\
+server {{
+    listen 127.0.0.1:{port};
+    location / {{
+        proxy_pass http://{upstream};
+        add_header X-Zdagent-Upstream $upstream_addr always;
+    }}
+}}
+"""
+
+
+@dataclass
+class Op:
+    """One deploy or rollback as the driver sees it (wall-clock times)."""
+
+    action: str
+    version: str
+    t_cmd: float
+    t_end: float
+    healthy_at: float
+    switch_at: float
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+def _wait_healthy(port: int, deadline_s: float = 30.0) -> float:
+    deadline = time.monotonic() + deadline_s
+    with httpx.Client(headers={"Connection": "close"}) as c:
+        while time.monotonic() < deadline:
+            try:
+                if c.get(f"http://127.0.0.1:{port}/cgi-bin/health", timeout=2).status_code \
+                        == 200:
+                    return time.time()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+    raise RuntimeError(f"127.0.0.1:{port} never became healthy")
+
+
+class ZdagentStrategy:
+    name = "zdagent"
+
+    def __init__(self, workdir: Path, repo: str) -> None:
+        self.nginx = NginxServer.create(workdir / "nginx-zdagent")
+        blue, green = free_port(), free_port()
+        cfg_path = workdir / "zdbench.toml"
+        source = f'[source]\nimage = "{repo}"\npull = "never"'
+        cfg_path.write_text(app_config("zdbench", workdir / "state", self.nginx, blue, green,
+                                       source, extra="")
+                            .replace("drain_seconds = 5", "drain_seconds = 10"))
+        cfg = load_config(cfg_path)
+        (self.nginx.prefix / "sites" / "zdbench.conf").write_text(render_site(cfg))
+        cfg.nginx.upstream_file.write_text(render_upstream(cfg, None, None))
+        self.nginx.start()
+        self.events: list[tuple[float, Event]] = []
+        self.engine = Engine(cfg, lambda e: self.events.append((time.time(), e)))
+
+    def _op(self, action: str, t_cmd: float, result: Result) -> Op:
+        ends = {p.name: p.started_at + (p.duration or 0) for p in result.phases}
+        durations = {p.name: p.duration or 0.0 for p in result.phases}
+        healthy = ends.get("probe", t_cmd)
+        return Op(action, result.version or "?", t_cmd, time.time(), healthy,
+                  ends["switch"], durations)
+
+    def deploy(self, version: str) -> Op:
+        t = time.time()
+        return self._op("deploy", t, self.engine.deploy(version))
+
+    def rollback(self, version: str) -> Op:
+        t = time.time()
+        op = self._op("rollback", t, self.engine.rollback())
+        assert op.version == version, (op.version, version)
+        return op
+
+    def close(self) -> None:
+        self.engine.close()
+        self.nginx.stop()
+
+
+class _ContainerStrategy:
+    """Shared plumbing of the two script-style baselines."""
+
+    name = "base"
+
+    def __init__(self, workdir: Path, repo: str) -> None:
+        self.repo = repo
+        self.docker = docker.from_env()
+        self.nginx = NginxServer.create(workdir / f"nginx-{self.name}")
+        self.upstream_file = self.nginx.prefix / "zdagent" / f"{self.name}.conf"
+        (self.nginx.prefix / "sites" / f"{self.name}.conf").write_text(
+            f"include {self.upstream_file};\n"
+            + PLAIN_SITE.format(port=self.nginx.port, upstream=self.name))
+
+    def _run(self, name: str, version: str, port: int) -> None:
+        self.docker.containers.run(
+            f"{self.repo}:{version}", name=name, detach=True,
+            ports={"8080/tcp": ("127.0.0.1", port)},
+            labels={"zdagent.app": f"zdbench-{self.name}"},
+            environment={"ZDAGENT_VERSION": version})
+
+    def _remove(self, name: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.docker.containers.get(name).remove(force=True)
+
+    def _write_upstream(self, port: int) -> None:
+        self.upstream_file.write_text(f"upstream {self.name} {{ server 127.0.0.1:{port}; }}\n")
+
+    def rollback(self, version: str) -> Op:
+        op = self.deploy(version)
+        op.action = "rollback"
+        return op
+
+    def close(self) -> None:
+        for c in self.docker.containers.list(
+                all=True, filters={"label": f"zdagent.app=zdbench-{self.name}"}):
+            c.remove(force=True)
+        self.nginx.stop()
+        self.docker.close()
+
+
+class BareReloadStrategy(_ContainerStrategy):
+    name = "bare"
+
+    def __init__(self, workdir: Path, repo: str) -> None:
+        super().__init__(workdir, repo)
+        self.ports = {"blue": free_port(), "green": free_port()}
+        self.live: str | None = None
+        self._write_upstream(self.ports["blue"])
+        self.nginx.start()
+
+    def deploy(self, version: str) -> Op:
+        t = time.time()
+        target = "green" if self.live == "blue" else "blue"
+        self._remove(f"zdbench-bare-{target}")
+        self._run(f"zdbench-bare-{target}", version, self.ports[target])
+        healthy = _wait_healthy(self.ports[target])
+        self._write_upstream(self.ports[target])
+        self.nginx.reload()
+        switched = time.time()
+        if self.live:
+            self._remove(f"zdbench-bare-{self.live}")  # no drain
+        self.live = target
+        return Op("deploy", version, t, time.time(), healthy, switched)
+
+
+class NaiveStrategy(_ContainerStrategy):
+    name = "naive"
+
+    def __init__(self, workdir: Path, repo: str) -> None:
+        super().__init__(workdir, repo)
+        self.port = free_port()
+        self._write_upstream(self.port)
+        self.nginx.start()
+
+    def deploy(self, version: str) -> Op:
+        t = time.time()
+        self._remove("zdbench-naive-app")
+        self._run("zdbench-naive-app", version, self.port)
+        healthy = _wait_healthy(self.port)
+        return Op("deploy", version, t, time.time(), healthy, healthy)
+
+
+STRATEGIES = {s.name: s for s in (ZdagentStrategy, BareReloadStrategy, NaiveStrategy)}

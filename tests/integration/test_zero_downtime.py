@@ -1,0 +1,36 @@
+"""The CI-sized zero-downtime benchmark: a few deploys and a rollback under six clients.
+
+The full run (20 deploys, 5 rollbacks, side by side with the baselines) is
+`python -m benchmarks.zero_downtime`; see docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import zero_downtime as bench
+
+
+@pytest.fixture(scope="module")
+def bench_images(docker_client):
+    bench.build_images()
+
+
+def test_deploys_and_rollback_under_load_lose_nothing_that_can_be_kept(bench_images, tmp_path):
+    plan = bench.schedule(deploys=3, rollbacks=1)
+    res = bench.run_mode("zdagent", tmp_path, plan, rate=40, gap=0.5)
+    clients = res["clients"]
+    assert res["deploys"] == 3 and res["rollbacks"] == 1
+    assert res["requests"] > 500
+    # Connection: close never fails; a browser-like client's GETs never fail.
+    for key in ("close/GET", "close/POST", "retry/GET"):
+        assert clients[key]["failed"] == 0, (key, clients[key])
+        assert clients[key]["requests"] > 50
+    # every client saw every operation switch it to the new version. (With reloads, old and
+    # new Nginx workers overlap for ~100 ms, so a client may see old/new interleave briefly:
+    # the benchmark reports how many windows flipped exactly once.)
+    flips = res["flip_windows"]
+    assert flips["ended_on_new"] == flips["total"] == 6 * 4
+    assert 0 not in flips["counts"]
+    assert res["post_replayed"] == 0
+    assert res["switch_ms"]["n"] == 4 and res["rollback_ms"]["n"] == 1
