@@ -8,6 +8,7 @@ the traceback (exit 70).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -255,6 +256,53 @@ def history(
                           r.kind, r.version or "-", f"{r.from_slot or '-'}→{r.slot}",
                           r.outcome, took, r.user or "-", r.error or "")
         out.print(table)
+
+
+ConfigDirOpt = Annotated[str | None, typer.Option(
+    "--config-dir", envvar="ZDAGENT_CONFIG_DIR", show_envvar=True,
+    help="Directory of app configs, one <app>.toml each. Default: /etc/zdagent/apps")]
+
+
+@app.command("ssh-gate")
+def ssh_gate(config_dir: ConfigDirOpt = None) -> None:
+    """Forced command for a deploy key: run only what SSH_ORIGINAL_COMMAND allows.
+
+    \b
+    In ~/.ssh/authorized_keys of the deploy user:
+      command="zdagent ssh-gate",restrict ssh-ed25519 AAAA... github-actions
+    Allowed: deploy <app> <ref-or-version> | rollback <app> [--to VERSION]
+             status <app> [--json] | history <app> [--json]
+    Anything else (shell syntax, unknown verb or app, an interactive session) is refused
+    with exit code 2 and logged to /var/log/zdagent/ssh-gate.log ($ZDAGENT_GATE_LOG).
+    """
+    import click
+
+    from zdagent import gate
+    from zdagent.config import DEFAULT_CONFIG_DIR, app_config_path
+
+    original = os.environ.get("SSH_ORIGINAL_COMMAND")
+    directory = Path(config_dir) if config_dir else DEFAULT_CONFIG_DIR
+    with _guard():
+        def load(name: str) -> AppConfig | None:
+            path = app_config_path(directory, name)
+            return load_config(path) if path else None
+
+        try:
+            cmd = gate.parse(original, load)
+        except gate.GateRefused as e:
+            gate.log_verdict(original, f"refused: {e}")
+            _fail(f"refused: {e}", "", 2)
+        gate.log_verdict(original, "allowed")
+        path = app_config_path(directory, cmd.app)
+        try:
+            # Without standalone mode, click returns a command's exit code instead of exiting.
+            result = app([cmd.verb, *cmd.args, "--config", str(path)], prog_name="zdagent",
+                         standalone_mode=False)
+            code = result if isinstance(result, int) else 0
+        except click.exceptions.Exit as e:
+            code = e.exit_code
+        gate.log_verdict(original, f"exit={code}")
+        raise typer.Exit(code)
 
 
 @config_app.command("check")

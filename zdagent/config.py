@@ -20,6 +20,8 @@ from zdagent.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/zdagent/zdagent.toml")
 CONFIG_ENV = "ZDAGENT_CONFIG"
+DEFAULT_CONFIG_DIR = Path("/etc/zdagent/apps")
+CONFIG_DIR_ENV = "ZDAGENT_CONFIG_DIR"
 
 APP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 # Docker's own tag grammar; versions become image tags and container labels.
@@ -37,6 +39,18 @@ class BuildSource:
     dockerfile: str
     tag: str
     args: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class GitSource:
+    """Build from a git repository on this host; ``deploy <ref>`` builds that commit."""
+
+    repo: Path
+    subdir: str
+    dockerfile: str
+    tag: str
+    args: Mapping[str, str]
+    fetch: bool
 
 
 @dataclass(frozen=True)
@@ -102,7 +116,7 @@ class AppConfig:
     path: Path
     name: str
     state_dir: Path
-    source: BuildSource | ImageSource
+    source: BuildSource | ImageSource | GitSource
     container: ContainerConfig
     slots: SlotsConfig
     health: HealthConfig
@@ -236,6 +250,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "source": {
         "image": Key(None, _str(IMAGE_REF_RE, "an image reference without a tag")),
         "pull": Key("missing", _choice("always", "missing", "never")),
+    },
+    "source.git": {
+        "repo": Key(REQUIRED, _str()),
+        "subdir": Key("", _str(re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$"), "a relative path",
+                               empty=True)),
+        "dockerfile": Key("Dockerfile", _str()),
+        "tag": Key(None, _str(IMAGE_REF_RE, "an image repository name")),
+        "args": Key({}, _str_map),
+        "fetch": Key(True, _bool),
     },
     "source.build": {
         "context": Key(REQUIRED, _str()),
@@ -429,15 +452,27 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
     )
 
 
-def _source(r: _Reader, base: Path, app: str) -> BuildSource | ImageSource:
+def _source(r: _Reader, base: Path, app: str) -> BuildSource | ImageSource | GitSource:
     src = r.section("source")
-    has_build = isinstance(r.data.get("source"), dict) and "build" in r.data["source"]
-    if has_build and src["image"]:
-        raise r.fail("source", "set either source.image or [source.build], not both")
-    if not has_build and not src["image"]:
-        raise r.fail("source", "set source.image (pull) or a [source.build] table (build)")
+    tables = r.data.get("source") if isinstance(r.data.get("source"), dict) else {}
+    kinds = [k for k in ("image", "build", "git") if (src["image"] if k == "image" else
+                                                         k in tables)]
+    if len(kinds) != 1:
+        problem = "not several" if kinds else "one is required"
+        raise r.fail("source", f"set exactly one of source.image (pull), [source.build] "
+                               f"(local context) or [source.git] (git repository): {problem}")
     if src["image"]:
         return ImageSource(image=src["image"], pull=src["pull"])
+    if "git" in tables:
+        g = r.section("source.git")
+        repo = _resolve(base, g["repo"])
+        if not (repo / "HEAD").is_file() and not (repo / ".git").exists():
+            raise r.fail("source.git.repo", f"not a git repository: {repo}")
+        if ".." in g["subdir"].split("/"):
+            raise r.fail("source.git.subdir", "must stay inside the repository")
+        return GitSource(repo=repo, subdir=g["subdir"], dockerfile=g["dockerfile"],
+                         tag=g["tag"] or f"zdagent/{app}", args=_string_map(g["args"]),
+                         fetch=g["fetch"])
     b = r.section("source.build")
     context = _resolve(base, b["context"])
     if not context.is_dir():
@@ -486,3 +521,11 @@ def read_env_file(path: Path) -> dict[str, str]:
             value = value[1:-1]
         env[key] = value
     return env
+
+
+def app_config_path(config_dir: Path, app: str) -> Path | None:
+    """``<config_dir>/<app>.toml`` if ``app`` is a valid name and the file exists."""
+    if not APP_NAME_RE.fullmatch(app):
+        return None
+    path = config_dir / f"{app}.toml"
+    return path if path.is_file() else None

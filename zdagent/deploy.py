@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from zdagent.config import AppConfig, BuildSource, check_version
+from zdagent import gitsource
+from zdagent.config import AppConfig, BuildSource, GitSource, check_version
 from zdagent.errors import DeployFailed, ZdError
 from zdagent.events import Emit, Event
 from zdagent.lock import app_lock
@@ -137,13 +138,24 @@ class Engine:
     # --- public operations --------------------------------------------------------------
 
     def deploy(self, version: str, *, wait: bool = True) -> Result:
-        """Build or pull ``version`` and make it live with zero downtime."""
-        check_version(version)
+        """Build or pull ``version`` (for a git source: a ref) and make it live."""
+        src = self.cfg.source
+        if isinstance(src, GitSource):
+            gitsource.check_ref(version)
+        else:
+            check_version(version)
         self.nginx.preflight()
         with app_lock(self.cfg.state_dir, self.cfg.name, f"deploy {version}", self.emit,
                       wait=wait):
             self.reconcile()
-            return self._deploy_locked("deploy", version, image=None)
+            if not isinstance(src, GitSource):
+                return self._deploy_locked("deploy", version, image=None)
+            if src.fetch:
+                gitsource.fetch(src.repo)
+            commit = gitsource.resolve(src.repo, version)  # fails before anything starts
+            self.emit(Event("info", f"git ref {version} is commit {commit}"))
+            return self._deploy_locked("deploy", commit[:gitsource.SHORT], image=None,
+                                       commit=commit, ref=version)
 
     def rollback(self, *, to: str | None = None, wait: bool = True) -> Result:
         """Switch back to the standby, or redeploy ``to`` from history."""
@@ -174,17 +186,19 @@ class Engine:
 
     # --- the flows ----------------------------------------------------------------------
 
-    def _deploy_locked(self, kind: str, version: str,
-                       image: tuple[str | None, str] | None) -> Result:
+    def _deploy_locked(self, kind: str, version: str, image: tuple[str | None, str] | None,
+                       commit: str | None = None, ref: str | None = None) -> Result:
         live = self.live_slot()
         target = other(live) if live else "blue"
         did = self.store.begin(self.cfg.name, kind, version, target, live)
+        if commit:
+            self.store.update(did, source_ref=f"{ref}@{commit}")
         run = _Run(self, did, live, target)
         self.emit(Event("info", f"{kind} #{did}: {version} -> {target} slot "
                                 f"(live: {live or 'none'})", data={"deploy_id": did}))
         with self._recorded(run):
             with run.phase(Phase.SOURCE, "getting the image"):
-                ref, image_id = image if image else self._source(version)
+                ref, image_id = image if image else self._source(version, commit)
             self.store.update(did, image=ref, image_id=image_id)
             self._activate(run, image_id, version, fresh=True)
             return self._result(run, kind, version, ref)
@@ -228,12 +242,20 @@ class Engine:
         self.store.finish(run.deploy_id, "succeeded")
         self.store.set_state(self.cfg.name, phase=Phase.IDLE, live_slot=run.target)
 
-    def _source(self, version: str) -> tuple[str, str]:
+    def _source(self, version: str, commit: str | None) -> tuple[str, str]:
         def line(text: str) -> None:
             self.emit(Event("log", text, phase=Phase.SOURCE.value))
 
-        if isinstance(self.cfg.source, BuildSource):
-            return self.slots.build(version, line)
+        src = self.cfg.source
+        if isinstance(src, BuildSource):
+            return self.slots.build(version, src.context, line)
+        if isinstance(src, GitSource):
+            assert commit is not None
+            dest = self.cfg.state_dir / "builds" / self.cfg.name / commit
+            gitsource.export(src.repo, commit, dest)
+            gitsource.prune(dest.parent)
+            line(f"exported {commit[:gitsource.SHORT]} from {src.repo} into {dest}")
+            return self.slots.build(version, dest / src.subdir if src.subdir else dest, line)
         ref = self.slots.image_ref(version)
         return ref, self.slots.pull(ref, line)
 

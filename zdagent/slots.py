@@ -11,13 +11,14 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 from docker.models.containers import Container
 
-from zdagent.config import AppConfig, BuildSource, ImageSource, read_env_file
+from zdagent.config import AppConfig, BuildSource, GitSource, ImageSource, read_env_file
 from zdagent.errors import BuildFailed, DeployFailed, EnvironmentProblem
 
 SLOTS = ("blue", "green")
@@ -130,21 +131,20 @@ class Slots:
 
     def image_ref(self, version: str) -> str:
         src = self.cfg.source
-        repo = src.tag if isinstance(src, BuildSource) else src.image
+        repo = src.image if isinstance(src, ImageSource) else src.tag
         return f"{repo}:{version}"
 
-    def build(self, version: str, on_line: LogLine, extra_args: Mapping[str, str] = {}
-              ) -> tuple[str, str]:
-        """Build the context with the log streamed; return (ref, image id)."""
+    def build(self, version: str, context: Path, on_line: LogLine) -> tuple[str, str]:
+        """Build ``context`` with the log streamed; return (ref, image id)."""
         src = self.cfg.source
-        assert isinstance(src, BuildSource)
+        assert isinstance(src, BuildSource | GitSource)
         ref = self.image_ref(version)
         step = "before the first step"
         image_id: str | None = None
-        args = {**src.args, **extra_args, "ZDAGENT_VERSION": version}
+        args = {**src.args, "ZDAGENT_VERSION": version}
         try:
             stream = self.client.api.build(
-                path=str(src.context), dockerfile=src.dockerfile, tag=ref, buildargs=args,
+                path=str(context), dockerfile=src.dockerfile, tag=ref, buildargs=args,
                 rm=True, forcerm=True, decode=True,
                 labels={f"{LABEL}.app": self.cfg.name, f"{LABEL}.version": version},
             )
@@ -154,7 +154,7 @@ class Slots:
                     detail = chunk.get("errorDetail", {}).get("message") or chunk.get("error")
                     raise BuildFailed(
                         f"build failed at {step}: {str(detail).strip()}",
-                        hint=f"fix {src.context / src.dockerfile}; the live slot is untouched",
+                        hint=f"fix {src.dockerfile} in {context}; the live slot is untouched",
                     )
                 text = str(chunk.get("stream", "")).strip()
                 if text.startswith("Step "):

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS deploys (
     error TEXT,
     phases TEXT NOT NULL DEFAULT '[]',
     user TEXT,
-    pid INTEGER
+    pid INTEGER,
+    source_ref TEXT
 );
 CREATE INDEX IF NOT EXISTS deploys_app ON deploys(app, id);
 CREATE TABLE IF NOT EXISTS app_state (
@@ -76,6 +77,7 @@ class DeployRecord:
     error: str | None
     user: str | None
     pid: int | None
+    source_ref: str | None = None
     phases: list[PhaseRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,13 +111,21 @@ class Store:
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            # WAL + NORMAL: consistent after any crash; a power cut may lose only the last commit.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            self._migrate()
         except (OSError, sqlite3.Error) as e:
             raise EnvironmentProblem(
                 f"cannot open the state store at {self.path}: {e}",
                 hint="check app.state_dir exists and is writable by this user",
             ) from None
+
+    def _migrate(self) -> None:
+        """Add columns that older stores lack (SQLite ALTER TABLE only appends)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(deploys)")}
+        if "source_ref" not in have:
+            self._db.execute("ALTER TABLE deploys ADD COLUMN source_ref TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -144,7 +154,8 @@ class Store:
             return int(cur.lastrowid or 0)
 
     def update(self, deploy_id: int, **fields: Any) -> None:
-        allowed = {"version", "image", "image_id", "slot", "from_slot", "error", "outcome"}
+        allowed = {"version", "image", "image_id", "slot", "from_slot", "error", "outcome",
+                   "source_ref"}
         bad = set(fields) - allowed
         if bad:
             raise ValueError(f"unknown fields {bad}")

@@ -99,9 +99,16 @@ def test_missing_context_and_template_are_named(tmp_path):
 def test_both_or_no_source_is_an_error(tmp_path):
     (tmp_path / "ctx").mkdir()
     both = MINIMAL.replace("[container]", '[source.build]\ncontext = "ctx"\n[container]')
-    assert "not both" in error_of(tmp_path, both)
+    assert "set exactly one of" in error_of(tmp_path, both)
+    assert "not several" in error_of(tmp_path, both)
     neither = MINIMAL.replace('image = "registry.local/web"', "")
-    assert "set source.image" in error_of(tmp_path, neither)
+    assert "one is required" in error_of(tmp_path, neither)
+
+
+def test_git_source_needs_a_repository(tmp_path):
+    text = MINIMAL.replace('[source]\nimage = "registry.local/web"',
+                           '[source.git]\nrepo = "nothere"')
+    assert "source.git.repo: not a git repository" in error_of(tmp_path, text)
 
 
 def test_invalid_toml_and_missing_file(tmp_path):

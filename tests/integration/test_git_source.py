@@ -1,0 +1,55 @@
+"""Deploy from a git ref: each commit serves its own content; a missing ref starts nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from tests.conftest import make_context
+
+
+def git(repo, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def commit_content(repo, text: str) -> str:
+    (repo / "www" / "content.txt").write_text(text + "\n")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", text)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def test_each_commit_serves_its_content_and_a_missing_ref_fails_cleanly(make_app, tmp_path,
+                                                                        docker_client):
+    repo = make_context(tmp_path / "repo")
+    git(repo, "init", "-q", "-b", "main")
+    first = commit_content(repo, "first")
+    git(repo, "tag", "v1.0")
+    second = commit_content(repo, "second")
+    (repo / "www" / "content.txt").write_text("uncommitted work in the operator's copy\n")
+
+    app = make_app(source=f'[source.git]\nrepo = "{repo}"\ntag = "zdtest-git"')
+    p = app.ok("deploy", "v1.0")
+    assert f"git ref v1.0 is commit {first}" in p.stderr
+    assert app.get("/content.txt").text == "first\n"
+    assert app.served_version() == first[:12]  # the image is tagged with the commit
+
+    app.ok("deploy", "main")
+    assert app.get("/content.txt").text == "second\n"  # the commit, not the working copy
+    assert docker_client.images.get(f"zdtest-git:{second[:12]}")
+
+    p = app.cli("deploy", "no-such-branch")
+    assert p.returncode == 1
+    assert "git ref 'no-such-branch' not found" in p.stderr
+    assert app.get("/content.txt").text == "second\n"
+    rows = json.loads(app.ok("history", "--json").stdout)
+    assert [r["source_ref"] for r in rows] == [f"main@{second}", f"v1.0@{first}"]
+    assert rows[0]["version"] == second[:12]
+
+    bad = app.cli("deploy", "../etc")
+    assert bad.returncode == 2 and "invalid git ref" in bad.stderr
+    # the operator's working copy is untouched
+    assert "uncommitted" in (repo / "www" / "content.txt").read_text()
+    for tag in (first[:12], second[:12]):
+        docker_client.images.remove(f"zdtest-git:{tag}", force=True)

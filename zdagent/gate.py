@@ -1,0 +1,110 @@
+"""The SSH gate: the only thing a deploy key can run.
+
+Installed as an ``authorized_keys`` forced command
+(``command="zdagent ssh-gate",restrict ssh-ed25519 …``), it reads ``SSH_ORIGINAL_COMMAND`` and
+allows exactly::
+
+    deploy <app> <ref-or-version>
+    rollback <app> [--to VERSION]
+    status <app> [--json]
+    history <app> [--json]
+
+Parsing is pure (``parse``) and strict: a small character set, length limits, a known app, and
+per-argument patterns. Anything else is refused with one line and exit code 2, before anything
+runs, and every verdict is logged. An allowed command runs the same CLI command in-process: no
+shell ever sees the input.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from zdagent.config import APP_NAME_RE, VERSION_RE, AppConfig, GitSource
+from zdagent.errors import ZdError
+from zdagent.gitsource import check_ref
+
+MAX_COMMAND = 256
+ALLOWED_CHARS = re.compile(r"^[A-Za-z0-9 ._/@:=-]*$")
+VERBS = ("deploy", "rollback", "status", "history")
+DEFAULT_LOG = Path("/var/log/zdagent/ssh-gate.log")
+LOG_ENV = "ZDAGENT_GATE_LOG"
+
+
+class GateRefused(Exception):
+    """The command is not allowed; the message is safe to show the client."""
+
+
+@dataclass(frozen=True)
+class GateCommand:
+    verb: str
+    app: str
+    args: tuple[str, ...]  # validated CLI arguments after the verb (without --config)
+
+
+def parse(original: str | None, load_app: Callable[[str], AppConfig | None]) -> GateCommand:
+    """Validate an SSH_ORIGINAL_COMMAND; raise GateRefused with a one-line reason."""
+    if original is None:
+        raise GateRefused("interactive sessions are not allowed: this key only runs "
+                          "`deploy|rollback|status|history <app> …`")
+    if not original.strip():
+        raise GateRefused("empty command")
+    if len(original) > MAX_COMMAND:
+        raise GateRefused(f"command longer than {MAX_COMMAND} characters")
+    bad = sorted({c for c in original if not ALLOWED_CHARS.fullmatch(c)})
+    if bad:
+        shown = " ".join(repr(c) for c in bad[:5])
+        raise GateRefused(f"forbidden character(s) {shown}")
+    words = original.split()
+    verb, rest = words[0], words[1:]
+    if verb not in VERBS:
+        raise GateRefused(f"unknown command {verb[:32]!r}; allowed: {', '.join(VERBS)}")
+    if not rest:
+        raise GateRefused(f"usage: {verb} <app> …")
+    app = rest[0]
+    cfg = load_app(app) if APP_NAME_RE.fullmatch(app) else None
+    if cfg is None:
+        raise GateRefused(f"unknown app {app[:40]!r}")
+    return GateCommand(verb, app, _arguments(verb, rest[1:], cfg))
+
+
+def _arguments(verb: str, args: list[str], cfg: AppConfig) -> tuple[str, ...]:
+    if verb == "deploy":
+        if len(args) != 1:
+            raise GateRefused("usage: deploy <app> <ref-or-version>")
+        target = args[0]
+        if isinstance(cfg.source, GitSource):
+            try:
+                check_ref(target)
+            except ZdError as e:
+                raise GateRefused(e.message) from None
+        elif not VERSION_RE.fullmatch(target):
+            raise GateRefused(f"invalid version {target[:40]!r}")
+        return (target,)
+    if verb == "rollback":
+        if not args:
+            return ()
+        if len(args) == 2 and args[0] == "--to" and VERSION_RE.fullmatch(args[1]):
+            return ("--to", args[1])
+        raise GateRefused("usage: rollback <app> [--to VERSION]")
+    if args in ([], ["--json"]):
+        return tuple(args)
+    raise GateRefused(f"usage: {verb} <app> [--json]")
+
+
+def log_verdict(original: str | None, verdict: str) -> None:
+    """Append one line per gate call: time, client address, command (repr, capped), verdict."""
+    path = Path(os.environ.get(LOG_ENV) or DEFAULT_LOG)
+    client = (os.environ.get("SSH_CLIENT") or "local").split(" ")[0]
+    shown = "<interactive>" if original is None else repr(original[:300])
+    line = f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} client={client} command={shown} {verdict}\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(line)
+    except OSError:
+        pass  # a refusal must never turn into a traceback because the log is unwritable
