@@ -117,9 +117,13 @@ def build_image(client, context: Path, tag: str, **args: str) -> str:
 
 
 def app_config(name: str, state_dir: Path, nginx: NginxServer, blue: int, green: int,
-               source: str, extra: str = "") -> str:
-    """A zdagent app config wired to a private Nginx, with fast probes for tests/benchmarks."""
+               source: str, extra: str = "", listen: int | None = None) -> str:
+    """A zdagent app config wired to a private Nginx, with fast probes for tests/benchmarks.
+
+    ``listen``: the app's own site port on that Nginx (default: the server's port).
+    """
     upstream = nginx.prefix / "zdagent" / f"{name}.upstream.conf"
+    port = listen or nginx.port
     argv = json.dumps  # TOML arrays of strings are JSON arrays
     return f"""\
 [app]
@@ -150,8 +154,8 @@ upstream_file = "{upstream}"
 test_command = {argv(nginx.argv("-t"))}
 reload_command = {argv(nginx.argv("-s", "reload"))}
 pid_file = "{nginx.pid_file}"
-public_url = "{nginx.url}/"
-listen = "127.0.0.1:{nginx.port}"
+public_url = "http://127.0.0.1:{port}/"
+listen = "127.0.0.1:{port}"
 reload_timeout = 10
 {extra}
 """

@@ -101,7 +101,12 @@ class TestApp:
     nginx: NginxServer
     blue_port: int
     green_port: int
+    port: int  # this app's site on the test Nginx
     env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "ZDAGENT_CONFIG": str(self.config), "NO_COLOR": "1",
@@ -115,7 +120,7 @@ class TestApp:
         return p
 
     def get(self, path: str = "/cgi-bin/version") -> httpx.Response:
-        return httpx.get(self.nginx.url + path, headers={"Connection": "close"}, timeout=10)
+        return httpx.get(self.url + path, headers={"Connection": "close"}, timeout=10)
 
     def served_version(self) -> str:
         r = self.get()
@@ -137,15 +142,18 @@ def make_app(tmp_path, nginx_server, docker_client, images):
         cfg_dir = tmp_path / name
         cfg_dir.mkdir()
         blue, green = free_port(), free_port()
+        port = free_port() if made else nginx_server.port  # each app has its own site port
         config = cfg_dir / "zdagent.toml"
         config.write_text(harness.app_config(name, cfg_dir / "state", nginx_server, blue, green,
-                                             source, extra))
-        app = TestApp(name, config, nginx_server, blue, green)
+                                             source, extra, listen=port))
+        app = TestApp(name, config, nginx_server, blue, green, port)
         site = app.ok("nginx", "render", "--site").stdout
         (nginx_server.prefix / "sites" / f"{name}.conf").write_text(site)
         upstream = app.ok("nginx", "render", "--live", "none").stdout
         (nginx_server.prefix / "zdagent" / f"{name}.upstream.conf").write_text(upstream)
-        if start_nginx:
+        if start_nginx and nginx_server.pid_file.exists():
+            nginx_server.reload()  # a second app on the same test Nginx
+        elif start_nginx:
             nginx_server.start()
         made.append(app)
         return app

@@ -59,6 +59,12 @@ ConfigOpt = Annotated[str | None, typer.Option(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 NoWaitOpt = Annotated[bool, typer.Option(
     "--no-wait", help="Fail at once if another deploy of this app holds the lock.")]
+LocalOpt = Annotated[bool, typer.Option(
+    "--local", help="Run in this process even when the daemon runs (same engine, same "
+                    "per-app lock).")]
+SocketOpt = Annotated[str | None, typer.Option(
+    "--socket", envvar="ZDAGENT_SOCKET", show_envvar=True,
+    help="The daemon's control socket. Default: /run/zdagent/zdagent.sock")]
 
 
 def _fail(message: str, hint: str, code: int) -> NoReturn:
@@ -124,10 +130,9 @@ class ProgressRenderer:
         self._stop()
 
 
-def _with_engine(config: str | None, fn: Callable[[Any], Any]) -> Any:
+def _with_engine(cfg: AppConfig, fn: Callable[[Any], Any]) -> Any:
     from zdagent.deploy import Engine
 
-    cfg = _load(config)
     renderer = ProgressRenderer(err)
     engine = Engine(cfg, renderer)
     try:
@@ -135,6 +140,56 @@ def _with_engine(config: str | None, fn: Callable[[Any], Any]) -> Any:
     finally:
         renderer.close()
         engine.close()
+
+
+def _daemon(cfg: AppConfig, socket: str | None, local: bool, quiet: bool = False) -> Any:
+    """A client for the running daemon that manages ``cfg``'s app, else None (run locally)."""
+    from zdagent import api
+
+    if local:
+        return None
+    path = Path(socket) if socket else api.DEFAULT_SOCKET
+    client = api.Client(path)
+    try:
+        info = client.get("/v1/status")
+    except PermissionError:
+        _fail(f"no permission to use the daemon socket {path}",
+              "join the socket's group (see `zdagent daemon --help`), or pass --local", 3)
+    except (OSError, ValueError):
+        if not quiet:
+            err.print(f"[dim]note: the zdagent daemon is not running ({path}); running in this "
+                      "process. Start it with `systemctl start zdagent`, or pass --local.[/]")
+        return None
+    if cfg.name not in info.get("apps", {}):
+        if not quiet:
+            err.print(f"[dim]note: the daemon does not manage {cfg.name}; running in this "
+                      "process.[/]")
+        return None
+    return client
+
+
+def _stream(client: Any, url: str, body: dict[str, Any]) -> Any:
+    """Render a daemon operation's events live; return its result or raise its error."""
+    from zdagent.deploy import Result
+    from zdagent.errors import DeployFailed
+
+    renderer = ProgressRenderer(err)
+    try:
+        for item in client.stream(url, body):
+            if "event" in item:
+                ev = item["event"]
+                renderer(Event(ev["kind"], ev["message"], ev.get("phase")))
+            elif "result" in item:
+                return Result(**item["result"])
+            elif "error" in item:
+                e = item["error"]
+                failure = DeployFailed(e["message"], e.get("hint", ""))
+                failure.exit_code = e.get("exit_code", 1)
+                raise failure
+    finally:
+        renderer.close()
+    raise DeployFailed("the daemon closed the connection without a result",
+                       hint="check the daemon's log (journalctl -u zdagent)")
 
 
 def _print_result(result: Any, as_json: bool, verb: str) -> None:
@@ -153,15 +208,24 @@ def deploy(
     config: ConfigOpt = None,
     no_wait: NoWaitOpt = False,
     as_json: JsonOpt = False,
+    local: LocalOpt = False,
+    socket: SocketOpt = None,
 ) -> None:
     """Deploy VERSION into the inactive slot and switch to it with zero downtime.
 
     Steps: build or pull -> start the candidate on 127.0.0.1 -> probe until healthy ->
     render the upstream, nginx -t, reload, verify -> drain the old slot, keep it as standby.
-    Any failure before the switch leaves the live slot serving untouched.
+    Any failure before the switch leaves the live slot serving untouched. A git-source app
+    takes a ref (branch, tag or sha) and deploys the commit it names.
     """
     with _guard():
-        result = _with_engine(config, lambda e: e.deploy(version, wait=not no_wait))
+        cfg = _load(config)
+        client = _daemon(cfg, socket, local)
+        if client is not None:
+            result = _stream(client, f"/v1/apps/{cfg.name}/deploy",
+                             {"version": version, "no_wait": no_wait})
+        else:
+            result = _with_engine(cfg, lambda e: e.deploy(version, wait=not no_wait))
         _print_result(result, as_json, "deployed")
 
 
@@ -173,20 +237,36 @@ def rollback(
     config: ConfigOpt = None,
     no_wait: NoWaitOpt = False,
     as_json: JsonOpt = False,
+    local: LocalOpt = False,
+    socket: SocketOpt = None,
 ) -> None:
     """Switch traffic back to the standby slot (started and probed first if stopped)."""
     with _guard():
-        result = _with_engine(config, lambda e: e.rollback(to=to, wait=not no_wait))
+        cfg = _load(config)
+        client = _daemon(cfg, socket, local)
+        if client is not None:
+            result = _stream(client, f"/v1/apps/{cfg.name}/rollback",
+                             {"to": to, "no_wait": no_wait})
+        else:
+            result = _with_engine(cfg, lambda e: e.rollback(to=to, wait=not no_wait))
         _print_result(result, as_json, "rolled back to")
 
 
 @app.command()
-def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Show both slots, which one Nginx routes to (confirmed live), and the last deploy."""
+def status(config: ConfigOpt = None, as_json: JsonOpt = False, local: LocalOpt = False,
+           socket: SocketOpt = None) -> None:
+    """Show both slots, which one Nginx routes to (confirmed live), the last deploy, and
+    (from the daemon) its own state and the app's watchdog."""
     from zdagent.status import collect
 
     with _guard():
-        data = _with_engine(config, collect)
+        cfg = _load(config)
+        client = _daemon(cfg, socket, local, quiet=as_json)
+        if client is not None:
+            data = client.get(f"/v1/apps/{cfg.name}/status")
+        else:
+            data = _with_engine(cfg, collect)
+            data["daemon"] = None
         if as_json:
             out.print_json(json.dumps(data))
             return
@@ -225,6 +305,13 @@ def _render_status(data: dict[str, Any]) -> None:
                   + (f" ({last['error']})" if last["error"] else ""))
     for line in data["drift"]:
         out.print(f"[yellow]! {escape(line)}[/]")
+    d, w = data.get("daemon"), data.get("watchdog")
+    if d:
+        out.print(f"daemon: up since {_ago(d['since'])} (pid {d['pid']}, zdagent "
+                  f"{d['version']}); watchdog: {w['status'] if w else '-'}"
+                  + (f" ({w['last_reason']})" if w and w.get("last_reason") else ""))
+    else:
+        out.print("daemon: not running (no watchdog)")
 
 
 @app.command()
@@ -303,6 +390,28 @@ def ssh_gate(config_dir: ConfigDirOpt = None) -> None:
             code = e.exit_code
         gate.log_verdict(original, f"exit={code}")
         raise typer.Exit(code)
+
+
+@app.command()
+def daemon(
+    config_dir: ConfigDirOpt = None,
+    socket: SocketOpt = None,
+    socket_group: Annotated[str | None, typer.Option(
+        help="Group that owns the control socket (mode 0660); its members may deploy.")
+    ] = None,
+) -> None:
+    """Run the daemon: watchdog + control socket for every app in the config directory.
+
+    Meant for systemd (Type=notify, see systemd/zdagent.service): READY=1 once every app
+    was reconciled, STATUS= kept current, WATCHDOG=1 from the main loop.
+    """
+    from zdagent import api
+    from zdagent import daemon as daemon_mod
+    from zdagent.config import DEFAULT_CONFIG_DIR
+
+    with _guard():
+        daemon_mod.run(Path(config_dir) if config_dir else DEFAULT_CONFIG_DIR,
+                       Path(socket) if socket else api.DEFAULT_SOCKET, socket_group)
 
 
 @config_app.command("check")

@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,18 @@ class NginxConfig:
 
 
 @dataclass(frozen=True)
+class WatchdogConfig:
+    """The daemon's watch on the live slot (see docs in example.toml)."""
+
+    enabled: bool
+    interval: float
+    failures: int
+    cooldown: float
+    max_reverts: int
+    window: float
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """Everything zdagent knows about one app, validated."""
 
@@ -121,7 +133,7 @@ class AppConfig:
     slots: SlotsConfig
     health: HealthConfig
     nginx: NginxConfig
-    extra_labels: Mapping[str, str] = field(default_factory=dict)
+    watchdog: WatchdogConfig
 
     def slot_port(self, slot: str) -> int:
         return self.slots.blue_port if slot == "blue" else self.slots.green_port
@@ -289,6 +301,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "passes": Key(3, _int(1, 100)),
         "expect_version": Key("none", _expect_version),
     },
+    "watchdog": {
+        "enabled": Key(True, _bool),
+        "interval": Key(1.0, _num(0.1, 3600)),
+        "failures": Key(3, _int(1, 100)),
+        "cooldown": Key(60.0, _num(0, 86400)),
+        "max_reverts": Key(3, _int(1, 100)),
+        "window": Key(3600.0, _num(1, 604800)),
+    },
     "nginx": {
         "upstream_file": Key(REQUIRED, _str()),
         "upstream_template": Key("", _str(empty=True)),
@@ -393,6 +413,7 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
     slots = r.section("slots")
     health = r.section("health")
     ngx = r.section("nginx")
+    wd = r.section("watchdog")
 
     if slots["blue_port"] == slots["green_port"]:
         raise r.fail("slots.green_port", "must differ from slots.blue_port")
@@ -448,6 +469,11 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
             server_name=ngx["server_name"],
             standby_as_backup=ngx["standby_as_backup"],
             reload_timeout=float(ngx["reload_timeout"]),
+        ),
+        watchdog=WatchdogConfig(
+            enabled=wd["enabled"], interval=float(wd["interval"]), failures=wd["failures"],
+            cooldown=float(wd["cooldown"]), max_reverts=wd["max_reverts"],
+            window=float(wd["window"]),
         ),
     )
 

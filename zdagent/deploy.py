@@ -175,6 +175,38 @@ class Engine:
                 return self._deploy_locked("rollback", to, image=(rec.image, rec.image_id))
             return self._rollback_to_standby()
 
+    def auto_revert(self, reason: str) -> Result:
+        """The watchdog's switch to a healthy standby: same verified path, never blocking.
+
+        Refuses (DeployFailed) when the standby is not running and healthy, and (LockBusy)
+        when a deploy holds the app's lock: the watchdog pauses for deploys.
+        """
+        self.nginx.preflight()
+        with app_lock(self.cfg.state_dir, self.cfg.name, "auto-revert", self.emit,
+                      wait=False):
+            self.reconcile()
+            live = self.live_slot()
+            if live is None or not self.slots.info(other(live)).running:
+                raise DeployFailed("no running standby to revert to")
+            return self._rollback_to_standby(kind="auto-revert", reason=reason,
+                                              require_running=True)
+
+    def restart_live(self, reason: str) -> None:
+        """Degraded (no healthy slot left): restart the live container, and record it."""
+        with app_lock(self.cfg.state_dir, self.cfg.name, "restart", self.emit, wait=False):
+            live = self.live_slot()
+            if live is None:
+                return
+            info = self.slots.info(live)
+            did = self.store.begin(self.cfg.name, "restart", info.version, live, live)
+            self.store.update(did, reason=reason, image=info.image, image_id=info.image_id)
+            try:
+                self.slots.restart(live)
+            except ZdError as e:
+                self.store.finish(did, "failed", e.message)
+                raise
+            self.store.finish(did, "succeeded")
+
     def live_slot(self) -> str | None:
         """The slot Nginx routes to by the upstream file; the store only if there is none."""
         from_file = self.nginx.live_slot_in_file()
@@ -203,7 +235,8 @@ class Engine:
             self._activate(run, image_id, version, fresh=True)
             return self._result(run, kind, version, ref)
 
-    def _rollback_to_standby(self) -> Result:
+    def _rollback_to_standby(self, kind: str = "rollback", reason: str | None = None,
+                             require_running: bool = False) -> Result:
         live = self.live_slot()
         if live is None:
             raise DeployFailed("nothing is deployed yet, so there is no standby",
@@ -215,11 +248,14 @@ class Engine:
                 f"the standby slot {standby} has no container",
                 hint="use `zdagent rollback --to VERSION` to redeploy a version from history",
             )
-        did = self.store.begin(self.cfg.name, "rollback", info.version, standby, live)
-        self.store.update(did, image=info.image, image_id=info.image_id)
+        if require_running and not info.running:
+            raise DeployFailed(f"the standby slot {standby} is {info.state}")
+        did = self.store.begin(self.cfg.name, kind, info.version, standby, live)
+        self.store.update(did, image=info.image, image_id=info.image_id, reason=reason)
         run = _Run(self, did, live, standby)
-        self.emit(Event("info", f"rollback #{did}: {live} -> {standby} "
-                                f"(version {info.version or '?'}, {info.state})"))
+        self.emit(Event("info", f"{kind} #{did}: {live} -> {standby} "
+                                f"(version {info.version or '?'}, {info.state})"
+                                + (f": {reason}" if reason else "")))
         with self._recorded(run):
             if info.running:
                 with run.phase(Phase.PROBE, f"checking the running standby {standby}"):
@@ -227,7 +263,7 @@ class Engine:
                 self._switch(run)
             else:
                 self._activate(run, None, info.version, fresh=False)
-            return self._result(run, "rollback", info.version, info.image)
+            return self._result(run, kind, info.version, info.image)
 
     @contextmanager
     def _recorded(self, run: _Run) -> Iterator[None]:

@@ -291,6 +291,13 @@ class Slots:
         with _docker_errors(f"starting {c.name}"):
             c.start()
 
+    def restart(self, slot: str) -> None:
+        c = self._container(slot)
+        if c is None:
+            raise DeployFailed(f"slot {slot} has no container to restart")
+        with _docker_errors(f"restarting {c.name}"):
+            c.restart(timeout=self.cfg.container.stop_timeout)
+
     def stop(self, slot: str) -> None:
         """SIGTERM, then SIGKILL after the stop timeout (the container is kept)."""
         c = self._container(slot)

@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS deploys (
     phases TEXT NOT NULL DEFAULT '[]',
     user TEXT,
     pid INTEGER,
-    source_ref TEXT
+    source_ref TEXT,
+    reason TEXT
 );
 CREATE INDEX IF NOT EXISTS deploys_app ON deploys(app, id);
 CREATE TABLE IF NOT EXISTS app_state (
@@ -78,6 +79,7 @@ class DeployRecord:
     user: str | None
     pid: int | None
     source_ref: str | None = None
+    reason: str | None = None
     phases: list[PhaseRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,8 +126,9 @@ class Store:
     def _migrate(self) -> None:
         """Add columns that older stores lack (SQLite ALTER TABLE only appends)."""
         have = {row[1] for row in self._db.execute("PRAGMA table_info(deploys)")}
-        if "source_ref" not in have:
-            self._db.execute("ALTER TABLE deploys ADD COLUMN source_ref TEXT")
+        for column in ("source_ref", "reason"):
+            if column not in have:
+                self._db.execute(f"ALTER TABLE deploys ADD COLUMN {column} TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -155,7 +158,7 @@ class Store:
 
     def update(self, deploy_id: int, **fields: Any) -> None:
         allowed = {"version", "image", "image_id", "slot", "from_slot", "error", "outcome",
-                   "source_ref"}
+                   "source_ref", "reason"}
         bad = set(fields) - allowed
         if bad:
             raise ValueError(f"unknown fields {bad}")

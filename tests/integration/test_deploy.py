@@ -26,7 +26,7 @@ def slot_names(docker_client, app):
 def test_three_deploys_under_load_drop_no_request(make_app):
     app = make_app()
     app.ok("deploy", "v1")
-    with RequestLoop(app.nginx.url + "/cgi-bin/version", max_seconds=60) as loop:
+    with RequestLoop(app.url + "/cgi-bin/version", max_seconds=60) as loop:
         for version in ("v2", "v3", "v1"):
             app.ok("deploy", version)
     assert loop.failures == [], loop.failures[:5]
@@ -41,7 +41,7 @@ def test_health_500_candidate_leaves_old_version_serving(make_app, docker_client
     app.config.write_text(app.config.read_text().replace("startup_deadline = 15",
                                                          "startup_deadline = 4"))
     app.ok("deploy", "v1")
-    with RequestLoop(app.nginx.url + "/cgi-bin/version", max_seconds=40) as loop:
+    with RequestLoop(app.url + "/cgi-bin/version", max_seconds=40) as loop:
         p = app.cli("deploy", "fail")
     assert p.returncode == 1
     assert "not healthy within" in p.stderr and "HTTP 500" in p.stderr

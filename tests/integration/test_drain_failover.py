@@ -36,7 +36,7 @@ def test_in_flight_request_survives_the_drain(make_app, docker_client):
     app = make_app()
     _stop_after_switch(app, drain=15)
     app.ok("deploy", "v1")
-    slow = _in_background(lambda: httpx.get(app.nginx.url + "/cgi-bin/slow?5", timeout=30))
+    slow = _in_background(lambda: httpx.get(app.url + "/cgi-bin/slow?5", timeout=30))
     time.sleep(0.5)
     p = app.ok("deploy", "v2")
     slow["thread"].join(30)
@@ -55,7 +55,7 @@ def test_drain_timeout_cuts_what_is_left(make_app, docker_client):
     app = make_app()
     _stop_after_switch(app, drain=1)
     app.ok("deploy", "v1")
-    slow = _in_background(lambda: httpx.get(app.nginx.url + "/cgi-bin/slow?20", timeout=40))
+    slow = _in_background(lambda: httpx.get(app.url + "/cgi-bin/slow?20", timeout=40))
     time.sleep(0.5)
     p = app.ok("deploy", "v2")
     assert "still busy after 1s drain" in p.stderr
@@ -70,7 +70,7 @@ def test_backup_standby_takes_over_when_the_live_slot_dies(make_app, docker_clie
     app = make_app()
     app.ok("deploy", "v1")
     app.ok("deploy", "v2")
-    with RequestLoop(app.nginx.url + "/cgi-bin/version", max_seconds=20) as loop:
+    with RequestLoop(app.url + "/cgi-bin/version", max_seconds=20) as loop:
         time.sleep(1)
         docker_client.containers.get(f"{app.name}-green").kill()
         time.sleep(3)
@@ -83,7 +83,7 @@ def test_post_is_never_resent_to_a_second_upstream(make_app, docker_client):
     app = make_app()
     app.ok("deploy", "v1")
     app.ok("deploy", "v2")
-    post = _in_background(lambda: httpx.post(app.nginx.url + "/cgi-bin/slow?4", content=b"x",
+    post = _in_background(lambda: httpx.post(app.url + "/cgi-bin/slow?4", content=b"x",
                                              timeout=30))
     time.sleep(1)
     docker_client.containers.get(f"{app.name}-green").kill()
@@ -98,7 +98,7 @@ def test_keep_alive_client_is_not_pinned_to_the_old_slot(make_app):
     app = make_app()
     app.ok("deploy", "v1")
     with httpx.Client(timeout=10) as client:
-        url = app.nginx.url + "/cgi-bin/version"
+        url = app.url + "/cgi-bin/version"
         assert client.get(url).text.startswith("v1")
         app.ok("deploy", "v2")
         seen = []

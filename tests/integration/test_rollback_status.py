@@ -15,7 +15,7 @@ def test_rollback_to_running_standby_under_load(make_app):
     app = make_app()
     app.ok("deploy", "v1")
     app.ok("deploy", "v2")
-    with RequestLoop(app.nginx.url + "/cgi-bin/version", max_seconds=30) as loop:
+    with RequestLoop(app.url + "/cgi-bin/version", max_seconds=30) as loop:
         p = app.ok("rollback")
     assert "checking the running standby blue" in p.stderr
     assert loop.failures == []

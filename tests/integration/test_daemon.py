@@ -1,0 +1,381 @@
+"""The daemon: watchdog reverts, crash recovery, queueing, sd_notify, socket permissions."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.traffic import RequestLoop
+from zdagent.store import Store
+
+FAST_WATCHDOG = """
+[watchdog]
+interval = 0.3
+failures = 3
+cooldown = 60
+"""
+
+
+class DaemonProc:
+    """`zdagent daemon` as a subprocess over a config dir of test apps."""
+
+    def __init__(self, apps, env: dict[str, str] | None = None,
+                 group: str | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="zdd-"))
+        os.chmod(self.dir, 0o755)  # other users may reach the socket; its own mode decides
+        self.config_dir = self.dir / "apps"
+        self.config_dir.mkdir()
+        self.socket = self.dir / "zd.sock"
+        self.log = self.dir / "daemon.log"
+        for app in apps:
+            shutil.copy(app.config, self.config_dir / f"{app.name}.toml")
+            app.env["ZDAGENT_SOCKET"] = str(self.socket)
+        self.env = {**os.environ, **(env or {})}
+        self.group = group
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> DaemonProc:
+        argv = [sys.executable, "-m", "zdagent", "daemon", "--config-dir", str(self.config_dir),
+                "--socket", str(self.socket)]
+        if self.group:
+            argv += ["--socket-group", self.group]
+        self.proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=self.log.open("a"))
+        deadline = time.monotonic() + 30
+        while not self.answers():
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, "the daemon did not come up"
+            time.sleep(0.1)
+        return self
+
+    def answers(self) -> bool:
+        from zdagent.api import Client
+
+        try:
+            Client(self.socket, timeout=2).get("/v1/status")
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def status(self) -> dict:
+        from zdagent.api import Client
+
+        return Client(self.socket, timeout=10).get("/v1/status")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon_factory():
+    made: list[DaemonProc] = []
+
+    def factory(apps, **kw) -> DaemonProc:
+        d = DaemonProc(apps, **kw)
+        made.append(d)
+        return d
+
+    yield factory
+    for d in made:
+        d.stop()
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def live_in_file(app) -> str:
+    text = (app.nginx.prefix / "zdagent" / f"{app.name}.upstream.conf").read_text()
+    return "blue" if f"127.0.0.1:{app.blue_port} max_fails" in text else "green"
+
+
+def history(app) -> list[dict]:
+    return json.loads(app.ok("history", "--json").stdout)
+
+
+def reverted(app) -> bool:
+    """The watchdog's switch is complete (verified and recorded), not just written."""
+    return any(h["kind"] == "auto-revert" and h["outcome"] == "succeeded" for h in history(app))
+
+
+def watched_app(make_app, daemon_factory, extra: str = ""):
+    app = make_app(extra=FAST_WATCHDOG + extra)
+    d = daemon_factory([app]).start()
+    app.ok("deploy", "v1")
+    app.ok("deploy", "v2")
+    assert live_in_file(app) == "green"
+    return app, d
+
+
+def test_stopped_live_container_is_replaced_by_the_standby(make_app, daemon_factory,
+                                                          docker_client):
+    app, _d = watched_app(make_app, daemon_factory)
+    with RequestLoop(app.url + "/cgi-bin/version", max_seconds=30) as loop:
+        t0 = time.monotonic()
+        docker_client.containers.get(f"{app.name}-green").stop(timeout=1)
+        wait_for(lambda: live_in_file(app) == "blue", 15, "the revert")
+        took = time.monotonic() - t0
+        wait_for(lambda: reverted(app), 20, "the recorded revert")
+        time.sleep(0.5)
+    assert loop.failures == []  # the backup server covered the gap; the revert made it stick
+    assert took < 0.3 * 3 + 5
+    rev = history(app)[0]
+    assert rev["kind"] == "auto-revert" and rev["outcome"] == "succeeded"
+    assert "green failed 3 probes in a row" in rev["reason"]
+    st = json.loads(app.ok("status", "--json").stdout)
+    assert st["watchdog"]["status"] == "reverted" and st["live_slot"] == "blue"
+
+
+def test_live_slot_answering_500_is_reverted(make_app, daemon_factory, docker_client):
+    app, _d = watched_app(make_app, daemon_factory)
+    docker_client.containers.get(f"{app.name}-green").exec_run(
+        ["/bin/busybox", "touch", "/tmp/unhealthy"])
+    wait_for(lambda: reverted(app), 20, "the revert")
+    assert live_in_file(app) == "blue"
+    assert app.served_version() == "v1"
+    assert "HTTP 500" in history(app)[0]["reason"]
+
+
+def test_unhealthy_standby_means_degraded_and_a_restart_not_a_revert(make_app, daemon_factory,
+                                                                     docker_client):
+    app, d = watched_app(make_app, daemon_factory)
+    green = docker_client.containers.get(f"{app.name}-green")
+    started = green.attrs["State"]["StartedAt"]
+    for slot in ("blue", "green"):
+        docker_client.containers.get(f"{app.name}-{slot}").exec_run(
+            ["/bin/busybox", "touch", "/tmp/unhealthy"])
+    wait_for(lambda: d.status()["apps"][app.name]["status"] == "degraded", 15, "degraded")
+    wait_for(lambda: any(h["kind"] == "restart" for h in history(app)), 15, "the restart")
+    assert live_in_file(app) == "green"  # never reverted to an unhealthy standby
+    green.reload()
+    assert green.attrs["State"]["StartedAt"] != started  # the live container was restarted
+    assert not any(h["kind"] == "auto-revert" for h in history(app))
+    assert "standby is not healthy" in d.status()["apps"][app.name]["last_reason"]
+
+
+def test_flapping_is_reverted_once_not_back_and_forth(make_app, daemon_factory, docker_client):
+    app, d = watched_app(make_app, daemon_factory)
+    green = docker_client.containers.get(f"{app.name}-green")
+    blue = docker_client.containers.get(f"{app.name}-blue")
+    green.exec_run(["/bin/busybox", "touch", "/tmp/unhealthy"])
+    wait_for(lambda: reverted(app), 20, "the first revert")
+    green.exec_run(["/bin/busybox", "rm", "-f", "/tmp/unhealthy"])  # green recovers
+    blue.exec_run(["/bin/busybox", "touch", "/tmp/unhealthy"])  # and blue fails, in cooldown
+    wait_for(lambda: d.status()["apps"][app.name]["status"] == "degraded", 15, "degraded")
+    time.sleep(2)
+    assert live_in_file(app) == "blue"
+    assert sum(h["kind"] == "auto-revert" for h in history(app)) == 1
+    assert "cooldown" in d.status()["apps"][app.name]["last_reason"]
+
+
+def _phase(app) -> str:
+    db = app.config.parent / "state"
+    store = Store(db)
+    try:
+        return store.state(app.name).phase
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("phase", ["probe", "switch", "drain"])
+def test_kill_9_during_a_deploy_then_restart_recovers(make_app, daemon_factory, docker_client,
+                                                       phase):
+    extra = ""
+    image = "v2"
+    if phase == "probe":
+        image = "slow"  # its health answers after 3 s, past the 2 s probe timeout
+    app = make_app()
+    if phase == "switch":
+        slow_reload = ["bash", "-c", f"sleep 3 && exec {' '.join(app.nginx.argv('-s', 'reload'))}"]
+        text = app.config.read_text().splitlines()
+        text = [f"reload_command = {json.dumps(slow_reload)}" if ln.startswith("reload_command")
+                else ln for ln in text]
+        app.config.write_text("\n".join(text) + "\n")
+    if phase == "drain":
+        extra = 'after_switch = "stop"\n'
+        app.config.write_text(app.config.read_text().replace(
+            "drain_seconds = 5", "drain_seconds = 30\n" + extra))
+    d = daemon_factory([app]).start()
+    app.ok("deploy", "v1")
+    holder = None
+    if phase == "drain":  # an in-flight request keeps the old worker (and the drain) busy
+        holder = threading.Thread(target=lambda: app.get("/cgi-bin/slow?20"), daemon=True)
+        holder.start()
+        time.sleep(0.5)
+    client = subprocess.Popen([sys.executable, "-m", "zdagent", "deploy", image],
+                              env={**os.environ, **app.env, "ZDAGENT_CONFIG": str(app.config)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: _phase(app) == phase, 30, f"phase {phase}")
+    d.kill9()
+    client.wait(30)
+    d.start()  # reconciles before it answers
+    assert _phase(app) == "idle"
+    rows = history(app)
+    assert rows[0]["outcome"] == "interrupted"
+    names = {c.name: c.status for c in docker_client.containers.list(
+        all=True, filters={"label": f"zdagent.app={app.name}"})}
+    want = "v1" if phase == "probe" else "v2"
+    assert app.served_version() == want
+    if phase == "probe":
+        assert f"{app.name}-green" not in names  # no orphan candidate
+        assert "removed the orphan candidate in green" in rows[0]["error"]
+    st = json.loads(app.ok("status", "--json").stdout)
+    assert st["drift"] == [] and st["routing"]["confirmed"]
+
+
+def test_deploys_queue_per_app_and_apps_run_in_parallel(make_app, daemon_factory):
+    a, b = make_app(), make_app()
+    d = daemon_factory([a, b]).start()
+    a.ok("deploy", "v1")
+    b.ok("deploy", "v1")
+
+    def run(app, version, out):
+        out[version + app.name] = app.cli("deploy", version)
+
+    results: dict = {}
+    threads = [threading.Thread(target=run, args=(a, "v2", results)),
+               threading.Thread(target=run, args=(a, "v3", results)),
+               threading.Thread(target=run, args=(b, "v2", results))]
+    threads[0].start()
+    time.sleep(0.3)
+    threads[1].start()
+    threads[2].start()
+    for t in threads:
+        t.join(120)
+    assert all(p.returncode == 0 for p in results.values()), {
+        k: p.stderr[-500:] for k, p in results.items()}
+    assert "queued: another operation" in results["v3" + a.name].stderr
+    ha, hb = history(a), history(b)
+    assert [h["version"] for h in ha[:2]] == ["v3", "v2"]  # in arrival order
+    assert ha[1]["finished_at"] <= ha[0]["started_at"]  # one after the other
+    a_run = (ha[0]["started_at"], ha[0]["finished_at"])
+    b_run = (hb[0]["started_at"], hb[0]["finished_at"])
+    overlap = min(a_run[1], b_run[1]) - max(a_run[0], b_run[0])
+    assert overlap > 0, "the other app's deploy ran in parallel"
+    assert a.served_version() == "v3" and b.served_version() == "v2"
+    assert d.status()["apps"][a.name]["queued"] == 0
+
+
+def test_sigterm_lets_the_running_deploy_finish(make_app, daemon_factory):
+    app = make_app()
+    d = daemon_factory([app]).start()
+    app.ok("deploy", "v1")
+    client = subprocess.Popen([sys.executable, "-m", "zdagent", "deploy", "v2"],
+                              env={**os.environ, **app.env, "ZDAGENT_CONFIG": str(app.config)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: _phase(app) in ("start", "probe"), 30, "the deploy to start")
+    d.proc.terminate()
+    assert d.proc.wait(60) == 0
+    assert client.wait(60) == 0, client.stderr.read()
+    assert app.served_version() == "v2"
+    assert _phase(app) == "idle"
+    assert "stopped" in d.log.read_text()
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_sd_notify_ready_status_watchdog(make_app, daemon_factory, abstract):
+    app = make_app()
+    name = f"zdn-{uuid.uuid4().hex[:8]}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if abstract:
+        sock.bind("\0" + name)
+        notify = "@" + name
+    else:
+        path = f"/tmp/{name}.sock"  # AF_UNIX paths are short: not under pytest's tmp_path
+        sock.bind(path)
+        notify = path
+    sock.settimeout(1)
+    try:
+        d = daemon_factory([app], env={"NOTIFY_SOCKET": notify, "WATCHDOG_USEC": "1000000"})
+        d.start()
+        seen: list[str] = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not ("WATCHDOG=1" in seen and
+                                                   any(s.startswith("READY=1") for s in seen)):
+            with contextlib.suppress(TimeoutError):
+                seen.append(sock.recv(4096).decode())
+        joined = "\n".join(seen)
+        assert "READY=1" in joined and "STATUS=1 apps, all healthy" in joined
+        assert "WATCHDOG=1" in joined
+    finally:
+        sock.close()
+        if not abstract:
+            os.unlink(path)
+
+
+PROBE_AS_USER = """
+import errno, socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print(errno.errorcode[e.errno])
+    sys.exit(1)
+s.sendall(b"GET /v1/status HTTP/1.1\\r\\nHost: zdagent\\r\\n\\r\\n")
+print(s.recv(65536).decode())
+"""
+
+
+def test_control_socket_refuses_users_without_permission(make_app, daemon_factory):
+    """0660 and group-owned: a user outside the group gets EACCES; a member gets answers."""
+    system_python = Path("/usr/bin/python3")  # readable by other users, unlike root's pyenv
+    if not shutil.which("runuser") or not system_python.exists():
+        pytest.fail("runuser and /usr/bin/python3 are needed for the permission test")
+    app = make_app()
+    d = daemon_factory([app], group="nogroup").start()
+    assert d.socket.stat().st_mode & 0o777 == 0o660
+
+    def as_user(user: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["runuser", "-u", user, "--", str(system_python), "-c",
+                               PROBE_AS_USER, str(d.socket)], capture_output=True, text=True,
+                              timeout=30, check=False)
+
+    denied = as_user("daemon")  # not in the socket's group
+    assert denied.returncode == 1 and denied.stdout.strip() == "EACCES", denied
+    allowed = as_user("nobody")  # primary group nogroup owns the socket
+    assert allowed.returncode == 0 and app.name in allowed.stdout, allowed
+
+
+def test_unit_file_passes_systemd_analyze_verify(tmp_path):
+    if not shutil.which("systemd-analyze"):
+        pytest.fail("systemd-analyze is needed (apt-get install systemd)")
+    unit = (Path(__file__).resolve().parents[2] / "systemd" / "zdagent.service").read_text()
+    exe = shutil.which("zdagent")
+    assert exe, "zdagent must be installed"
+    (tmp_path / "zdagent.service").write_text(unit.replace("/usr/local/bin/zdagent", exe))
+    p = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "zdagent.service")],
+                       capture_output=True, text=True, check=False)
+    assert p.returncode == 0 and p.stderr.strip() == "" and p.stdout.strip() == "", p.stderr
+    for key in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "NoNewPrivileges=yes",
+                "ProtectSystem=strict"):
+        assert key in unit
