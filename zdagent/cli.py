@@ -414,6 +414,56 @@ def daemon(
                        Path(socket) if socket else api.DEFAULT_SOCKET, socket_group)
 
 
+@app.command()
+def init(
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="The new app's name.")],
+    image: Annotated[str | None, typer.Option(help="Pull source: image repository.")] = None,
+    build_context: Annotated[str | None, typer.Option(help="Build source: context dir.")
+                             ] = None,
+    git_repo: Annotated[str | None, typer.Option(help="Git source: repository on this host.")
+                        ] = None,
+    port: Annotated[int, typer.Option(help="Port the app listens on in the container.")
+                    ] = 8080,
+    blue_port: Annotated[int, typer.Option(help="Host port of the blue slot (127.0.0.1).")
+                         ] = 18001,
+    green_port: Annotated[int, typer.Option(help="Host port of the green slot (127.0.0.1).")
+                          ] = 18002,
+    listen: Annotated[str, typer.Option(help="Nginx listen (port or address:port).")] = "80",
+    server_name: Annotated[str, typer.Option(help="Nginx server_name.")] = "_",
+    health_path: Annotated[str, typer.Option(help="Health check path.")] = "/",
+    root: Annotated[str, typer.Option(help="Install everything under this directory "
+                                           "instead of / (paths inside the files too).")
+                    ] = "/",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files (never "
+                                                        "the live upstream).")] = False,
+) -> None:
+    """Write a new app's config, Nginx site and placeholder upstream, and install the
+    daemon's systemd unit. Prints each file; refuses to overwrite without --force."""
+    import shutil as _shutil
+
+    from zdagent import scaffold
+
+    with _guard():
+        sources = [(k, v) for k, v in (("image", image), ("build", build_context),
+                                       ("git", git_repo)) if v]
+        if len(sources) != 1:
+            raise UsageError("give exactly one of --image, --build-context, --git-repo")
+        kind, value = sources[0]
+        if kind != "image":
+            value = str(Path(value).resolve())
+        options = scaffold.InitOptions(
+            app=app_name, root=Path(root).resolve(), source=kind, source_value=value,
+            port=port, blue_port=blue_port, green_port=green_port, listen=listen,
+            server_name=server_name, health_path=health_path, force=force)
+        executable = _shutil.which("zdagent") or str(Path(sys.argv[0]).resolve())
+        for line in scaffold.write(options, executable):
+            out.print(line, markup=False)
+        out.print(scaffold.enable_unit(options.root), markup=False)
+        out.print("next: check the config, `nginx -t && nginx -s reload`, then "
+                  f"`zdagent deploy <version> --config {options.root}/etc/zdagent/apps/"
+                  f"{app_name}.toml`", markup=False)
+
+
 @config_app.command("check")
 def config_check(config: ConfigOpt = None) -> None:
     """Validate the config file and touch nothing (exit 2 with file and key on error)."""

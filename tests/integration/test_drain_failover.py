@@ -19,6 +19,7 @@ def _in_background(fn) -> dict:
             box["response"] = fn()
         except Exception as e:
             box["error"] = e
+        box["done_at"] = time.time()
 
     t = threading.Thread(target=run)
     t.start()
@@ -47,7 +48,9 @@ def test_in_flight_request_survives_the_drain(make_app, docker_client):
     assert docker_client.containers.get(f"{app.name}-blue").status == "exited"
     drain = next(ph for ph in json.loads(app.ok("history", "--json").stdout)[0]["phases"]
              if ph["name"] == "drain")
-    assert drain["duration"] > 3  # it waited for the old worker to finish the request
+    # the drain lasted until the in-flight request had its answer, and only then stopped blue
+    assert drain["started_at"] + drain["duration"] >= slow["done_at"] - 0.25
+    assert drain["duration"] > 1
     assert "stopped the old slot blue" in p.stderr
 
 
