@@ -19,7 +19,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_APP = ROOT / "examples" / "sample-app"
 
+NJS_MODULE = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
+
+# Workers run as root here only because pytest's temporary directories are 0700: in njs mode
+# they read the app's active file. (On a host, /etc/nginx/zdagent is readable by www-data.)
 NGINX_CONF = """\
+{load_modules}user root;
 worker_processes 2;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log notice;
@@ -54,7 +59,8 @@ class NginxServer:
         for sub in ("tmp", "sites", "zdagent"):
             (prefix / sub).mkdir(parents=True, exist_ok=True)
         server = cls(prefix=prefix, port=port or free_port())
-        server.conf.write_text(NGINX_CONF.format(prefix=prefix))
+        modules = f"load_module {NJS_MODULE};\n" if NJS_MODULE.exists() else ""
+        server.conf.write_text(NGINX_CONF.format(prefix=prefix, load_modules=modules))
         return server
 
     @property

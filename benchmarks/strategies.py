@@ -65,17 +65,18 @@ def _wait_healthy(port: int, deadline_s: float = 30.0) -> float:
 
 class ZdagentStrategy:
     name = "zdagent"
+    extra = ""  # config lines appended to [nginx]
 
     def __init__(self, workdir: Path, repo: str) -> None:
-        self.nginx = NginxServer.create(workdir / "nginx-zdagent")
+        self.nginx = NginxServer.create(workdir / f"nginx-{self.name}")
         blue, green = free_port(), free_port()
-        cfg_path = workdir / "zdbench.toml"
+        cfg_path = workdir / f"{self.name}.toml"
         source = f'[source]\nimage = "{repo}"\npull = "never"'
-        cfg_path.write_text(app_config("zdbench", workdir / "state", self.nginx, blue, green,
-                                       source, extra="")
+        cfg_path.write_text(app_config(self.name, workdir / "state", self.nginx, blue, green,
+                                       source, extra=self.extra)
                             .replace("drain_seconds = 5", "drain_seconds = 10"))
         cfg = load_config(cfg_path)
-        (self.nginx.prefix / "sites" / "zdbench.conf").write_text(render_site(cfg))
+        (self.nginx.prefix / "sites" / f"{self.name}.conf").write_text(render_site(cfg))
         cfg.nginx.upstream_file.write_text(render_upstream(cfg, None, None))
         self.nginx.start()
         self.events: list[tuple[float, Event]] = []
@@ -101,6 +102,13 @@ class ZdagentStrategy:
     def close(self) -> None:
         self.engine.close()
         self.nginx.stop()
+
+
+class ZdagentNjsStrategy(ZdagentStrategy):
+    """zdagent with switch_mode = "njs": the switch is a file rename, never a reload."""
+
+    name = "zdagent-njs"
+    extra = 'switch_mode = "njs"\n'
 
 
 class _ContainerStrategy:
@@ -186,4 +194,5 @@ class NaiveStrategy(_ContainerStrategy):
         return Op("deploy", version, t, time.time(), healthy, healthy)
 
 
-STRATEGIES = {s.name: s for s in (ZdagentStrategy, BareReloadStrategy, NaiveStrategy)}
+STRATEGIES = {s.name: s for s in (ZdagentStrategy, ZdagentNjsStrategy, BareReloadStrategy,
+                                  NaiveStrategy)}

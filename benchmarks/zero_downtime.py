@@ -3,7 +3,8 @@
     python -m benchmarks.zero_downtime                      # 20 deploys + 5 rollbacks per mode
     python -m benchmarks.zero_downtime --deploys 4 --rollbacks 1 --modes zdagent
 
-For each mode (zdagent, a bare render-and-reload script, the naive stop/start) it runs the same
+For each mode (zdagent with reloads, zdagent with the reload-free njs switch, a bare
+render-and-reload script, the naive stop/start) it runs the same
 load — three kinds of client x GET/POST, every request recorded client-side — while performing
 the deploys and rollbacks, then prints a table and writes JSON (see docs/benchmarks.md).
 Everything runs on 127.0.0.1; the load is bounded by the schedule and a hard time limit.
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--rate", type=float, default=100.0,
                     help="requests/s per client process (6 processes)")
     ap.add_argument("--gap", type=float, default=1.0, help="seconds between operations")
-    ap.add_argument("--modes", default="zdagent,bare,naive")
+    ap.add_argument("--modes", default="zdagent,zdagent-njs,bare,naive")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/zero_downtime.json"))
     args = ap.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(docker.io nginx busybox-static docker-registry openssh-server wrk git curl)
+PACKAGES=(docker.io nginx libnginx-mod-http-js busybox-static docker-registry openssh-server wrk git
+          curl)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

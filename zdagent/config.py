@@ -107,6 +107,12 @@ class NginxConfig:
     server_name: str
     standby_as_backup: bool
     reload_timeout: float
+    switch_mode: str  # reload | njs
+
+    @property
+    def active_file(self) -> Path:
+        """njs mode: the file naming the live upstream group, read on every request."""
+        return self.upstream_file.with_name(self.upstream_file.name.split(".")[0] + ".active")
 
 
 @dataclass(frozen=True)
@@ -323,6 +329,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "server_name": Key("_", _str(re.compile(r"^[A-Za-z0-9_.* -]+$"), "server names")),
         "standby_as_backup": Key(True, _bool),
         "reload_timeout": Key(10.0, _num(0.5, 300)),
+        "switch_mode": Key("reload", _choice("reload", "njs")),
     },
 }
 
@@ -469,6 +476,7 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
             server_name=ngx["server_name"],
             standby_as_backup=ngx["standby_as_backup"],
             reload_timeout=float(ngx["reload_timeout"]),
+            switch_mode=ngx["switch_mode"],
         ),
         watchdog=WatchdogConfig(
             enabled=wd["enabled"], interval=float(wd["interval"]), failures=wd["failures"],

@@ -337,10 +337,17 @@ class Engine:
         with run.phase(Phase.SWITCH, f"switching Nginx to {new}"):
             result = self.nginx.switch(new, backup)
         with run.phase(Phase.DRAIN, "draining the old slot", live=new):
-            left = self.nginx.wait_workers_gone(result.old_workers, self.cfg.slots.drain_seconds)
+            drain = self.cfg.slots.drain_seconds
+            left = self.nginx.wait_workers_gone(result.old_workers, drain)
             if left:
                 self.emit(Event("warn", f"{len(left)} old Nginx worker(s) still busy after "
-                                        f"{self.cfg.slots.drain_seconds:g}s drain"))
+                                        f"{drain:g}s drain"))
+            if old and keep is None and self.cfg.nginx.switch_mode == "njs":
+                # No worker exits in njs mode: wait for Nginx's connections to the old slot.
+                still = self.nginx.wait_connections_closed(self.cfg.slot_port(old), drain)
+                if still:
+                    self.emit(Event("warn", f"{still} connection(s) to {old} still open after "
+                                            f"{drain:g}s drain"))
             if old and keep is None:
                 self.slots.stop(old)
                 self.emit(Event("info", f"stopped the old slot {old}"))

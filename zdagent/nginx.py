@@ -28,6 +28,9 @@ from zdagent.errors import EnvironmentProblem, NginxError
 from zdagent.events import Emit, Event
 
 UPSTREAM_HEADER = "X-Zdagent-Upstream"
+# njs mode: idle upstream keep-alive connections close this soon, so a drain that waits for
+# Nginx's connections to the old slot to end is not held up by idle ones for long.
+NJS_KEEPALIVE_S = 4
 _SERVER_RE = re.compile(r"^\s*server\s+(?:127\.0\.0\.1|localhost):(\d+)\b([^;]*);", re.M)
 
 
@@ -65,7 +68,18 @@ def _render(template: Path | None, default: str, **context: object) -> str:
 
 
 def render_upstream(cfg: AppConfig, live_slot: str | None, standby_slot: str | None) -> str:
-    """The upstream file; with no live slot, a placeholder that Nginx accepts (all down)."""
+    """The upstream file; with no live slot, a placeholder that Nginx accepts (all down).
+
+    In njs mode the file holds both slots' groups and does not depend on the live slot.
+    """
+    if cfg.nginx.switch_mode == "njs":
+        return _render(
+            cfg.nginx.upstream_template, "upstream_njs.conf.j2",
+            app=cfg.name, upstream=upstream_name(cfg.name),
+            blue_port=cfg.slots.blue_port, green_port=cfg.slots.green_port,
+            js_dir=str(templates_dir()), active_file=str(cfg.nginx.active_file),
+            keepalive_timeout=NJS_KEEPALIVE_S,
+        )
     return _render(
         cfg.nginx.upstream_template, "upstream.conf.j2",
         app=cfg.name, upstream=upstream_name(cfg.name),
@@ -77,8 +91,10 @@ def render_upstream(cfg: AppConfig, live_slot: str | None, standby_slot: str | N
 
 
 def render_site(cfg: AppConfig) -> str:
+    njs = cfg.nginx.switch_mode == "njs"
     return _render(
-        cfg.nginx.site_template, "site.conf.j2",
+        cfg.nginx.site_template, "site_njs.conf.j2" if njs else "site.conf.j2",
+        active_file=str(cfg.nginx.active_file),
         app=cfg.name, upstream=upstream_name(cfg.name),
         upstream_file=str(cfg.nginx.upstream_file),
         listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
@@ -92,6 +108,26 @@ def live_port_in(text: str) -> int | None:
         if "backup" not in flags and "down" not in flags:
             return int(m.group(1))
     return None
+
+
+def pool_name(cfg: AppConfig, slot: str) -> str:
+    return f"{upstream_name(cfg.name)}_{slot}"
+
+
+def routed_slot(cfg: AppConfig) -> str | None:
+    """The slot the Nginx config routes to: the upstream file, or (njs) the active file."""
+    if cfg.nginx.switch_mode == "njs":
+        try:
+            name = cfg.nginx.active_file.read_text().strip()
+        except OSError:
+            return None
+        slot = name.rsplit("_", 1)[-1]
+        return slot if slot in ("blue", "green") and name == pool_name(cfg, slot) else None
+    try:
+        port = live_port_in(cfg.nginx.upstream_file.read_text())
+    except OSError:
+        return None
+    return cfg.slot_for_port(port) if port else None
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -190,9 +226,7 @@ class Nginx:
             return None
 
     def live_slot_in_file(self) -> str | None:
-        text = self.current_text()
-        port = live_port_in(text) if text else None
-        return self.cfg.slot_for_port(port) if port else None
+        return routed_slot(self.cfg)
 
     def live_slot_served(self) -> str | None:
         addr = served_by(self.http, self.cfg.verify_url)
@@ -220,6 +254,8 @@ class Nginx:
 
     def switch(self, live_slot: str, standby_slot: str | None) -> SwitchResult:
         """Point the upstream at ``live_slot``, verified; on any failure restore and raise."""
+        if self.cfg.nginx.switch_mode == "njs":
+            return self._switch_njs(live_slot)
         start = time.monotonic()
         previous = self.current_text()
         text = render_upstream(self.cfg, live_slot, standby_slot)
@@ -256,6 +292,10 @@ class Nginx:
                     hint="look for [emerg] in Nginx's error log (e.g. bind() failed)",
                 )
             time.sleep(0.005)
+        self._verify_serving(slot, deadline)
+
+    def _verify_serving(self, slot: str, deadline: float) -> None:
+        """Three fresh requests in a row through Nginx answered by ``slot``, by ``deadline``."""
         want = f"127.0.0.1:{self.cfg.slot_port(slot)}"
         streak, seen = 0, None
         while streak < 3:
@@ -271,6 +311,61 @@ class Nginx:
                         "(see `zdagent nginx render --site`)",
                     )
                 time.sleep(0.02 if seen == want else 0.1)
+
+    def _switch_njs(self, live_slot: str) -> SwitchResult:
+        """njs mode: rename a new active file into place and verify; reload only when the
+        upstream file itself must change (first use, new ports)."""
+        start = time.monotonic()
+        active = self.cfg.nginx.active_file
+        prev_active = active.read_text() if active.exists() else None
+        prev_upstream = self.current_text()
+        atomic_write(active, pool_name(self.cfg, live_slot) + "\n")
+        wanted = render_upstream(self.cfg, live_slot, None)
+        old: frozenset[int] = frozenset()
+        try:
+            if wanted != prev_upstream:
+                atomic_write(self.file, wanted)
+                problem = self._run(self.cfg.nginx.test_command, "nginx -t")
+                if problem:
+                    raise NginxError(f"nginx -t failed: {problem}",
+                                     hint="is the njs module loaded (libnginx-mod-http-js)?")
+                old = self.workers()
+                self._reload_verified(live_slot, old)
+            else:
+                self._verify_serving(live_slot,
+                                     time.monotonic() + self.cfg.nginx.reload_timeout)
+        except NginxError as e:
+            self._restore_njs(prev_active, prev_upstream, reload=wanted != prev_upstream)
+            raise NginxError(
+                f"{e.message}; the previous routing was restored",
+                hint=f"{e.hint}; in njs mode Nginx's workers must be able to read "
+                     f"{active} (look for 'zdagent: cannot read' in its error log)") from None
+        return SwitchResult(old_workers=old, seconds=time.monotonic() - start)
+
+    def _restore_njs(self, prev_active: str | None, prev_upstream: str | None, *,
+                     reload: bool) -> None:
+        active = self.cfg.nginx.active_file
+        if prev_active is None:
+            active.unlink(missing_ok=True)
+        else:
+            atomic_write(active, prev_active)
+        if reload:
+            self._restore(prev_upstream, reload=True)
+        else:
+            self.emit(Event("warn", "restored the previous active slot"))
+
+    def wait_connections_closed(self, port: int, timeout: float) -> int:
+        """Wait until no Nginx worker holds a connection to 127.0.0.1:``port``; return the
+        number still open when ``timeout`` ran out (njs mode's drain: no worker exits)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            workers = self.workers()
+            open_ = [c for c in psutil.net_connections(kind="tcp")
+                     if c.pid in workers and c.raddr and c.raddr.port == port
+                     and c.status == psutil.CONN_ESTABLISHED]
+            if not open_ or time.monotonic() >= deadline:
+                return len(open_)
+            time.sleep(0.1)
 
     def _restore(self, previous: str | None, *, reload: bool) -> None:
         if previous is None:

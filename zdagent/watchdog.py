@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from zdagent.config import AppConfig, WatchdogConfig
-from zdagent.nginx import UPSTREAM_HEADER, live_port_in
+from zdagent.nginx import UPSTREAM_HEADER, routed_slot
 from zdagent.slots import other
 
 
@@ -102,14 +102,6 @@ async def probe(client: httpx.AsyncClient, cfg: AppConfig, slot: str,
     return True, "ok"
 
 
-def live_slot(cfg: AppConfig) -> str | None:
-    try:
-        port = live_port_in(cfg.nginx.upstream_file.read_text())
-    except OSError:
-        return None
-    return cfg.slot_for_port(port) if port else None
-
-
 @dataclass
 class WatchHooks:
     """What the loop needs from the daemon: is a deploy running, and the two actions."""
@@ -145,7 +137,7 @@ async def _tick(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
         state.consecutive = 0
         state.set("paused", "a deploy is running")
         return
-    live = live_slot(cfg)
+    live = routed_slot(cfg)
     if live is None:
         state.set("idle", "nothing deployed yet")
         return

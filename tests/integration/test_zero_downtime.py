@@ -34,3 +34,20 @@ def test_deploys_and_rollback_under_load_lose_nothing_that_can_be_kept(bench_ima
     assert 0 not in flips["counts"]
     assert res["post_replayed"] == 0
     assert res["switch_ms"]["n"] == 4 and res["rollback_ms"]["n"] == 1
+
+
+def test_reload_free_switch_loses_nothing_for_any_client(bench_images, tmp_path):
+    """switch_mode = "njs": raw keep-alive and POSTs lose nothing, and every client's
+    served version flips exactly once per operation."""
+    from benchmarks.harness import NJS_MODULE
+    from tests.conftest import require
+
+    require(NJS_MODULE.exists(), "Nginx's njs module (apt-get install libnginx-mod-http-js)")
+    plan = bench.schedule(deploys=3, rollbacks=1)
+    res = bench.run_mode("zdagent-njs", tmp_path, plan, rate=40, gap=0.5)
+    for key, client in res["clients"].items():
+        assert client["failed"] == 0, (key, client)
+        assert client["requests"] > 50
+    flips = res["flip_windows"]
+    assert flips["exactly_once"] == flips["total"] == 6 * 4
+    assert res["post_replayed"] == 0

@@ -92,3 +92,25 @@ def test_container_kwargs_bind_loopback_only(cfg):
     assert labels["zdagent.deploy-id"] == "42"
     assert float(labels["zdagent.deployed-at"]) > 0
     assert "network" not in kw
+
+
+def test_njs_mode_renders_both_pools_and_reads_the_active_file(tmp_path):
+    from zdagent.nginx import pool_name, routed_slot
+
+    p = tmp_path / "web.toml"
+    p.write_text(CONFIG.replace("/etc/nginx/zdagent/web-app.upstream.conf",
+                                str(tmp_path / "web-app.upstream.conf"))
+                 + 'switch_mode = "njs"\n')
+    cfg = load_config(p)
+    text = render_upstream(cfg, "green", "blue")
+    assert text == render_upstream(cfg, "blue", None)  # independent of the live slot
+    assert "upstream zdagent_web_app_blue {" in text and "upstream zdagent_web_app_green {" in text
+    assert "js_set $zdagent_web_app_pool zdagent_web_app.pool;" in text
+    site = render_site(cfg)
+    assert "proxy_pass http://$zdagent_web_app_pool;" in site
+    assert f"set $zdagent_active_file {tmp_path / 'web-app.active'};" in site
+    assert routed_slot(cfg) is None
+    cfg.nginx.active_file.write_text(pool_name(cfg, "green") + "\n")
+    assert routed_slot(cfg) == "green"
+    cfg.nginx.active_file.write_text("something_else\n")
+    assert routed_slot(cfg) is None

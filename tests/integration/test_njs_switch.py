@@ -1,0 +1,101 @@
+"""switch_mode = "njs": traffic moves without a reload, so even raw keep-alive loses nothing."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+
+import psutil
+import pytest
+
+from benchmarks.harness import NJS_MODULE
+from tests.conftest import require
+from tests.traffic import RequestLoop
+
+NJS = 'switch_mode = "njs"\n'
+
+
+@pytest.fixture
+def njs_app(make_app):
+    require(NJS_MODULE.exists(), "Nginx's njs module (apt-get install libnginx-mod-http-js)")
+    return make_app(extra=NJS)
+
+
+class RawKeepAlive(threading.Thread):
+    """One persistent connection, never retried: every closed connection is a failure."""
+
+    def __init__(self, port: int, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.port, self.seconds = port, seconds
+        self.failures: list[str] = []
+        self.versions: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        deadline = time.monotonic() + self.seconds
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn.request("GET", "/cgi-bin/version")
+                r = conn.getresponse()
+                body = r.read().decode()
+                if r.status != 200:
+                    self.failures.append(f"HTTP {r.status}")
+                else:
+                    self.versions.append(body.split()[0])
+            except (OSError, http.client.HTTPException) as e:
+                self.failures.append(type(e).__name__)
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            time.sleep(0.005)
+        conn.close()
+
+
+def master_workers(app) -> set[int]:
+    pid = int(app.nginx.pid_file.read_text())
+    return {p.pid for p in psutil.Process(pid).children()}
+
+
+def test_switches_without_reload_and_raw_keep_alive_loses_nothing(njs_app):
+    app = njs_app
+    app.ok("deploy", "v1")  # installs the two-pool upstream: the one reload
+    workers = master_workers(app)
+    raw = RawKeepAlive(app.port, seconds=90)
+    with RequestLoop(app.url + "/cgi-bin/version", max_seconds=90) as close_loop:
+        raw.start()
+        for version in ("v2", "v3", "v1"):
+            app.ok("deploy", version)
+        p = app.ok("rollback")
+        time.sleep(0.5)
+        raw.stop.set()
+        raw.join(30)
+    assert master_workers(app) == workers  # no reload happened: the same workers served all
+    assert raw.failures == [] and close_loop.failures == [], (raw.failures, close_loop.failures)
+    # the single keep-alive connection saw each switch once, in order
+    seen = [v for i, v in enumerate(raw.versions) if i == 0 or raw.versions[i - 1] != v]
+    assert seen == ["v1", "v2", "v3", "v1", "v3"]
+    assert "rolled back to v3" in p.stderr
+    active = (app.nginx.prefix / "zdagent" / f"{app.name}.active").read_text()
+    assert active.strip().endswith("_blue")  # v1 blue, v2 green, v3 blue, v1 green, back: blue
+    st = json.loads(app.ok("status", "--json").stdout)
+    assert st["live_slot"] == "blue" and st["routing"]["confirmed"] and st["drift"] == []
+
+
+def test_njs_mode_drains_before_stopping_and_failed_candidates_change_nothing(njs_app,
+                                                                              docker_client):
+    app = njs_app
+    app.config.write_text(app.config.read_text().replace(
+        "drain_seconds = 5", 'drain_seconds = 15\nafter_switch = "stop"'))
+    app.ok("deploy", "v1")
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(r=app.get("/cgi-bin/slow?4")))
+    t.start()
+    time.sleep(0.5)
+    app.ok("deploy", "v2")
+    t.join(30)
+    assert box["r"].status_code == 200 and box["r"].text.startswith("slow v1")
+    assert docker_client.containers.get(f"{app.name}-blue").status == "exited"
+    p = app.cli("deploy", "fail")
+    assert p.returncode == 1 and app.served_version() == "v2"
