@@ -34,7 +34,7 @@ from zdagent.api import Client
 from zdagent.config import load_config
 from zdagent.nginx import render_site, render_upstream
 
-WATCHDOG = "\n[watchdog]\ninterval = 1.0\nfailures = 3\ncooldown = 0\nmax_reverts = 1000\n"
+WATCHDOG = "\n[watchdog]\ninterval = 1.0\nfailures = 3\ncooldown = 0\nmax_reverts = 100\n"
 
 
 class Setup:
@@ -59,7 +59,7 @@ class Setup:
             self.cfgs[name] = cfg
         self.nginx.start()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "zdagent", "daemon", "--config-dir", str(self.config_dir),
+            [sys.executable, "-m", "zdagent.daemon", "--config-dir", str(self.config_dir),
              "--socket", str(self.socket)], stdout=subprocess.DEVNULL,
             stderr=(workdir / "daemon.log").open("w"))
         deadline = time.monotonic() + 30

@@ -190,14 +190,17 @@ def analyse(mode: str, ops: list[Op], records: list[Record], t_start: float,
         if near_p99 and steady_p99 else None,
         "switch_ms": _ms(switch_times),
         "rollback_ms": _ms(rollback_times),
+        # A window may show 0 flips when the switch beat a client's next request: never
+        # back and forth is what matters, so "at most once" is reported beside "exactly".
         "flip_windows": {"total": len(flips), "exactly_once": flips.count(1),
+                         "at_most_once": sum(1 for n in flips if n <= 1),
                          "ended_on_new": ended_on_new, "counts": dict(Counter(flips))},
         "post_replayed": sum(1 for r in records if r.method == "POST" and "," in r.upstream),
         "get_retried_by_nginx": sum(1 for r in records if r.method == "GET"
                                     and "," in r.upstream),
         "ops": deploys,
-        "overhead_s": {"median": statistics.median(overheads) if overheads else None,
-                       "max": max(overheads) if overheads else None},
+        "overhead_s": {"median": round(statistics.median(overheads), 3) if overheads else None,
+                       "max": round(max(overheads), 3) if overheads else None},
     }
 
 
@@ -242,6 +245,8 @@ def report(results: list[dict[str, Any]]) -> None:
                                                     f"{_fmt(r['overhead_s']['max'])}"),
         ("windows flipping exactly once", lambda r: f"{r['flip_windows']['exactly_once']}/"
                                                     f"{r['flip_windows']['total']}"),
+        ("windows flipping at most once, ending new",
+         lambda r: f"{r['flip_windows']['at_most_once']}/{r['flip_windows']['total']}"),
         ("POSTs replayed on a 2nd upstream", lambda r: str(r["post_replayed"])),
     ]
     for label, fn in rows:

@@ -192,6 +192,16 @@ def _stream(client: Any, url: str, body: dict[str, Any]) -> Any:
                        hint="check the daemon's log (journalctl -u zdagent)")
 
 
+def _operate(config: str | None, socket: str | None, local: bool, what: str,
+             body: dict[str, Any], in_process: Callable[[Any], Any]) -> Any:
+    """Run a deploy/rollback through the daemon when it manages the app, else in-process."""
+    cfg = _load(config)
+    client = _daemon(cfg, socket, local)
+    if client is not None:
+        return _stream(client, f"/v1/apps/{cfg.name}/{what}", body)
+    return _with_engine(cfg, in_process)
+
+
 def _print_result(result: Any, as_json: bool, verb: str) -> None:
     if as_json:
         out.print_json(json.dumps(result.to_dict()))
@@ -203,8 +213,9 @@ def _print_result(result: Any, as_json: bool, verb: str) -> None:
 
 @app.command()
 def deploy(
-    version: Annotated[str, typer.Argument(help="Version to deploy: the image tag to build "
-                                                "or pull (e.g. v2 or a git sha).")],
+    version: Annotated[str, typer.Argument(
+        metavar="VERSION", help="The image tag to build or pull (e.g. v2), or for a git "
+                                "source a branch, tag or sha.")],
     config: ConfigOpt = None,
     no_wait: NoWaitOpt = False,
     as_json: JsonOpt = False,
@@ -219,13 +230,9 @@ def deploy(
     takes a ref (branch, tag or sha) and deploys the commit it names.
     """
     with _guard():
-        cfg = _load(config)
-        client = _daemon(cfg, socket, local)
-        if client is not None:
-            result = _stream(client, f"/v1/apps/{cfg.name}/deploy",
-                             {"version": version, "no_wait": no_wait})
-        else:
-            result = _with_engine(cfg, lambda e: e.deploy(version, wait=not no_wait))
+        result = _operate(config, socket, local, "deploy",
+                          {"version": version, "no_wait": no_wait},
+                          lambda e: e.deploy(version, wait=not no_wait))
         _print_result(result, as_json, "deployed")
 
 
@@ -242,13 +249,8 @@ def rollback(
 ) -> None:
     """Switch traffic back to the standby slot (started and probed first if stopped)."""
     with _guard():
-        cfg = _load(config)
-        client = _daemon(cfg, socket, local)
-        if client is not None:
-            result = _stream(client, f"/v1/apps/{cfg.name}/rollback",
-                             {"to": to, "no_wait": no_wait})
-        else:
-            result = _with_engine(cfg, lambda e: e.rollback(to=to, wait=not no_wait))
+        result = _operate(config, socket, local, "rollback", {"to": to, "no_wait": no_wait},
+                          lambda e: e.rollback(to=to, wait=not no_wait))
         _print_result(result, as_json, "rolled back to")
 
 

@@ -31,7 +31,7 @@ from zdagent.errors import ConfigError, LockBusy, ZdError
 from zdagent.events import Event
 from zdagent.gitsource import check_ref
 from zdagent.notify import Notifier
-from zdagent.watchdog import WatchHooks, WatchState, watch
+from zdagent.watchdog import WatchHooks, WatchState, async_client, watch
 
 
 @dataclass
@@ -81,7 +81,9 @@ class Daemon:
         server = await self._listen()
         self.notifier.ready(self.summary())
         log(f"ready; control socket {self.socket_path}")
-        watchers = [asyncio.create_task(watch(rt.cfg, rt.state, self._hooks(rt), self.stop))
+        client = async_client()
+        watchers = [asyncio.create_task(watch(rt.cfg, rt.state, self._hooks(rt), self.stop,
+                                              client))
                     for rt in self.apps.values()]
         await self._main_loop()
         self.notifier.stopping()
@@ -91,6 +93,7 @@ class Daemon:
             async with rt.lock:  # a running deploy finishes its phases first
                 pass
         await asyncio.gather(*watchers, return_exceptions=True)
+        await client.aclose()
         self.socket_path.unlink(missing_ok=True)
         log("stopped")
 
@@ -298,3 +301,29 @@ class Daemon:
 
 def run(config_dir: Path, socket_path: Path, socket_group: str | None) -> None:
     asyncio.run(Daemon(config_dir, socket_path, socket_group).run())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``zdagentd``: the daemon without the CLI's UI libraries (what systemd runs)."""
+    import argparse
+
+    from zdagent.config import CONFIG_DIR_ENV, DEFAULT_CONFIG_DIR
+
+    ap = argparse.ArgumentParser(prog="zdagentd", description="zdagent's daemon: watchdog "
+                                 "and control socket for every app in the config directory.")
+    ap.add_argument("--config-dir", type=Path,
+                    default=Path(os.environ.get(CONFIG_DIR_ENV) or DEFAULT_CONFIG_DIR))
+    ap.add_argument("--socket", type=Path,
+                    default=Path(os.environ.get("ZDAGENT_SOCKET") or api.DEFAULT_SOCKET))
+    ap.add_argument("--socket-group", default=None,
+                    help="group owning the control socket (mode 0660)")
+    args = ap.parse_args(argv)
+    try:
+        run(args.config_dir, args.socket, args.socket_group)
+    except ZdError as e:
+        print(f"error: {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""), file=sys.stderr)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

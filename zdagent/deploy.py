@@ -22,7 +22,7 @@ from zdagent.errors import DeployFailed, ZdError
 from zdagent.events import Emit, Event
 from zdagent.lock import app_lock
 from zdagent.nginx import Nginx
-from zdagent.probe import probe_once, slot_url, wait_healthy
+from zdagent.probe import http_client, probe_once, slot_url, wait_healthy
 from zdagent.slots import Slots, connect, other
 from zdagent.store import PhaseRecord, Store
 
@@ -355,10 +355,8 @@ class Engine:
                 self.emit(Event("info", f"{old} stays up as the warm standby"))
 
     def _probe_running(self, slot: str, version: str | None) -> None:
-        import httpx
-
         url = slot_url(self.cfg.slot_port(slot), self.cfg.health.path)
-        with httpx.Client(headers={"Connection": "close"}) as client:
+        with http_client("zdagent-probe") as client:
             result = probe_once(client, url, self.cfg.health, version)
         if not result.ok:
             raise DeployFailed(f"the standby {slot} is not healthy: {result.detail}",

@@ -26,6 +26,7 @@ import psutil
 from zdagent.config import AppConfig
 from zdagent.errors import EnvironmentProblem, NginxError
 from zdagent.events import Emit, Event
+from zdagent.probe import http_client
 
 UPSTREAM_HEADER = "X-Zdagent-Upstream"
 # njs mode: idle upstream keep-alive connections close this soon, so a drain that waits for
@@ -175,9 +176,8 @@ class Nginx:
         self.cfg = cfg
         self.emit = emit
         self.file = cfg.nginx.upstream_file
-        # One client for every verification request: building one costs ~50 ms (TLS context).
-        self.http = httpx.Client(headers={"Connection": "close",
-                                          "User-Agent": "zdagent-verify"})
+        # One client for every verification request: building one costs ~50 ms.
+        self.http = http_client("zdagent-verify")
 
     def close(self) -> None:
         self.http.close()

@@ -91,7 +91,9 @@ public_url = "http://127.0.0.1/"
 
 
 def unit_text(executable: str) -> str:
-    return UNIT_SOURCE.read_text().replace("/usr/local/bin/zdagent", executable)
+    """The unit with ExecStart pointing at zdagentd installed beside ``executable``."""
+    return UNIT_SOURCE.read_text().replace("/usr/local/bin/",
+                                           str(Path(executable).parent) + "/")
 
 
 def plan(o: InitOptions, executable: str) -> list[Planned]:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from zdagent.deploy import Engine, Phase
 from zdagent.errors import EnvironmentProblem
-from zdagent.probe import probe_once, slot_url
+from zdagent.probe import http_client, probe_once, slot_url
 from zdagent.slots import SLOTS, container_name
 
 
@@ -21,7 +19,7 @@ def collect(engine: Engine) -> dict[str, Any]:
     cfg = engine.cfg
     state = engine.store.state(cfg.name)
     slots: dict[str, dict[str, Any]] = {}
-    with httpx.Client(headers={"Connection": "close"}) as client:
+    with http_client("zdagent-status") as client:
         for slot in SLOTS:
             info = engine.slots.info(slot)
             row = info.to_dict()

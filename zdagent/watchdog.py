@@ -20,6 +20,7 @@ import httpx
 
 from zdagent.config import AppConfig, WatchdogConfig
 from zdagent.nginx import UPSTREAM_HEADER, routed_slot
+from zdagent.probe import tls_context
 from zdagent.slots import other
 
 
@@ -112,22 +113,26 @@ class WatchHooks:
     log: Callable[[str], None]
 
 
-async def watch(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
-                stop: asyncio.Event) -> None:
+def async_client() -> httpx.AsyncClient:
+    """The one client every app's watchdog shares (fresh connections, shared TLS context)."""
+    return httpx.AsyncClient(headers={"Connection": "close", "User-Agent": "zdagent-watchdog"},
+                             verify=tls_context())
+
+
+async def watch(cfg: AppConfig, state: WatchState, hooks: WatchHooks, stop: asyncio.Event,
+                client: httpx.AsyncClient) -> None:
     """Probe the live slot every interval until ``stop``; act per ``choose``."""
     policy = cfg.watchdog
     if not policy.enabled:
         state.set("disabled")
         return
-    async with httpx.AsyncClient(headers={"Connection": "close",
-                                          "User-Agent": "zdagent-watchdog"}) as client:
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=policy.interval)
-                return
-            except TimeoutError:
-                pass
-            await _tick(cfg, state, hooks, client)
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=policy.interval)
+            return
+        except TimeoutError:
+            pass
+        await _tick(cfg, state, hooks, client)
 
 
 async def _tick(cfg: AppConfig, state: WatchState, hooks: WatchHooks,

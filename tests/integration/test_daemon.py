@@ -370,9 +370,10 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path):
     if not shutil.which("systemd-analyze"):
         pytest.fail("systemd-analyze is needed (apt-get install systemd)")
     unit = (Path(__file__).resolve().parents[2] / "systemd" / "zdagent.service").read_text()
-    exe = shutil.which("zdagent")
-    assert exe, "zdagent must be installed"
-    (tmp_path / "zdagent.service").write_text(unit.replace("/usr/local/bin/zdagent", exe))
+    exe = shutil.which("zdagentd")
+    assert exe, "zdagentd must be installed (pip install -e .)"
+    (tmp_path / "zdagent.service").write_text(
+        unit.replace("/usr/local/bin/", str(Path(exe).parent) + "/"))
     p = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "zdagent.service")],
                        capture_output=True, text=True, check=False)
     assert p.returncode == 0 and p.stderr.strip() == "" and p.stdout.strip() == "", p.stderr
