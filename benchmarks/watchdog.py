@@ -32,7 +32,7 @@ from benchmarks.harness import NginxServer, app_config, free_port
 from benchmarks.zero_downtime import REPO, build_images
 from zdagent.api import Client
 from zdagent.config import load_config
-from zdagent.nginx import render_site, render_upstream
+from zdagent.nginx import render_site, render_upstream, served_by
 
 WATCHDOG = "\n[watchdog]\ninterval = 1.0\nfailures = 3\ncooldown = 0\nmax_reverts = 100\n"
 
@@ -89,14 +89,6 @@ class Setup:
         client.close()
 
 
-def _served_by(client: httpx.Client, url: str) -> str:
-    try:
-        r = client.get(url)
-        return r.headers.get("X-Zdagent-Upstream", "").split(",")[-1].strip()
-    except httpx.HTTPError:
-        return ""
-
-
 def failover_trials(workdir: Path, trials: int) -> dict[str, Any]:
     s = Setup(workdir, 1)
     name = s.names[0]
@@ -116,11 +108,11 @@ def failover_trials(workdir: Path, trials: int) -> dict[str, Any]:
                 t0 = time.monotonic()
                 t_served = t_reverted = None
                 while time.monotonic() - t0 < 30 and t_reverted is None:
-                    if _served_by(http, cfg.verify_url) == want and t_served is None:
+                    if served_by(http, cfg.verify_url) == want and t_served is None:
                         t_served = time.monotonic() - t0
                     if f":{cfg.slot_port(standby)} max_fails" in \
                             cfg.nginx.upstream_file.read_text() and t_served is not None \
-                            and _served_by(http, cfg.verify_url) == want:
+                            and served_by(http, cfg.verify_url) == want:
                         t_reverted = time.monotonic() - t0
                     time.sleep(0.02)
                 served.append(t_served)

@@ -134,12 +134,11 @@ def _with_engine(cfg: AppConfig, fn: Callable[[Any], Any]) -> Any:
     from zdagent.deploy import Engine
 
     renderer = ProgressRenderer(err)
-    engine = Engine(cfg, renderer)
     try:
-        return fn(engine)
+        with Engine(cfg, renderer) as engine:
+            return fn(engine)
     finally:
         renderer.close()
-        engine.close()
 
 
 def _daemon(cfg: AppConfig, socket: str | None, local: bool, quiet: bool = False) -> Any:

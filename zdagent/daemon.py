@@ -77,7 +77,7 @@ class Daemon:
         self.apps = {name: AppRuntime(cfg) for name, cfg in load_apps(self.config_dir).items()}
         log(f"{len(self.apps)} app(s) in {self.config_dir}: {', '.join(self.apps) or 'none'}")
         for rt in self.apps.values():
-            await asyncio.to_thread(self._reconcile, rt.cfg)
+            await asyncio.to_thread(self._engine_call, rt.cfg, "recover")
         server = await self._listen()
         self.notifier.ready(self.summary())
         log(f"ready; control socket {self.socket_path}")
@@ -125,22 +125,6 @@ class Daemon:
                if rt.state.status in ("degraded", "failing")]
         return f"{len(self.apps)} apps, " + ("; ".join(bad) if bad else "all healthy")
 
-    def _reconcile(self, cfg: AppConfig) -> None:
-        try:
-            engine = Engine(cfg, lambda e: log(f"{cfg.name}: {e.message}"))
-        except ZdError as e:
-            log(f"{cfg.name}: cannot reconcile: {e.message}")
-            return
-        try:
-            from zdagent.lock import app_lock
-
-            with app_lock(cfg.state_dir, cfg.name, "daemon start", engine.emit):
-                engine.reconcile()
-        except ZdError as e:
-            log(f"{cfg.name}: reconcile failed: {e.message}")
-        finally:
-            engine.close()
-
     # --- watchdog hooks -----------------------------------------------------------------
 
     def _hooks(self, rt: AppRuntime) -> WatchHooks:
@@ -155,12 +139,10 @@ class Daemon:
         return WatchHooks(busy=rt.lock.locked, revert=revert, restart=restart, log=log)
 
     def _engine_call(self, cfg: AppConfig, method: str, *args: Any) -> None:
+        """Run one engine operation in a worker thread (fresh Engine); log, never raise."""
         try:
-            engine = Engine(cfg, lambda e: log(f"{cfg.name}: {e.message}"))
-            try:
+            with Engine(cfg, lambda e: log(f"{cfg.name}: {e.message}")) as engine:
                 getattr(engine, method)(*args)
-            finally:
-                engine.close()
         except LockBusy:
             log(f"{cfg.name}: {method} skipped: a deploy holds the lock")
         except ZdError as e:
@@ -229,11 +211,8 @@ class Daemon:
                 return {"history": [r.to_dict() for r in store.history(rt.cfg.name, n)]}
             finally:
                 store.close()
-        engine = Engine(rt.cfg, lambda e: None)
-        try:
+        with Engine(rt.cfg, lambda e: None) as engine:
             data = collect(engine)
-        finally:
-            engine.close()
         data["watchdog"] = rt.state.to_dict()
         data["daemon"] = self.status()["daemon"]
         return data
@@ -248,14 +227,11 @@ class Daemon:
 
         def work() -> dict[str, Any]:
             try:
-                engine = Engine(rt.cfg, emit)
-                try:
+                with Engine(rt.cfg, emit) as engine:
                     if what == "deploy":
                         result = engine.deploy(args["version"])
                     else:
                         result = engine.rollback(to=args["to"])
-                finally:
-                    engine.close()
                 return {"result": result.to_dict()}
             except ZdError as e:
                 return {"error": {"message": e.message, "hint": e.hint,

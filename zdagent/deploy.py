@@ -135,6 +135,12 @@ class Engine:
         self.nginx.close()
         self.slots.client.close()
 
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # --- public operations --------------------------------------------------------------
 
     def deploy(self, version: str, *, wait: bool = True) -> Result:
@@ -185,11 +191,13 @@ class Engine:
         with app_lock(self.cfg.state_dir, self.cfg.name, "auto-revert", self.emit,
                       wait=False):
             self.reconcile()
-            live = self.live_slot()
-            if live is None or not self.slots.info(other(live)).running:
-                raise DeployFailed("no running standby to revert to")
             return self._rollback_to_standby(kind="auto-revert", reason=reason,
                                               require_running=True)
+
+    def recover(self) -> list[str]:
+        """Reconcile under the app's lock, waiting for it (the daemon does this at start)."""
+        with app_lock(self.cfg.state_dir, self.cfg.name, "recover", self.emit):
+            return self.reconcile()
 
     def restart_live(self, reason: str) -> None:
         """Degraded (no healthy slot left): restart the live container, and record it."""

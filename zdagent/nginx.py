@@ -152,15 +152,22 @@ def atomic_write(path: Path, text: str) -> None:
         os.close(dfd)
 
 
+def answering_upstream(header: str) -> str | None:
+    """The address that finally answered, from an ``X-Zdagent-Upstream`` value.
+
+    ``$upstream_addr`` lists every try (``a, b``) and every upstream group (``a : b``).
+    """
+    parts = [p.strip() for p in re.split(r"[,:]\s", header) if p.strip()]
+    return parts[-1] if parts else None
+
+
 def served_by(client: httpx.Client, url: str, timeout: float = 2.0) -> str | None:
     """Which upstream address answered a fresh request through Nginx (last one if retried)."""
     try:
         r = client.get(url, timeout=timeout, headers={"Connection": "close"})
     except httpx.HTTPError:
         return None
-    value = r.headers.get(UPSTREAM_HEADER, "")
-    parts = [p.strip() for p in re.split(r"[,:]\s", value) if p.strip()]
-    return parts[-1] if parts else None
+    return answering_upstream(r.headers.get(UPSTREAM_HEADER, ""))
 
 
 @dataclass(frozen=True)

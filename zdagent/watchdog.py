@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from zdagent.config import AppConfig, WatchdogConfig
-from zdagent.nginx import UPSTREAM_HEADER, routed_slot
+from zdagent.nginx import UPSTREAM_HEADER, answering_upstream, routed_slot
 from zdagent.probe import tls_context
 from zdagent.slots import other
 
@@ -97,7 +97,7 @@ async def probe(client: httpx.AsyncClient, cfg: AppConfig, slot: str,
         return False, f"through Nginx: {type(e).__name__}"
     if r.status_code not in cfg.health.statuses:
         return False, f"through Nginx: HTTP {r.status_code}"
-    answered = r.headers.get(UPSTREAM_HEADER, "").split(",")[-1].strip()
+    answered = answering_upstream(r.headers.get(UPSTREAM_HEADER, ""))
     if answered != f"127.0.0.1:{cfg.slot_port(slot)}":
         return False, f"through Nginx: answered by {answered or 'nobody'}, not {slot}"
     return True, "ok"

@@ -114,3 +114,12 @@ def test_njs_mode_renders_both_pools_and_reads_the_active_file(tmp_path):
     assert routed_slot(cfg) == "green"
     cfg.nginx.active_file.write_text("something_else\n")
     assert routed_slot(cfg) is None
+
+
+def test_answering_upstream_is_the_last_try_of_the_last_group():
+    from zdagent.nginx import answering_upstream
+
+    assert answering_upstream("127.0.0.1:1") == "127.0.0.1:1"
+    assert answering_upstream("127.0.0.1:1, 127.0.0.1:2") == "127.0.0.1:2"
+    assert answering_upstream("127.0.0.1:1 : 127.0.0.1:3") == "127.0.0.1:3"
+    assert answering_upstream("") is None
