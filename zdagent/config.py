@@ -29,6 +29,15 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HEADER_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 IMAGE_REF_RE = re.compile(r"^[a-z0-9][a-z0-9._/:-]{0,254}$")
+LISTEN_RE = re.compile(r"^(?:(\[[0-9a-fA-F:]+\]|[0-9.]+|\*|localhost):)?(\d{1,5})$")
+# The first line of every upstream file zdagent writes (and of the bundled templates): the
+# only proof that a file at nginx.upstream_file is ours to overwrite.
+MANAGED_RE = re.compile(r'^# Managed by zdagent for app "([a-z0-9-]+)"')
+
+
+def managed_header(app: str) -> str:
+    """The header line that marks a file as written by zdagent for ``app``."""
+    return f'# Managed by zdagent for app "{app}"'
 
 
 @dataclass(frozen=True)
@@ -111,8 +120,24 @@ class NginxConfig:
 
     @property
     def active_file(self) -> Path:
-        """njs mode: the file naming the live upstream group, read on every request."""
-        return self.upstream_file.with_name(self.upstream_file.name.split(".")[0] + ".active")
+        """njs mode: the file naming the live upstream group, read on every request.
+
+        Derived from the whole file name, so distinct upstream files never share one.
+        """
+        return self.upstream_file.with_name(self.upstream_file.name + ".active")
+
+    @property
+    def listen_port(self) -> int:
+        return listen_port_of(self.listen)
+
+    @property
+    def verify_host(self) -> str | None:
+        """The ``Host`` to send through Nginx: the first plain ``server_name`` (not ``_``,
+        not a wildcard), so the app's own server block answers on a shared port."""
+        for name in self.server_name.split():
+            if name != "_" and "*" not in name and not name.startswith("~"):
+                return name.lstrip(".") or None
+        return None
 
 
 @dataclass(frozen=True)
@@ -150,6 +175,12 @@ class AppConfig:
     @property
     def verify_url(self) -> str:
         return self.nginx.public_url.rstrip("/") + self.nginx.verify_path
+
+    @property
+    def verify_headers(self) -> dict[str, str]:
+        """Headers for every request through Nginx (switch verification, watchdog probe)."""
+        host = self.nginx.verify_host
+        return {"Host": host} if host else {}
 
 
 # --- the schema --------------------------------------------------------------------------
@@ -250,6 +281,35 @@ def _url(v: Any) -> str | None:
     return _str(re.compile(r"^https?://[^\s/]+(/[^\s]*)?$"), "an http(s):// URL")(v)
 
 
+def _image_repo(v: Any) -> str | None:
+    """An image repository without a tag: a ':' may only sit in a registry host:port."""
+    problem = _str(IMAGE_REF_RE, "an image reference (lowercase, no tag)")(v)
+    if problem:
+        return problem
+    if ":" in v.rsplit("/", 1)[-1]:
+        return (f"must not carry a tag (the version is added as the tag), got {v!r}; "
+                f"use {v.rsplit(':', 1)[0]!r}")
+    if v.endswith(("/", ":")) or "//" in v:
+        return f"must be an image repository name, got {v!r}"
+    return None
+
+
+def listen_port_of(listen: str) -> int:
+    """The port of an ``nginx.listen`` value (``80``, ``127.0.0.1:8080``, ``[::]:80``)."""
+    m = LISTEN_RE.fullmatch(listen)
+    if m is None:
+        raise ValueError(f"not a listen value: {listen!r}")
+    return int(m.group(2))
+
+
+def _listen(v: Any) -> str | None:
+    problem = _str(LISTEN_RE, "a port or address:port (e.g. 80 or 127.0.0.1:8080)")(v)
+    if problem:
+        return problem
+    port = listen_port_of(v)
+    return None if 1 <= port <= 65535 else f"port must be between 1 and 65535, got {port}"
+
+
 def _expect_version(v: Any) -> str | None:
     if v in ("none", "body"):
         return None
@@ -266,7 +326,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "state_dir": Key("/var/lib/zdagent", _str()),
     },
     "source": {
-        "image": Key(None, _str(IMAGE_REF_RE, "an image reference without a tag")),
+        "image": Key(None, _image_repo),
         "pull": Key("missing", _choice("always", "missing", "never")),
     },
     "source.git": {
@@ -274,14 +334,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "subdir": Key("", _str(re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$"), "a relative path",
                                empty=True)),
         "dockerfile": Key("Dockerfile", _str()),
-        "tag": Key(None, _str(IMAGE_REF_RE, "an image repository name")),
+        "tag": Key(None, _image_repo),
         "args": Key({}, _str_map),
         "fetch": Key(True, _bool),
     },
     "source.build": {
         "context": Key(REQUIRED, _str()),
         "dockerfile": Key("Dockerfile", _str()),
-        "tag": Key(None, _str(IMAGE_REF_RE, "an image repository name")),
+        "tag": Key(None, _image_repo),
         "args": Key({}, _str_map),
     },
     "container": {
@@ -324,8 +384,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "pid_file": Key("/run/nginx.pid", _str()),
         "public_url": Key("http://127.0.0.1/", _url),
         "verify_path": Key("", lambda v: None if v == "" else _path(v)),
-        "listen": Key("80", _str(re.compile(r"^((\[[0-9a-fA-F:]+\]|[0-9.]+|\*):)?\d{1,5}$"),
-                                  "a port or address:port")),
+        "listen": Key("80", _listen),
         "server_name": Key("_", _str(re.compile(r"^[A-Za-z0-9_.* -]+$"), "server names")),
         "standby_as_backup": Key(True, _bool),
         "reload_timeout": Key(10.0, _num(0.5, 300)),
@@ -429,6 +488,13 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
         if not env_file.is_file():
             raise r.fail("container.env_file", f"file not found: {env_file}")
         read_env_file(env_file)  # fail now, at load, on a malformed line
+    listen_port = listen_port_of(ngx["listen"])
+    for key in ("blue_port", "green_port"):
+        if slots[key] == listen_port:
+            raise r.fail(f"slots.{key}", f"must differ from Nginx's listen port "
+                                         f"(nginx.listen = {ngx['listen']!r})")
+    upstream_file = _resolve(base, ngx["upstream_file"])
+    _check_ours(r, upstream_file, app["name"])
     templates = {}
     for key in ("upstream_template", "site_template"):
         t = _resolve(base, ngx[key]) if ngx[key] else None
@@ -464,7 +530,7 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
             expect_version=health["expect_version"],
         ),
         nginx=NginxConfig(
-            upstream_file=_resolve(base, ngx["upstream_file"]),
+            upstream_file=upstream_file,
             upstream_template=templates["upstream_template"],
             site_template=templates["site_template"],
             test_command=tuple(ngx["test_command"]),
@@ -484,6 +550,33 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
             window=float(wd["window"]),
         ),
     )
+
+
+def _check_ours(r: _Reader, path: Path, app: str) -> None:
+    """``nginx.upstream_file`` is overwritten on every switch: refuse any existing file that
+    does not start with zdagent's header for this app (e.g. /etc/nginx/nginx.conf)."""
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise r.fail("nginx.upstream_file", f"{path} exists and is not a regular file")
+    try:
+        with path.open("rb") as f:
+            first = f.readline(256).decode("utf-8", "replace")
+    except PermissionError:
+        return  # not ours to judge as this user; writing it would fail anyway
+    except OSError as e:
+        raise r.fail("nginx.upstream_file", f"cannot read {path}: {e.strerror}") from None
+    m = MANAGED_RE.match(first)
+    if m is None:
+        raise ConfigError(
+            f"{r.path}: nginx.upstream_file: {path} exists and was not written by zdagent "
+            f"(its first line is not '{managed_header(app)}')",
+            hint="point nginx.upstream_file at a new file (e.g. /etc/nginx/zdagent/"
+                 f"{app}.upstream.conf); zdagent never overwrites a file it did not write")
+    if m.group(1) != app:
+        raise ConfigError(
+            f"{r.path}: nginx.upstream_file: {path} belongs to app {m.group(1)!r}, not {app!r}",
+            hint="give each app its own upstream file")
 
 
 def _source(r: _Reader, base: Path, app: str) -> BuildSource | ImageSource | GitSource:
@@ -563,3 +656,125 @@ def app_config_path(config_dir: Path, app: str) -> Path | None:
         return None
     path = config_dir / f"{app}.toml"
     return path if path.is_file() else None
+
+
+# --- the app directory: every app, checked against each other -----------------------------
+
+@dataclass(frozen=True)
+class AppDir:
+    """The apps of a config directory: the usable ones, and one line per file that is not.
+
+    ``apps`` is keyed by app name (= file stem), ``errors`` by file stem.
+    """
+
+    apps: dict[str, AppConfig]
+    errors: dict[str, str]
+
+
+def nginx_names(app: str) -> frozenset[str]:
+    """Every Nginx-level name (upstream groups, njs module and variables) derived from an app.
+
+    Kept here, not in nginx.py, so the cross-app check needs no Nginx code; nginx.py builds
+    its names with these functions.
+    """
+    return frozenset({upstream_name(app), pool_name(app, "blue"), pool_name(app, "green"),
+                      pool_variable(app)})
+
+
+def upstream_name(app: str) -> str:
+    """Reload mode's upstream group and njs mode's module: ``zdagent_<app>``.
+
+    App names are ``[a-z0-9-]``; '-' becomes '_' (Nginx variable syntax), which is injective
+    because app names hold no '_'. The per-slot names below start ``zdagent__``, which no
+    upstream name can (an app name never starts with '-'), so no two apps' names collide.
+    """
+    return "zdagent_" + app.replace("-", "_")
+
+
+def pool_name(app: str, slot: str) -> str:
+    """njs mode: the upstream group of one slot, ``zdagent__<slot>_<app>``."""
+    return f"zdagent__{slot}_" + app.replace("-", "_")
+
+
+def pool_variable(app: str) -> str:
+    """njs mode: the variable (without '$') naming the live pool, ``zdagent__pool_<app>``."""
+    return "zdagent__pool_" + app.replace("-", "_")
+
+
+@dataclass
+class _Claims:
+    """What the apps accepted so far hold, with the owner of each item."""
+
+    slot_ports: dict[int, str]
+    listen_ports: dict[int, str]
+    files: dict[Path, str]
+    names: dict[str, str]
+
+
+def _conflict(cfg: AppConfig, claims: _Claims) -> str | None:
+    """The first clash of ``cfg`` with an already accepted app: '<key>: <why> (app X)'."""
+    for key in ("blue_port", "green_port"):
+        port = getattr(cfg.slots, key)
+        if port in claims.slot_ports:
+            return f"slots.{key}: port {port} is also a slot port of app {claims.slot_ports[port]}"
+        if port in claims.listen_ports:
+            return (f"slots.{key}: port {port} is Nginx's listen port of app "
+                    f"{claims.listen_ports[port]}")
+    listen = cfg.nginx.listen_port
+    if listen in claims.slot_ports:
+        return f"nginx.listen: port {listen} is a slot port of app {claims.slot_ports[listen]}"
+    for key, path in (("upstream_file", cfg.nginx.upstream_file),
+                      ("upstream_file", cfg.nginx.active_file)):
+        if path in claims.files:
+            return f"nginx.{key}: {path} is also used by app {claims.files[path]}"
+    for name in sorted(nginx_names(cfg.name)):
+        if name in claims.names:
+            return f"app.name: Nginx name {name} is also used by app {claims.names[name]}"
+    return None
+
+
+def _claim(cfg: AppConfig, claims: _Claims) -> None:
+    claims.slot_ports.update({cfg.slots.blue_port: cfg.name, cfg.slots.green_port: cfg.name})
+    claims.listen_ports.setdefault(cfg.nginx.listen_port, cfg.name)
+    claims.files.update({cfg.nginx.upstream_file: cfg.name, cfg.nginx.active_file: cfg.name})
+    claims.names.update(dict.fromkeys(nginx_names(cfg.name), cfg.name))
+
+
+def _age(path: Path) -> tuple[float, str]:
+    try:
+        return path.stat().st_mtime, path.name
+    except OSError:
+        return float("inf"), path.name
+
+
+def load_app_dir(directory: Path) -> AppDir:
+    """Load every ``*.toml`` in ``directory`` and check the apps against each other.
+
+    One bad file never hides the others: it lands in ``errors`` with one line. On a clash
+    (shared slot port, a slot port that is an Nginx listen port, a shared upstream/active
+    file) the app whose file is older keeps the resource and the newer one is reported,
+    so adding or editing a file never takes a running app away.
+    """
+    loaded: list[AppConfig] = []
+    errors: dict[str, str] = {}
+    for path in sorted(Path(directory).glob("*.toml"), key=_age):
+        try:
+            cfg = load_config(path)
+        except ConfigError as e:
+            errors[path.stem] = e.message
+            continue
+        if cfg.name != path.stem:
+            errors[path.stem] = (f"{path}: app.name: is {cfg.name!r} but the file is "
+                                 f"{path.name}; rename it to {cfg.name}.toml")
+            continue
+        loaded.append(cfg)
+    claims = _Claims({}, {}, {}, {})
+    apps: dict[str, AppConfig] = {}
+    for cfg in loaded:
+        clash = _conflict(cfg, claims)
+        if clash:
+            errors[cfg.name] = f"{cfg.path}: {clash}"
+            continue
+        _claim(cfg, claims)
+        apps[cfg.name] = cfg
+    return AppDir(apps=dict(sorted(apps.items())), errors=dict(sorted(errors.items())))

@@ -23,7 +23,8 @@ import httpx
 import jinja2
 import psutil
 
-from zdagent.config import AppConfig
+from zdagent import config as _config
+from zdagent.config import MANAGED_RE, AppConfig, managed_header
 from zdagent.errors import EnvironmentProblem, NginxError
 from zdagent.events import Emit, Event
 from zdagent.probe import http_client
@@ -44,7 +45,8 @@ def templates_dir() -> Path:
 
 
 def upstream_name(app: str) -> str:
-    return "zdagent_" + app.replace("-", "_")
+    """Reload mode's upstream group (njs mode: the js module); see config.nginx_names."""
+    return _config.upstream_name(app)
 
 
 @functools.lru_cache(maxsize=16)
@@ -68,22 +70,40 @@ def _render(template: Path | None, default: str, **context: object) -> str:
                          hint="fix the template; nothing was changed") from None
 
 
+def _names(cfg: AppConfig) -> dict[str, str]:
+    """The Nginx names of one app, as template variables (collision-free across apps)."""
+    return {"app": cfg.name, "upstream": upstream_name(cfg.name),
+            "blue_pool": pool_name(cfg, "blue"), "green_pool": pool_name(cfg, "green"),
+            "pool_var": _config.pool_variable(cfg.name)}
+
+
+def _mark(app: str, text: str) -> str:
+    """Every upstream file starts with zdagent's header, whatever the template: config
+    loading refuses to overwrite an existing file without it."""
+    m = MANAGED_RE.match(text)
+    if m and m.group(1) == app:
+        return text
+    return f"{managed_header(app)}: rewritten on every switch; do not edit.\n{text}"
+
+
 def render_upstream(cfg: AppConfig, live_slot: str | None, standby_slot: str | None) -> str:
     """The upstream file; with no live slot, a placeholder that Nginx accepts (all down).
 
     In njs mode the file holds both slots' groups and does not depend on the live slot.
     """
+    return _mark(cfg.name, _render_upstream(cfg, live_slot, standby_slot))
+
+
+def _render_upstream(cfg: AppConfig, live_slot: str | None, standby_slot: str | None) -> str:
     if cfg.nginx.switch_mode == "njs":
         return _render(
-            cfg.nginx.upstream_template, "upstream_njs.conf.j2",
-            app=cfg.name, upstream=upstream_name(cfg.name),
+            cfg.nginx.upstream_template, "upstream_njs.conf.j2", **_names(cfg),
             blue_port=cfg.slots.blue_port, green_port=cfg.slots.green_port,
             js_dir=str(templates_dir()), active_file=str(cfg.nginx.active_file),
             keepalive_timeout=NJS_KEEPALIVE_S,
         )
     return _render(
-        cfg.nginx.upstream_template, "upstream.conf.j2",
-        app=cfg.name, upstream=upstream_name(cfg.name),
+        cfg.nginx.upstream_template, "upstream.conf.j2", **_names(cfg),
         live_slot=live_slot, live_port=cfg.slot_port(live_slot) if live_slot else None,
         placeholder_port=cfg.slots.blue_port,
         standby_slot=standby_slot,
@@ -95,8 +115,7 @@ def render_site(cfg: AppConfig) -> str:
     njs = cfg.nginx.switch_mode == "njs"
     return _render(
         cfg.nginx.site_template, "site_njs.conf.j2" if njs else "site.conf.j2",
-        active_file=str(cfg.nginx.active_file),
-        app=cfg.name, upstream=upstream_name(cfg.name),
+        active_file=str(cfg.nginx.active_file), **_names(cfg),
         upstream_file=str(cfg.nginx.upstream_file),
         listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
     )
@@ -112,7 +131,8 @@ def live_port_in(text: str) -> int | None:
 
 
 def pool_name(cfg: AppConfig, slot: str) -> str:
-    return f"{upstream_name(cfg.name)}_{slot}"
+    """njs mode: the upstream group of one slot (the active file holds one of these)."""
+    return _config.pool_name(cfg.name, slot)
 
 
 def routed_slot(cfg: AppConfig) -> str | None:
@@ -122,8 +142,7 @@ def routed_slot(cfg: AppConfig) -> str | None:
             name = cfg.nginx.active_file.read_text().strip()
         except OSError:
             return None
-        slot = name.rsplit("_", 1)[-1]
-        return slot if slot in ("blue", "green") and name == pool_name(cfg, slot) else None
+        return next((s for s in ("blue", "green") if name == pool_name(cfg, s)), None)
     try:
         port = live_port_in(cfg.nginx.upstream_file.read_text())
     except OSError:
@@ -161,10 +180,15 @@ def answering_upstream(header: str) -> str | None:
     return parts[-1] if parts else None
 
 
-def served_by(client: httpx.Client, url: str, timeout: float = 2.0) -> str | None:
-    """Which upstream address answered a fresh request through Nginx (last one if retried)."""
+def served_by(client: httpx.Client, url: str, timeout: float = 2.0,
+              headers: dict[str, str] | None = None) -> str | None:
+    """Which upstream address answered a fresh request through Nginx (last one if retried).
+
+    ``headers`` carries the app's ``Host`` (AppConfig.verify_headers): with several server
+    blocks on one port, only that makes the app's own server block answer.
+    """
     try:
-        r = client.get(url, timeout=timeout, headers={"Connection": "close"})
+        r = client.get(url, timeout=timeout, headers={**(headers or {}), "Connection": "close"})
     except httpx.HTTPError:
         return None
     return answering_upstream(r.headers.get(UPSTREAM_HEADER, ""))
@@ -236,7 +260,7 @@ class Nginx:
         return routed_slot(self.cfg)
 
     def live_slot_served(self) -> str | None:
-        addr = served_by(self.http, self.cfg.verify_url)
+        addr = served_by(self.http, self.cfg.verify_url, headers=self.cfg.verify_headers)
         if not addr or ":" not in addr:
             return None
         port = addr.rsplit(":", 1)[1]
@@ -306,7 +330,7 @@ class Nginx:
         want = f"127.0.0.1:{self.cfg.slot_port(slot)}"
         streak, seen = 0, None
         while streak < 3:
-            seen = served_by(self.http, self.cfg.verify_url)
+            seen = served_by(self.http, self.cfg.verify_url, headers=self.cfg.verify_headers)
             streak = streak + 1 if seen == want else 0
             if streak < 3:
                 if time.monotonic() > deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -133,3 +134,142 @@ def test_good_versions(good):
 def test_bad_versions(bad):
     with pytest.raises(ConfigError):
         check_version(bad)
+
+
+@pytest.mark.parametrize(("listen", "fragment"), [
+    ("0", "between 1 and 65535, got 0"), ("99999", "between 1 and 65535, got 99999"),
+    ("127.0.0.1:0", "got 0"), ("http", "a port or address:port"), ("80 ssl", "address:port"),
+])
+def test_listen_must_be_a_valid_port(tmp_path, listen, fragment):
+    message = error_of(tmp_path, MINIMAL + f'listen = "{listen}"\n')
+    assert ": nginx.listen:" in message and fragment in message
+
+
+@pytest.mark.parametrize("listen", ["80", "65535", "127.0.0.1:8080", "[::]:443", "*:80"])
+def test_good_listen_values(tmp_path, listen):
+    assert load_config(write(tmp_path, MINIMAL + f'listen = "{listen}"\n')).nginx.listen == listen
+
+
+@pytest.mark.parametrize("image", ["nginx:latest", "registry.local/web:v1",
+                                   "127.0.0.1:5000/app:v2", "web/", "a//b"])
+def test_image_must_not_carry_a_tag(tmp_path, image):
+    message = error_of(tmp_path, MINIMAL.replace('"registry.local/web"', f'"{image}"'))
+    assert ": source.image:" in message
+
+
+def test_a_tag_error_says_what_to_use(tmp_path):
+    message = error_of(tmp_path, MINIMAL.replace('"registry.local/web"', '"nginx:latest"'))
+    assert "must not carry a tag" in message and "use 'nginx'" in message
+
+
+@pytest.mark.parametrize("image", ["nginx", "127.0.0.1:5000/app", "localhost:5000/team/app",
+                                   "ghcr.io/org/app"])
+def test_registry_host_port_is_not_a_tag(tmp_path, image):
+    cfg = load_config(write(tmp_path, MINIMAL.replace('"registry.local/web"', f'"{image}"')))
+    assert isinstance(cfg.source, ImageSource) and cfg.source.image == image
+
+
+def test_build_tag_must_not_carry_a_tag_either(tmp_path):
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text("FROM scratch\n")
+    text = MINIMAL.replace('[source]\nimage = "registry.local/web"',
+                           '[source.build]\ncontext = "ctx"\ntag = "web:v1"')
+    assert ": source.build.tag: must not carry a tag" in error_of(tmp_path, text)
+
+
+def test_slot_port_must_not_be_nginx_listen_port(tmp_path):
+    message = error_of(tmp_path, MINIMAL + 'listen = "127.0.0.1:18002"\n')
+    assert ": slots.green_port: must differ from Nginx's listen port" in message
+
+
+def test_upstream_file_not_written_by_zdagent_is_refused(tmp_path):
+    nginx_conf = tmp_path / "nginx.conf"
+    nginx_conf.write_text("user www-data;\nevents {}\n")
+    text = MINIMAL.replace('"up.conf"', f'"{nginx_conf}"')
+    message = error_of(tmp_path, text)
+    assert f": nginx.upstream_file: {nginx_conf} exists and was not written by zdagent" in message
+    assert nginx_conf.read_text() == "user www-data;\nevents {}\n"
+    (tmp_path / "dir.conf").mkdir()
+    assert "is not a regular file" in error_of(tmp_path, MINIMAL.replace("up.conf", "dir.conf"))
+
+
+def test_upstream_file_of_another_app_is_refused_and_our_own_is_fine(tmp_path):
+    (tmp_path / "up.conf").write_text('# Managed by zdagent for app "api": ...\nupstream x {}\n')
+    assert "belongs to app 'api', not 'web'" in error_of(tmp_path, MINIMAL)
+    (tmp_path / "up.conf").write_text('# Managed by zdagent for app "web": ...\nupstream x {}\n')
+    assert load_config(write(tmp_path, MINIMAL)).name == "web"
+
+
+def test_the_rendered_placeholder_is_accepted_as_ours(tmp_path):
+    from zdagent.nginx import render_upstream
+
+    cfg = load_config(write(tmp_path, MINIMAL))
+    (tmp_path / "up.conf").write_text(render_upstream(cfg, None, None))
+    assert load_config(write(tmp_path, MINIMAL)).name == "web"
+
+
+# --- the app directory --------------------------------------------------------------------
+
+def app_file(directory: Path, name: str, blue: int, green: int, upstream: str | None = None,
+             listen: str = "80", mtime: float | None = None) -> Path:
+    text = (MINIMAL.replace('name = "web"', f'name = "{name}"')
+            .replace("blue_port = 18001", f"blue_port = {blue}")
+            .replace("green_port = 18002", f"green_port = {green}")
+            .replace('"up.conf"', f'"{upstream or name + ".upstream.conf"}"')
+            + f'listen = "{listen}"\n')
+    path = directory / f"{name}.toml"
+    path.write_text(text)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_app_dir_loads_every_app_and_reports_bad_files_one_line_each(tmp_path):
+    from zdagent.config import load_app_dir
+
+    app_file(tmp_path, "web", 18001, 18002)
+    app_file(tmp_path, "api", 18003, 18004)
+    (tmp_path / "broken.toml").write_text("[app\n")
+    (tmp_path / "other.toml").write_text(MINIMAL.replace('"up.conf"', '"o.conf"')
+                                         .replace("18001", "19001").replace("18002", "19002"))
+    d = load_app_dir(tmp_path)
+    assert sorted(d.apps) == ["api", "web"]
+    assert sorted(d.errors) == ["broken", "other"]
+    assert "not valid TOML" in d.errors["broken"]
+    assert "rename it to web.toml" in d.errors["other"]
+    assert all("\n" not in m for m in d.errors.values())
+
+
+@pytest.mark.parametrize(("newer", "fragment"), [
+    ({"blue": 18002, "green": 18009}, "slots.blue_port: port 18002 is also a slot port of app "
+                                      "web"),
+    ({"blue": 18008, "green": 18009, "listen": "18001"},
+     "nginx.listen: port 18001 is a slot port of app web"),
+    ({"blue": 8080, "green": 18009, "listen": "8081"},
+     "slots.blue_port: port 8080 is Nginx's listen port of app web"),
+    ({"blue": 18008, "green": 18009, "upstream": "web.upstream.conf"},
+     "nginx.upstream_file: {dir}/web.upstream.conf is also used by app web"),
+    ({"blue": 18008, "green": 18009, "upstream": "web.upstream.conf.active"},
+     "nginx.upstream_file: {dir}/web.upstream.conf.active is also used by app web"),
+])
+def test_a_clash_reports_the_newer_app_naming_the_older(tmp_path, newer, fragment):
+    from zdagent.config import load_app_dir
+
+    app_file(tmp_path, "web", 18001, 18002, listen="127.0.0.1:8080", mtime=1_000_000)
+    path = app_file(tmp_path, "aaa", newer["blue"], newer["green"], newer.get("upstream"),
+                    newer.get("listen", "8080"), mtime=2_000_000)
+    d = load_app_dir(tmp_path)
+    assert list(d.apps) == ["web"]
+    assert d.errors == {"aaa": f"{path.resolve()}: {fragment.format(dir=tmp_path.resolve())}"}
+
+
+def test_apps_may_share_an_nginx_listen_port(tmp_path):
+    from zdagent.config import load_app_dir
+
+    app_file(tmp_path, "web", 18001, 18002)
+    app_file(tmp_path, "web-blue", 18003, 18004)
+    app_file(tmp_path, "api", 18005, 18006, upstream="upstream.api.conf")
+    app_file(tmp_path, "www", 18007, 18008, upstream="upstream.www.conf")
+    d = load_app_dir(tmp_path)
+    assert sorted(d.apps) == ["api", "web", "web-blue", "www"] and d.errors == {}
+    assert d.apps["api"].nginx.active_file != d.apps["www"].nginx.active_file

@@ -104,11 +104,13 @@ def test_njs_mode_renders_both_pools_and_reads_the_active_file(tmp_path):
     cfg = load_config(p)
     text = render_upstream(cfg, "green", "blue")
     assert text == render_upstream(cfg, "blue", None)  # independent of the live slot
-    assert "upstream zdagent_web_app_blue {" in text and "upstream zdagent_web_app_green {" in text
-    assert "js_set $zdagent_web_app_pool zdagent_web_app.pool;" in text
+    assert "upstream zdagent__blue_web_app {" in text
+    assert "upstream zdagent__green_web_app {" in text
+    assert "js_set $zdagent__pool_web_app zdagent_web_app.pool;" in text
     site = render_site(cfg)
-    assert "proxy_pass http://$zdagent_web_app_pool;" in site
-    assert f"set $zdagent_active_file {tmp_path / 'web-app.active'};" in site
+    assert "proxy_pass http://$zdagent__pool_web_app;" in site
+    assert "set $zdagent_fallback_pool zdagent__blue_web_app;" in site
+    assert f"set $zdagent_active_file {tmp_path / 'web-app.upstream.conf.active'};" in site
     assert routed_slot(cfg) is None
     cfg.nginx.active_file.write_text(pool_name(cfg, "green") + "\n")
     assert routed_slot(cfg) == "green"
@@ -123,3 +125,48 @@ def test_answering_upstream_is_the_last_try_of_the_last_group():
     assert answering_upstream("127.0.0.1:1, 127.0.0.1:2") == "127.0.0.1:2"
     assert answering_upstream("127.0.0.1:1 : 127.0.0.1:3") == "127.0.0.1:3"
     assert answering_upstream("") is None
+
+
+def test_active_files_come_from_the_whole_upstream_file_name(tmp_path):
+    cfgs = []
+    for name in ("web", "api"):
+        p = tmp_path / f"{name}.toml"
+        p.write_text(CONFIG.replace('"web-app"', f'"{name}"').replace(
+            "/etc/nginx/zdagent/web-app.upstream.conf", str(tmp_path / f"upstream.{name}.conf")))
+        cfgs.append(load_config(p))
+    web, api = cfgs
+    assert web.nginx.active_file == tmp_path / "upstream.web.conf.active"
+    assert web.nginx.active_file != api.nginx.active_file
+
+
+@pytest.mark.parametrize(("a", "b"), [("web", "web-blue"), ("web", "web-green"),
+                                      ("web", "web-pool"), ("blue-web", "web"),
+                                      ("a-b", "a--b"), ("fallback", "web")])
+def test_nginx_names_of_two_apps_never_collide(a, b):
+    from zdagent.config import nginx_names
+
+    assert len(nginx_names(a)) == 4
+    assert not nginx_names(a) & nginx_names(b)
+    assert "zdagent_fallback_pool" not in nginx_names(a) | nginx_names(b)
+
+
+def test_every_rendered_upstream_starts_with_the_managed_header(tmp_path, cfg):
+    custom = tmp_path / "custom.j2"
+    custom.write_text("upstream {{ upstream }} { server 127.0.0.1:{{ placeholder_port }}; }\n")
+    for text in (render_upstream(cfg, None, None), render_upstream(cfg, "blue", "green")):
+        assert text.startswith('# Managed by zdagent for app "web-app"')
+    object.__setattr__(cfg.nginx, "upstream_template", custom)
+    text = render_upstream(cfg, None, None)
+    assert text.startswith('# Managed by zdagent for app "web-app"')
+    assert text.endswith("upstream zdagent_web_app { server 127.0.0.1:18001; }\n")
+
+
+def test_verification_sends_the_first_server_name_as_host(tmp_path):
+    p = tmp_path / "web.toml"
+    for names, host in (("example.com www.example.com", "example.com"), ("_", None),
+                        ("*.example.com shop.example.com", "shop.example.com"),
+                        (".example.org", "example.org")):
+        p.write_text(CONFIG.replace('"example.com"', f'"{names}"'))
+        cfg = load_config(p)
+        assert cfg.nginx.verify_host == host
+        assert cfg.verify_headers == ({"Host": host} if host else {})
