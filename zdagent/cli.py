@@ -466,12 +466,44 @@ def init(
 
 
 @config_app.command("check")
-def config_check(config: ConfigOpt = None) -> None:
+def config_check(
+    config: ConfigOpt = None,
+    all_apps: Annotated[bool, typer.Option(
+        "--all", help="Check every app of the config directory, also against each other "
+                      "(ports, upstream files), as the daemon does.")] = False,
+    config_dir: ConfigDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Validate the config file and touch nothing (exit 2 with file and key on error)."""
+    from zdagent.config import DEFAULT_CONFIG_DIR, load_app_dir
+
     with _guard():
-        cfg = _load(config)
-        err.print(f"[green]ok[/] {cfg.path}: app {cfg.name}, slots 127.0.0.1:"
-                  f"{cfg.slots.blue_port}/{cfg.slots.green_port}")
+        if not all_apps:
+            cfg = _load(config)
+            err.print(f"[green]ok[/] {cfg.path}: app {cfg.name}, slots 127.0.0.1:"
+                      f"{cfg.slots.blue_port}/{cfg.slots.green_port}")
+            return
+        directory = Path(config_dir) if config_dir else DEFAULT_CONFIG_DIR
+        if not directory.is_dir():
+            raise UsageError(f"config directory not found: {directory}",
+                             hint="pass --config-dir DIR or set ZDAGENT_CONFIG_DIR")
+        result = load_app_dir(directory)
+        if as_json:
+            out.print_json(json.dumps({
+                "apps": {n: {"ok": True, "path": str(c.path)} for n, c in result.apps.items()}
+                | {n: {"ok": False, "error": m} for n, m in result.errors.items()}}))
+        else:
+            for name in sorted({*result.apps, *result.errors}):
+                if name in result.apps:
+                    c = result.apps[name]
+                    out.print(f"ok    {name}: {c.path}, slots 127.0.0.1:{c.slots.blue_port}/"
+                              f"{c.slots.green_port}, nginx {c.nginx.listen}", markup=False)
+                else:
+                    out.print(f"error {name}: {result.errors[name]}", markup=False)
+            if not result.apps and not result.errors:
+                err.print(f"no *.toml in {directory}")
+        if result.errors:
+            raise typer.Exit(2)
 
 
 @config_app.command("example")

@@ -64,3 +64,14 @@ class HealthCheckFailed(DeployFailed):
 
 class NginxError(DeployFailed):
     """nginx -t, reload or verification failed; the previous upstream was restored."""
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    """One line of at most ``limit`` characters, cut in the MIDDLE: the end of a Docker or
+    git message usually holds the cause ("...: port is already allocated"), so it stays."""
+    line = " ".join(text.split())
+    if len(line) <= limit:
+        return line
+    head = limit // 3
+    tail = limit - head - 3
+    return f"{line[:head]} … {line[-tail:]}"

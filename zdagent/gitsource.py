@@ -14,7 +14,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from zdagent.errors import ConfigError, DeployFailed, EnvironmentProblem
+from zdagent.errors import ConfigError, DeployFailed, EnvironmentProblem, shorten
 
 # A subset of git-check-ref-format: branch/tag names, or a (short) commit sha.
 REF_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,127}$")
@@ -45,14 +45,22 @@ def fetch(repo: Path) -> None:
     if remotes.returncode == 0 and remotes.stdout.strip():
         p = _git(repo, "fetch", "--all", "--prune", "--tags", "--quiet")
         if p.returncode != 0:
-            raise DeployFailed(f"git fetch in {repo} failed: {p.stderr.strip()[:300]}",
+            raise DeployFailed(f"git fetch in {repo} failed: {shorten(p.stderr)}",
                                hint="check the repository's remotes and credentials")
 
 
 def resolve(repo: Path, ref: str) -> str:
-    """The full commit sha for ``ref`` (also tried as origin/<ref>); DeployFailed if none."""
+    """The full commit sha for ``ref``; DeployFailed if none.
+
+    A branch name means what was pushed: in a non-bare clone the remote-tracking
+    ``refs/remotes/<remote>/<ref>`` (just fetched; ``origin``, or the only remote) wins over
+    a local branch that may lag behind. A bare mirror has no remote-tracking refs; its
+    fetched ``refs/heads`` answer. Tags and commit shas resolve as themselves.
+    """
     check_ref(ref)
-    for candidate in (ref, f"origin/{ref}"):
+    remote = _main_remote(repo)
+    tracking = [f"refs/remotes/{remote}/{ref}"] if remote else []
+    for candidate in (*tracking, ref):
         p = _git(repo, "rev-parse", "--verify", "--quiet", "--end-of-options",
                  f"{candidate}^{{commit}}")
         if p.returncode == 0 and p.stdout.strip():
@@ -61,12 +69,21 @@ def resolve(repo: Path, ref: str) -> str:
                        hint="push the branch/tag first; nothing was started")
 
 
+def _main_remote(repo: Path) -> str | None:
+    """``origin`` if present, else the only remote; None without one (or with several)."""
+    p = _git(repo, "remote")
+    names = p.stdout.split() if p.returncode == 0 else []
+    if "origin" in names:
+        return "origin"
+    return names[0] if len(names) == 1 else None
+
+
 def export(repo: Path, commit: str, dest: Path) -> Path:
     """Write the committed tree of ``commit`` into ``dest`` (replaced if present)."""
     p = _git(repo, "archive", "--format=tar", commit, binary=True)
     if p.returncode != 0:
         raise DeployFailed(f"git archive {commit[:SHORT]} failed: "
-                           f"{p.stderr.decode(errors='replace').strip()[:300]}")
+                           f"{shorten(p.stderr.decode(errors='replace'))}")
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)

@@ -2,7 +2,8 @@
 
 A slot is a container named ``<app>-<slot>`` published on 127.0.0.1 only, labelled with the
 app, slot, version, deploy id and time, so the labels alone can tell what is deployed where
-even when the store is lost.
+even when the store is lost. Slots are found by those labels, never by name alone: a
+container that merely has our name is someone else's and is never stopped or removed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from zdagent.config import AppConfig, BuildSource, GitSource, ImageSource, read_env_file
-from zdagent.errors import BuildFailed, DeployFailed, EnvironmentProblem
+from zdagent.errors import BuildFailed, DeployFailed, EnvironmentProblem, shorten
 
 SLOTS = ("blue", "green")
 LABEL = "zdagent"
@@ -71,7 +72,7 @@ def connect() -> docker.DockerClient:
 
 
 def _as_deploy_error(what: str, e: docker.errors.APIError) -> DeployFailed:
-    return DeployFailed(f"Docker refused {what}: {e.explanation or _short(e)}",
+    return DeployFailed(f"Docker refused {what}: {_short(e)}",
                         hint="check `docker ps -a` and the Docker daemon log")
 
 
@@ -87,8 +88,11 @@ def _docker_errors(what: str) -> Iterator[None]:
 
 
 def _short(e: BaseException) -> str:
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return text[:300]
+    """Docker's own explanation (the API error's message) on one line, cut in the middle so
+    the cause at its end ("port is already allocated") survives."""
+    explanation = getattr(e, "explanation", None)
+    text = explanation if isinstance(explanation, str) and explanation else str(e)
+    return shorten(text or type(e).__name__)
 
 
 def slot_labels(cfg: AppConfig, slot: str, version: str, deploy_id: int) -> dict[str, str]:
@@ -207,11 +211,40 @@ class Slots:
 
     # --- containers ---------------------------------------------------------------------
 
+    def _ours(self, c: Container, slot: str) -> bool:
+        labels = c.labels or {}
+        return labels.get(f"{LABEL}.app") == self.cfg.name and \
+            labels.get(f"{LABEL}.slot") == slot
+
     def _container(self, slot: str) -> Container | None:
+        """The slot's container, found by its labels (app + slot).
+
+        The usual name is tried first (one API call); a container with that name but not
+        our labels is ignored, and a labelled one under another name is still found.
+        """
         try:
-            return self.client.containers.get(container_name(self.cfg.name, slot))
+            c = self.client.containers.get(container_name(self.cfg.name, slot))
+            if self._ours(c, slot):
+                return c
         except docker.errors.NotFound:
-            return None
+            pass
+        found = self.client.containers.list(all=True, filters={"label": [
+            f"{LABEL}.app={self.cfg.name}", f"{LABEL}.slot={slot}"]})
+        return found[0] if found else None
+
+    def _refuse_foreign(self, slot: str) -> None:
+        """A container holding our slot's name without our labels is not ours: stop here."""
+        name = container_name(self.cfg.name, slot)
+        try:
+            c = self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return
+        if not self._ours(c, slot):
+            raise DeployFailed(
+                f"a container named {name} exists but was not created by zdagent for app "
+                f"{self.cfg.name} (no zdagent.app/zdagent.slot labels); it was left alone",
+                hint=f"rename or remove it yourself (`docker rename {name} {name}-old` or "
+                     f"`docker rm -f {name}`), or change app.name; the live slot is untouched")
 
     def info(self, slot: str) -> SlotInfo:
         c = self._container(slot)
@@ -269,7 +302,8 @@ class Slots:
         return raw.decode("utf-8", "replace").splitlines()[-lines:]
 
     def run(self, slot: str, image: str, version: str, deploy_id: int) -> None:
-        """Start a fresh container for ``slot`` (whatever stood there is removed first)."""
+        """Start a fresh container for ``slot`` (our previous one there is removed first)."""
+        self._refuse_foreign(slot)
         self.remove(slot)
         env = dict(self.cfg.container.env)
         if self.cfg.container.env_file:

@@ -53,3 +53,33 @@ def test_each_commit_serves_its_content_and_a_missing_ref_fails_cleanly(make_app
     assert "uncommitted" in (repo / "www" / "content.txt").read_text()
     for tag in (first[:12], second[:12]):
         docker_client.images.remove(f"zdtest-git:{tag}", force=True)
+
+
+def test_after_a_fetch_a_branch_is_the_remotes_branch_in_a_clone_and_a_mirror(make_app,
+                                                                             tmp_path,
+                                                                             docker_client):
+    """A non-bare clone whose local main lags behind: `deploy main` builds the pushed main.
+    A bare mirror (refs/heads updated by the fetch) keeps working."""
+    origin = make_context(tmp_path / "origin")
+    git(origin, "init", "-q", "-b", "main")
+    old = commit_content(origin, "old")
+    clone, mirror = tmp_path / "clone", tmp_path / "mirror.git"
+    subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True)
+    subprocess.run(["git", "clone", "-q", "--mirror", str(origin), str(mirror)], check=True)
+    new = commit_content(origin, "new")  # pushed after the clone: the clone's main is stale
+    assert git(clone, "rev-parse", "main") == old
+
+    app = make_app(source=f'[source.git]\nrepo = "{clone}"\ntag = "zdtest-git"')
+    p = app.ok("deploy", "main")
+    assert f"git ref main is commit {new}" in p.stderr
+    assert app.get("/content.txt").text == "new\n"
+    assert git(clone, "rev-parse", "main") == old  # the operator's branch is not moved
+
+    newest = commit_content(origin, "newest")
+    app.config.write_text(app.config.read_text().replace(f'repo = "{clone}"',
+                                                         f'repo = "{mirror}"'))
+    p = app.ok("deploy", "main")
+    assert f"git ref main is commit {newest}" in p.stderr
+    assert app.get("/content.txt").text == "newest\n"
+    for commit in (new, newest):
+        docker_client.images.remove(f"zdtest-git:{commit[:12]}", force=True)

@@ -273,3 +273,29 @@ def test_apps_may_share_an_nginx_listen_port(tmp_path):
     d = load_app_dir(tmp_path)
     assert sorted(d.apps) == ["api", "web", "web-blue", "www"] and d.errors == {}
     assert d.apps["api"].nginx.active_file != d.apps["www"].nginx.active_file
+
+
+def test_config_check_all_prints_each_app_and_exits_2_on_any_error(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    app_file(tmp_path, "web", 18001, 18002, mtime=1_000_000)
+    app_file(tmp_path, "api", 18002, 18003, mtime=2_000_000)
+
+    def check(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "zdagent", "config", "check", "--all",
+                               "--config-dir", str(tmp_path), *extra], capture_output=True,
+                              text=True, timeout=60, check=False,
+                              env={**os.environ, "NO_COLOR": "1"})
+
+    p = check()
+    assert p.returncode == 2, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("error api: ") and "slot port of app web" in lines[0]
+    assert lines[1].startswith("ok    web: ")
+    data = json.loads(check("--json").stdout)
+    assert data["apps"]["web"]["ok"] is True and data["apps"]["api"]["ok"] is False
+    (tmp_path / "api.toml").unlink()
+    p = check()
+    assert p.returncode == 0 and p.stdout.startswith("ok    web: ")
