@@ -334,9 +334,11 @@ class Nginx:
             streak = streak + 1 if seen == want else 0
             if streak < 3:
                 if time.monotonic() > deadline:
+                    host = self.cfg.nginx.verify_host
                     raise NginxError(
-                        f"after the reload {self.cfg.verify_url} is answered by {seen or 'nobody'}"
-                        f", not the {slot} slot ({want})",
+                        f"after the reload {self.cfg.verify_url}"
+                        f"{f' (Host: {host})' if host else ''} is answered by "
+                        f"{seen or 'nobody'}, not the {slot} slot ({want})",
                         hint=f"the site must proxy to the zdagent upstream and add "
                         f"`add_header {UPSTREAM_HEADER} $upstream_addr always;` "
                         "(see `zdagent nginx render --site`)",
