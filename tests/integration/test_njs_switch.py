@@ -77,8 +77,9 @@ def test_switches_without_reload_and_raw_keep_alive_loses_nothing(njs_app):
     seen = [v for i, v in enumerate(raw.versions) if i == 0 or raw.versions[i - 1] != v]
     assert seen == ["v1", "v2", "v3", "v1", "v3"]
     assert "rolled back to v3" in p.stderr
-    active = (app.nginx.prefix / "zdagent" / f"{app.name}.active").read_text()
-    assert active.strip().endswith("_blue")  # v1 blue, v2 green, v3 blue, v1 green, back: blue
+    active = (app.nginx.prefix / "zdagent" / f"{app.name}.upstream.conf.active").read_text()
+    assert active.strip().startswith("zdagent__blue_")  # v1 blue, v2 green, v3 blue, v1 green,
+    # back: blue
     st = json.loads(app.ok("status", "--json").stdout)
     assert st["live_slot"] == "blue" and st["routing"]["confirmed"] and st["drift"] == []
 
