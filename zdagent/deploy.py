@@ -350,9 +350,8 @@ class Engine:
             if left:
                 self.emit(Event("warn", f"{len(left)} old Nginx worker(s) still busy after "
                                         f"{drain:g}s drain"))
-            if old and keep is None and self.cfg.nginx.switch_mode == "njs":
-                # No worker exits in njs mode: wait for Nginx's connections to the old slot.
-                still = self.nginx.wait_connections_closed(self.cfg.slot_port(old), drain)
+            if old and keep is None:  # njs: no worker exits, so wait for its connections
+                still = self.nginx.wait_old_connections(self.cfg.slot_port(old), drain)
                 if still:
                     self.emit(Event("warn", f"{still} connection(s) to {old} still open after "
                                             f"{drain:g}s drain"))

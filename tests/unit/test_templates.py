@@ -170,3 +170,23 @@ def test_verification_sends_the_first_server_name_as_host(tmp_path):
         cfg = load_config(p)
         assert cfg.nginx.verify_host == host
         assert cfg.verify_headers == ({"Host": host} if host else {})
+
+
+def test_the_switch_strategy_is_chosen_once_from_config(tmp_path, cfg):
+    from zdagent.nginx import NjsSwitcher, ReloadSwitcher, routed_slot, switcher_for
+
+    assert type(switcher_for(cfg)) is ReloadSwitcher
+    p = tmp_path / "njs.toml"
+    p.write_text(CONFIG.replace("/etc/nginx/zdagent/web-app.upstream.conf",
+                                str(tmp_path / "web-app.upstream.conf"))
+                 + 'switch_mode = "njs"\n')
+    njs = load_config(p)
+    switcher = switcher_for(njs)
+    assert type(switcher) is NjsSwitcher
+    assert render_upstream(njs, None, None).endswith(switcher.render_upstream(None, None))
+    assert render_site(njs) == switcher.render_site()
+    njs.nginx.upstream_file.write_text(render_upstream(njs, "green", None))
+    assert routed_slot(njs) is None  # njs routes by the active file, not the upstream file
+    njs.nginx.active_file.write_text("zdagent__green_web_app\n")
+    assert routed_slot(njs) == switcher.routed_slot() == "green"
+

@@ -1,5 +1,9 @@
 """The Nginx side of a switch: render, write atomically, test, reload, verify, restore.
 
+How the switch itself happens (reload or njs) is the app's ``Switcher`` (``switch.py``),
+chosen once from ``nginx.switch_mode``; this module holds the templates, the names, the
+parsers and the master (pid, workers, commands, verification) that every switcher uses.
+
 A reload is not trusted until verified: ``nginx -t`` and ``nginx -s reload`` can both return 0
 while the master rejects the new config (e.g. ``bind() failed``) and keeps its old workers. A
 switch counts only when the master's workers were replaced *and* a response through the public
@@ -41,7 +45,7 @@ def templates_dir() -> Path:
     packaged = resources.files("zdagent") / "nginx_templates"
     if packaged.is_dir():
         return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "nginx_templates"
+    return Path(__file__).resolve().parents[2] / "nginx_templates"
 
 
 def upstream_name(app: str) -> str:
@@ -60,7 +64,8 @@ def _environment(directory: str) -> jinja2.Environment:
     )
 
 
-def _render(template: Path | None, default: str, **context: object) -> str:
+def render_template(template: Path | None, default: str, **context: object) -> str:
+    """Render ``template`` (or the bundled ``default``); errors name the file and line."""
     path = template or templates_dir() / default
     try:
         return _environment(str(path.parent)).get_template(path.name).render(**context)
@@ -70,7 +75,7 @@ def _render(template: Path | None, default: str, **context: object) -> str:
                          hint="fix the template; nothing was changed") from None
 
 
-def _names(cfg: AppConfig) -> dict[str, str]:
+def template_names(cfg: AppConfig) -> dict[str, str]:
     """The Nginx names of one app, as template variables (collision-free across apps)."""
     return {"app": cfg.name, "upstream": upstream_name(cfg.name),
             "blue_pool": pool_name(cfg, "blue"), "green_pool": pool_name(cfg, "green"),
@@ -91,34 +96,12 @@ def render_upstream(cfg: AppConfig, live_slot: str | None, standby_slot: str | N
 
     In njs mode the file holds both slots' groups and does not depend on the live slot.
     """
-    return _mark(cfg.name, _render_upstream(cfg, live_slot, standby_slot))
-
-
-def _render_upstream(cfg: AppConfig, live_slot: str | None, standby_slot: str | None) -> str:
-    if cfg.nginx.switch_mode == "njs":
-        return _render(
-            cfg.nginx.upstream_template, "upstream_njs.conf.j2", **_names(cfg),
-            blue_port=cfg.slots.blue_port, green_port=cfg.slots.green_port,
-            js_dir=str(templates_dir()), active_file=str(cfg.nginx.active_file),
-            keepalive_timeout=NJS_KEEPALIVE_S,
-        )
-    return _render(
-        cfg.nginx.upstream_template, "upstream.conf.j2", **_names(cfg),
-        live_slot=live_slot, live_port=cfg.slot_port(live_slot) if live_slot else None,
-        placeholder_port=cfg.slots.blue_port,
-        standby_slot=standby_slot,
-        standby_port=cfg.slot_port(standby_slot) if standby_slot else None,
-    )
+    return _mark(cfg.name, switcher_for(cfg).render_upstream(live_slot, standby_slot))
 
 
 def render_site(cfg: AppConfig) -> str:
-    njs = cfg.nginx.switch_mode == "njs"
-    return _render(
-        cfg.nginx.site_template, "site_njs.conf.j2" if njs else "site.conf.j2",
-        active_file=str(cfg.nginx.active_file), **_names(cfg),
-        upstream_file=str(cfg.nginx.upstream_file),
-        listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
-    )
+    """The server block for the app's switch mode, installed once by the operator."""
+    return switcher_for(cfg).render_site()
 
 
 def live_port_in(text: str) -> int | None:
@@ -137,17 +120,7 @@ def pool_name(cfg: AppConfig, slot: str) -> str:
 
 def routed_slot(cfg: AppConfig) -> str | None:
     """The slot the Nginx config routes to: the upstream file, or (njs) the active file."""
-    if cfg.nginx.switch_mode == "njs":
-        try:
-            name = cfg.nginx.active_file.read_text().strip()
-        except OSError:
-            return None
-        return next((s for s in ("blue", "green") if name == pool_name(cfg, s)), None)
-    try:
-        port = live_port_in(cfg.nginx.upstream_file.read_text())
-    except OSError:
-        return None
-    return cfg.slot_for_port(port) if port else None
+    return switcher_for(cfg).routed_slot()
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -207,6 +180,7 @@ class Nginx:
         self.cfg = cfg
         self.emit = emit
         self.file = cfg.nginx.upstream_file
+        self.switcher = switcher_for(cfg)  # the switch strategy, chosen once
         # One client for every verification request: building one costs ~50 ms.
         self.http = http_client("zdagent-verify")
 
@@ -257,7 +231,7 @@ class Nginx:
             return None
 
     def live_slot_in_file(self) -> str | None:
-        return routed_slot(self.cfg)
+        return self.switcher.routed_slot()
 
     def live_slot_served(self) -> str | None:
         addr = served_by(self.http, self.cfg.verify_url, headers=self.cfg.verify_headers)
@@ -268,7 +242,7 @@ class Nginx:
 
     # --- actions ------------------------------------------------------------------------
 
-    def _run(self, argv: tuple[str, ...], what: str) -> str | None:
+    def run_command(self, argv: tuple[str, ...], what: str) -> str | None:
         """Run an nginx command (argv, no shell); return its error text or None."""
         try:
             p = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
@@ -284,34 +258,20 @@ class Nginx:
         return (important or lines or [f"exit code {p.returncode}"])[0].strip()
 
     def switch(self, live_slot: str, standby_slot: str | None) -> SwitchResult:
-        """Point the upstream at ``live_slot``, verified; on any failure restore and raise."""
-        if self.cfg.nginx.switch_mode == "njs":
-            return self._switch_njs(live_slot)
-        start = time.monotonic()
-        previous = self.current_text()
-        text = render_upstream(self.cfg, live_slot, standby_slot)
-        atomic_write(self.file, text)
-        problem = self._run(self.cfg.nginx.test_command, "nginx -t")
-        if problem:
-            self._restore(previous, reload=False)
-            raise NginxError(
-                f"nginx -t failed: {problem}",
-                hint=f"the previous {self.file.name} was restored and the live slot kept "
-                "serving; fix the template (nginx.upstream_template)",
-            )
-        old = self.workers()
-        try:
-            self._reload_verified(live_slot, old)
-        except NginxError as e:
-            self._restore(previous, reload=True)
-            raise NginxError(
-                f"{e.message}; the previous upstream was restored",
-                hint=e.hint or "check Nginx's error log",
-            ) from None
-        return SwitchResult(old_workers=old, seconds=time.monotonic() - start)
+        """Point Nginx at ``live_slot``, verified; on any failure restore and raise."""
+        return self.switcher.switch(self, live_slot, standby_slot)
 
-    def _reload_verified(self, slot: str, old: frozenset[int]) -> None:
-        problem = self._run(self.cfg.nginx.reload_command, "nginx reload")
+    def render_upstream(self, live_slot: str | None, standby_slot: str | None) -> str:
+        return _mark(self.cfg.name, self.switcher.render_upstream(live_slot, standby_slot))
+
+    def wait_old_connections(self, port: int, timeout: float) -> int:
+        """The switcher's drain of the old slot (njs: its connections; reload: nothing left
+        once the old workers are gone); the count still open at ``timeout``."""
+        return self.switcher.wait_old_connections(self, port, timeout)
+
+    def reload_verified(self, slot: str, old: frozenset[int]) -> None:
+        """Reload; wait for new workers, then for ``slot`` to answer through Nginx."""
+        problem = self.run_command(self.cfg.nginx.reload_command, "nginx reload")
         if problem:
             raise NginxError(f"nginx reload failed: {problem}")
         deadline = time.monotonic() + self.cfg.nginx.reload_timeout
@@ -323,9 +283,9 @@ class Nginx:
                     hint="look for [emerg] in Nginx's error log (e.g. bind() failed)",
                 )
             time.sleep(0.005)
-        self._verify_serving(slot, deadline)
+        self.verify_serving(slot, deadline)
 
-    def _verify_serving(self, slot: str, deadline: float) -> None:
+    def verify_serving(self, slot: str, deadline: float) -> None:
         """Three fresh requests in a row through Nginx answered by ``slot``, by ``deadline``."""
         want = f"127.0.0.1:{self.cfg.slot_port(slot)}"
         streak, seen = 0, None
@@ -345,48 +305,6 @@ class Nginx:
                     )
                 time.sleep(0.02 if seen == want else 0.1)
 
-    def _switch_njs(self, live_slot: str) -> SwitchResult:
-        """njs mode: rename a new active file into place and verify; reload only when the
-        upstream file itself must change (first use, new ports)."""
-        start = time.monotonic()
-        active = self.cfg.nginx.active_file
-        prev_active = active.read_text() if active.exists() else None
-        prev_upstream = self.current_text()
-        atomic_write(active, pool_name(self.cfg, live_slot) + "\n")
-        wanted = render_upstream(self.cfg, live_slot, None)
-        old: frozenset[int] = frozenset()
-        try:
-            if wanted != prev_upstream:
-                atomic_write(self.file, wanted)
-                problem = self._run(self.cfg.nginx.test_command, "nginx -t")
-                if problem:
-                    raise NginxError(f"nginx -t failed: {problem}",
-                                     hint="is the njs module loaded (libnginx-mod-http-js)?")
-                old = self.workers()
-                self._reload_verified(live_slot, old)
-            else:
-                self._verify_serving(live_slot,
-                                     time.monotonic() + self.cfg.nginx.reload_timeout)
-        except NginxError as e:
-            self._restore_njs(prev_active, prev_upstream, reload=wanted != prev_upstream)
-            raise NginxError(
-                f"{e.message}; the previous routing was restored",
-                hint=f"{e.hint}; in njs mode Nginx's workers must be able to read "
-                     f"{active} (look for 'zdagent: cannot read' in its error log)") from None
-        return SwitchResult(old_workers=old, seconds=time.monotonic() - start)
-
-    def _restore_njs(self, prev_active: str | None, prev_upstream: str | None, *,
-                     reload: bool) -> None:
-        active = self.cfg.nginx.active_file
-        if prev_active is None:
-            active.unlink(missing_ok=True)
-        else:
-            atomic_write(active, prev_active)
-        if reload:
-            self._restore(prev_upstream, reload=True)
-        else:
-            self.emit(Event("warn", "restored the previous active slot"))
-
     def wait_connections_closed(self, port: int, timeout: float) -> int:
         """Wait until no Nginx worker holds a connection to 127.0.0.1:``port``; return the
         number still open when ``timeout`` ran out (njs mode's drain: no worker exits)."""
@@ -400,20 +318,21 @@ class Nginx:
                 return len(open_)
             time.sleep(0.1)
 
-    def _restore(self, previous: str | None, *, reload: bool) -> None:
+    def restore_upstream(self, previous: str | None, *, reload: bool) -> None:
+        """Put the previous upstream file back; with ``reload``, reload and verify the slot
+        the restored files route to."""
         if previous is None:
             self.file.unlink(missing_ok=True)
         else:
             atomic_write(self.file, previous)
         if not reload:
             return
-        restored = live_port_in(previous) if previous else None
-        slot = self.cfg.slot_for_port(restored) if restored else None
+        slot = self.switcher.routed_slot()
         try:
             if slot:
-                self._reload_verified(slot, self.workers())
+                self.reload_verified(slot, self.workers())
             else:
-                self._run(self.cfg.nginx.reload_command, "nginx reload")
+                self.run_command(self.cfg.nginx.reload_command, "nginx reload")
             self.emit(Event("warn", f"restored the previous upstream ({slot or 'none'})"))
         except NginxError as e:
             self.emit(Event("warn", f"restoring the previous upstream could not be verified: "
@@ -434,3 +353,19 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+# switch.py builds on the helpers above; imported last so both modules load in either order.
+from zdagent.nginx.switch import (  # noqa: E402
+    NjsSwitcher,
+    ReloadSwitcher,
+    Switcher,
+    switcher_for,
+)
+
+__all__ = [
+    "NJS_KEEPALIVE_S", "UPSTREAM_HEADER", "Nginx", "NjsSwitcher", "ReloadSwitcher",
+    "SwitchResult", "Switcher", "answering_upstream", "atomic_write", "live_port_in",
+    "pool_name", "render_site", "render_template", "render_upstream", "routed_slot",
+    "served_by", "switcher_for", "template_names", "templates_dir", "upstream_name",
+]
