@@ -542,6 +542,49 @@ def nginx_render(
         out.print(text, markup=False, end="")
 
 
+@app.command()
+def doctor(
+    config_dir: ConfigDirOpt = None,
+    socket: SocketOpt = None,
+    socket_group: Annotated[str | None, typer.Option(
+        help="Group the control socket should belong to. Default: the unit's "
+             "--socket-group, else zdagent")] = None,
+    root: Annotated[str, typer.Option(
+        envvar="ZDAGENT_ROOT", help="Look for the systemd unit under this directory "
+                                    "instead of / (as `init --root`).")] = "/",
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the host setup: one line per check, ok / warn / fail with a hint.
+
+    \b
+    Checks: Docker reachable (API version) and live-restore; free disk for images;
+    Nginx running, including each app's upstream file, njs module; slot ports free or
+    held by the app's own slot; control socket mode, group and reachability; state
+    dirs writable by the daemon's user; systemd unit installed and enabled; each app's
+    config and switch mode (and why).
+    --json prints a list of {check, status, message, hint}.
+    \b
+    Exit codes: 0 no check failed (warnings allowed), 1 at least one check failed.
+    """
+    from zdagent import doctor as doctor_mod
+
+    with _guard():
+        results = doctor_mod.run(doctor_mod.Options(
+            config_dir=Path(config_dir) if config_dir else None,
+            socket=Path(socket) if socket else None, socket_group=socket_group,
+            root=Path(root)))
+        if as_json:
+            out.print_json(json.dumps(doctor_mod.as_json(results)))
+        else:
+            colors = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+            for r in results:
+                out.print(f"[{colors[r.status]}]{r.status:<4}[/]  "
+                          + escape(doctor_mod.render_line(r)[6:]))
+            counts = {s: sum(r.status == s for r in results) for s in colors}
+            err.print(f"{counts['ok']} ok, {counts['warn']} warn, {counts['fail']} fail")
+        raise typer.Exit(doctor_mod.exit_code(results))
+
+
 def _version_callback(value: bool) -> None:
     if value:
         out.print(f"zdagent {__version__}")

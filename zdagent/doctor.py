@@ -1,0 +1,716 @@
+"""``zdagent doctor``: check what operators get wrong, one verdict per line.
+
+Each check is split in two: a small function gathers the facts (Docker, Nginx, sockets,
+files) and never raises, and a pure verdict function turns those facts into a ``Result``
+(ok / warn / fail + a hint). The verdicts are unit-tested; the gatherers are exercised on
+real components by the integration tests. A subject that is missing (Docker down, no Nginx,
+no socket) is a verdict, never a traceback.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+import shutil
+import socket
+import stat
+import subprocess
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zdagent import config as config_mod
+from zdagent.config import DEFAULT_CONFIG_DIR, AppConfig
+from zdagent.errors import ZdError
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+GIB = 1 << 30
+MIN_FREE_BYTES = 2 * GIB
+MIN_FREE_FRACTION = 0.10
+DEFAULT_GROUP = "zdagent"
+DEFAULT_SOCKET = Path("/run/zdagent/zdagent.sock")
+DEFAULT_PID_FILE = Path("/run/nginx.pid")
+NJS_MODULE_NAME = "ngx_http_js_module.so"
+NJS_MODULE_DIRS = (Path("/usr/lib/nginx/modules"), Path("/usr/share/nginx/modules"),
+                   Path("/etc/nginx/modules"), Path("/usr/lib64/nginx/modules"))
+UNIT = "etc/systemd/system/zdagent.service"
+UNIT_WANTS = "etc/systemd/system/multi-user.target.wants/zdagent.service"
+RELOAD_COST = ("each switch reloads Nginx, and raw keep-alive clients of every app on it can "
+               "lose a request")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One line of the report."""
+
+    check: str
+    status: str  # ok | warn | fail
+    message: str
+    hint: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def exit_code(results: Iterable[Result]) -> int:
+    """1 if any check failed, else 0 (warnings do not fail the run)."""
+    return 1 if any(r.status == FAIL for r in results) else 0
+
+
+# --- Docker -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DockerFacts:
+    error: str | None = None
+    version: str | None = None
+    api_version: str | None = None
+    live_restore: bool | None = None
+    data_root: str | None = None
+    # host port -> (container name, its labels) for every running container publishing it
+    published: dict[int, tuple[str, dict[str, str]]] = field(default_factory=dict)
+
+
+def docker_verdict(f: DockerFacts) -> Result:
+    if f.error is not None:
+        return Result("docker", FAIL, f"cannot reach the Docker engine: {f.error}",
+                      "start dockerd (`systemctl start docker`); check DOCKER_HOST and access "
+                      "to /var/run/docker.sock")
+    return Result("docker", OK, f"Docker {f.version} reachable (API {f.api_version} "
+                                "negotiated)")
+
+
+def live_restore_verdict(f: DockerFacts) -> Result:
+    if f.error is not None:
+        return Result("live-restore", WARN, "unknown: Docker is unreachable",
+                      "fix the docker check first")
+    if f.live_restore:
+        return Result("live-restore", OK, "on: a Docker upgrade or restart keeps the apps "
+                                          "running")
+    return Result("live-restore", WARN, "off: a Docker upgrade or restart stops every app",
+                  'add "live-restore": true to /etc/docker/daemon.json, then '
+                  "`systemctl reload docker`")
+
+
+def disk_verdict(path: str, free: int | None, total: int | None, error: str = "") -> Result:
+    """Warn below 2 GiB or 10 % free where Docker keeps its images."""
+    if free is None or total is None:
+        return Result("disk", WARN, f"cannot tell the free space of {path}: {error}",
+                      "check `df -h` on Docker's data root")
+    text = f"{free / GIB:.1f} GiB free of {total / GIB:.1f} GiB ({free / max(total, 1):.0%}) " \
+           f"on {path}"
+    if free < MIN_FREE_BYTES or free < MIN_FREE_FRACTION * total:
+        return Result("disk", WARN, f"{text}: a build or pull may fail",
+                      "free space: `docker image prune` (unused images), or grow the disk")
+    return Result("disk", OK, text)
+
+
+# --- Nginx ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MasterFacts:
+    pid_file: Path
+    pid: int | None  # a live master named in the pid file
+    other_masters: tuple[int, ...] = ()  # nginx masters running elsewhere
+
+
+def nginx_running_verdict(f: MasterFacts) -> Result:
+    check = f"nginx:{f.pid_file}"
+    if f.pid is not None:
+        return Result(check, OK, f"running (master pid {f.pid})")
+    if f.other_masters:
+        return Result(check, FAIL, f"no live master in {f.pid_file}, but an nginx master runs "
+                                   f"(pid {', '.join(map(str, f.other_masters))})",
+                      "point nginx.pid_file at that master's pid file")
+    return Result(check, FAIL, f"nginx is not running (no live master in {f.pid_file})",
+                  "start nginx: `systemctl start nginx`")
+
+
+@dataclass(frozen=True)
+class NginxDump:
+    """``nginx -T``: every file of the config and the modules it loads, or why not."""
+
+    files: frozenset[str] = frozenset()
+    modules: tuple[str, ...] = ()
+    proxied: frozenset[str] = frozenset()  # names after proxy_pass http://
+    error: str | None = None
+    denied: bool = False  # could not read the config as this user
+
+
+_FILE_RE = re.compile(r"^# configuration file (.+):$", re.M)
+_MODULE_RE = re.compile(r"^\s*load_module\s+(\S+?);", re.M)
+_PROXY_RE = re.compile(r"^\s*proxy_pass\s+https?://\$?\{?([A-Za-z0-9_]+)", re.M)
+
+
+def parse_dump(text: str) -> NginxDump:
+    files = {m.group(1) for m in _FILE_RE.finditer(text)}
+    return NginxDump(files=frozenset(files | {os.path.realpath(p) for p in files}),
+                     modules=tuple(m.group(1) for m in _MODULE_RE.finditer(text)),
+                     proxied=frozenset(m.group(1) for m in _PROXY_RE.finditer(text)))
+
+
+def includes_verdict(app: str, upstream_file: Path, upstream: str, dump: NginxDump) -> Result:
+    """The app's upstream file is part of Nginx's config, and a site proxies to it."""
+    check = f"nginx-config:{app}"
+    if dump.error is not None:
+        if dump.denied:
+            return Result(check, WARN, f"cannot read Nginx's config as this user: {dump.error}",
+                          "run `zdagent doctor` as root")
+        return Result(check, FAIL, f"nginx -T failed: {dump.error}",
+                      "fix the Nginx config (`nginx -t` shows where)")
+    if str(upstream_file) not in dump.files and \
+            os.path.realpath(upstream_file) not in dump.files:
+        return Result(check, FAIL, f"{upstream_file} is not part of Nginx's config",
+                      "install the site block that includes it: `zdagent nginx render --site`")
+    if not any(name.startswith(upstream) for name in dump.proxied):
+        return Result(check, WARN, f"{upstream_file} is included but no proxy_pass uses "
+                                   f"{upstream}",
+                      "the site must proxy to it: `zdagent nginx render --site`")
+    return Result(check, OK, f"includes {upstream_file}")
+
+
+def njs_module(dump: NginxDump, search: Iterable[Path] = NJS_MODULE_DIRS
+               ) -> tuple[Path | None, bool]:
+    """(the njs module file, whether Nginx's config loads it)."""
+    loaded = [Path(m) for m in dump.modules if Path(m).name == NJS_MODULE_NAME]
+    for path in [*loaded, *(d / NJS_MODULE_NAME for d in search)]:
+        if path.is_file():
+            return path, bool(loaded)
+    return None, bool(loaded)
+
+
+def njs_verdict(module: Path | None, loaded: bool, njs_apps: list[str]) -> Result:
+    users = f"used by {', '.join(njs_apps)}" if njs_apps else "used by no app"
+    if module is not None and loaded:
+        return Result("njs", OK, f"module loaded ({module}), {users}")
+    if module is not None:
+        return Result("njs", FAIL if njs_apps else WARN,
+                      f"module installed ({module}) but not loaded by Nginx, {users}",
+                      f"add `load_module {module};` at the top of nginx.conf (Debian: "
+                      "/etc/nginx/modules-enabled/50-mod-http-js.conf)")
+    return Result("njs", FAIL if njs_apps else WARN, f"module not installed, {users}: "
+                  + ("those apps cannot switch" if njs_apps else f"reload mode: {RELOAD_COST}"),
+                  "apt-get install libnginx-mod-http-js")
+
+
+# --- slot ports -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PortFacts:
+    port: int
+    free: bool
+    container: tuple[str, dict[str, str]] | None = None  # a running container publishing it
+    process: str | None = None  # "name (pid N)" of a listener, when known
+
+
+def port_verdict(app: str, slot: str, f: PortFacts) -> Result:
+    """Free, or held by this app's own labelled container for that slot; anything else fails."""
+    check = f"port:{app}/{slot}"
+    where = f"127.0.0.1:{f.port}"
+    if f.container is not None:
+        name, labels = f.container
+        if labels.get("zdagent.app") == app and labels.get("zdagent.slot") == slot:
+            return Result(check, OK, f"{where} is ours ({name})")
+        owner = (f"app {labels['zdagent.app']} slot {labels.get('zdagent.slot', '?')}"
+                 if "zdagent.app" in labels else "not a zdagent slot")
+        return Result(check, FAIL, f"{where} is published by container {name} ({owner})",
+                      f"change slots.{slot}_port, or stop that container")
+    if f.free:
+        return Result(check, OK, f"{where} is free")
+    holder = f.process or "another process"
+    return Result(check, FAIL, f"{where} is held by {holder}, not by {app}-{slot}",
+                  f"stop it, or change slots.{slot}_port in the app's config")
+
+
+# --- control socket ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SocketFacts:
+    path: Path
+    group: str  # the configured group
+    group_exists: bool
+    exists: bool
+    is_socket: bool = False
+    mode: int = 0
+    owner_group: str | None = None
+    reach_error: str | None = None  # None: the daemon answered
+    denied: bool = False
+    user: str = ""
+
+
+def socket_verdicts(f: SocketFacts) -> list[Result]:
+    out = [Result("socket-group", OK, f"group {f.group} exists")
+           if f.group_exists else
+           Result("socket-group", FAIL if f.exists else WARN,
+                  f"group {f.group} does not exist: no non-root user can deploy",
+                  f"`groupadd --system {f.group}` and add the deploy user to it")]
+    if not f.exists:
+        out.append(Result("socket", WARN, f"{f.path} does not exist: the daemon is not running "
+                                          "(no watchdog; commands run in-process)",
+                          "`systemctl start zdagent`"))
+        return out
+    if not f.is_socket:
+        out.append(Result("socket", FAIL, f"{f.path} is not a socket",
+                          "remove it and restart the daemon"))
+        return out
+    if f.mode & stat.S_IWOTH:
+        out.append(Result("socket", FAIL, f"{f.path} is world-writable "
+                                          f"({stat.filemode(f.mode)}): anyone can deploy",
+                          "restart the daemon (it creates the socket 0660)"))
+        return out
+    if f.owner_group != f.group:
+        out.append(Result("socket", WARN, f"{f.path} belongs to group {f.owner_group}, not "
+                                          f"{f.group}: members of {f.group} cannot deploy",
+                          f"run the daemon with --socket-group {f.group}"))
+        return out
+    if f.reach_error is not None:
+        if f.denied:
+            out.append(Result("socket", FAIL, f"{f.user} cannot reach {f.path}: "
+                                              f"{f.reach_error}",
+                              f"add {f.user} to group {f.group} (`usermod -aG {f.group} "
+                              f"{f.user}`, then log in again)"))
+        else:
+            out.append(Result("socket", FAIL, f"{f.path} exists but no daemon answers: "
+                                              f"{f.reach_error}",
+                              "`systemctl restart zdagent`; see `journalctl -u zdagent`"))
+        return out
+    out.append(Result("socket", OK, f"{f.path} ({stat.filemode(f.mode)}, group {f.group}) "
+                                    f"answers {f.user}"))
+    return out
+
+
+# --- state dir --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Who:
+    """A user: uid and every group id (primary included)."""
+
+    name: str
+    uid: int
+    gids: frozenset[int]
+
+
+def writable_by(mode: int, uid: int, gid: int, who: Who) -> bool:
+    """Can ``who`` create files in a directory with this mode and ownership?"""
+    if who.uid == 0:
+        return True
+    if who.uid == uid:
+        return bool(mode & stat.S_IWUSR and mode & stat.S_IXUSR)
+    if gid in who.gids:
+        return bool(mode & stat.S_IWGRP and mode & stat.S_IXGRP)
+    return bool(mode & stat.S_IWOTH and mode & stat.S_IXOTH)
+
+
+def state_dir_verdict(path: Path, who: Who | None, who_name: str, existing: Path | None,
+                      mode: int, uid: int, gid: int, read_only: bool) -> Result:
+    """``existing``: ``path`` or its nearest existing parent (then ``path`` will be created)."""
+    check = f"state-dir:{path}"
+    if who is None:
+        return Result(check, FAIL, f"the daemon's user {who_name} does not exist",
+                      "fix User= in zdagent.service, or create the user")
+    if existing is None:
+        return Result(check, FAIL, f"{path}: no existing parent", "create it")
+    if read_only:
+        return Result(check, FAIL, f"{existing} is on a read-only file system",
+                      "put app.state_dir on a writable disk")
+    if not writable_by(mode, uid, gid, who):
+        return Result(check, FAIL, f"{existing} is not writable by {who.name} (the daemon's "
+                                   "user)",
+                      f"`chown {who.name} {existing}` or change app.state_dir")
+    if existing != path:
+        return Result(check, OK, f"{path} will be created by {who.name} (the daemon's user)")
+    return Result(check, OK, f"writable by {who.name} (the daemon's user)")
+
+
+# --- systemd unit -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Unit:
+    """What doctor reads from the installed unit."""
+
+    path: Path
+    exists: bool
+    enabled: bool
+    user: str = "root"
+    socket_group: str | None = None
+    socket: str | None = None
+    config_dir: str | None = None
+
+
+def parse_unit(text: str) -> dict[str, str | None]:
+    user, start = "root", ""
+    for line in text.splitlines():
+        key, _, value = line.strip().partition("=")
+        if key == "User" and value:
+            user = value.strip()
+        elif key == "ExecStart":
+            start = value
+    args = start.split()
+    opts = {o: args[args.index(o) + 1] for o in ("--socket-group", "--socket", "--config-dir")
+            if o in args[:-1]}
+    return {"user": user, **{k.lstrip("-"): v for k, v in opts.items()}}
+
+
+def read_unit(root: Path) -> Unit:
+    path, wants = root / UNIT, root / UNIT_WANTS
+    enabled = wants.is_symlink() or wants.exists()
+    try:
+        found = parse_unit(path.read_text())
+    except OSError:
+        return Unit(path, exists=False, enabled=enabled)
+    return Unit(path, exists=True, enabled=enabled, user=found["user"] or "root",
+                socket_group=found.get("socket-group"), socket=found.get("socket"),
+                config_dir=found.get("config-dir"))
+
+
+def unit_verdict(u: Unit) -> Result:
+    if not u.exists:
+        return Result("systemd", WARN, f"{u.path} is not installed: no daemon, no watchdog",
+                      "`zdagent init` installs it, or copy systemd/zdagent.service there")
+    if not u.enabled:
+        return Result("systemd", WARN, f"{u.path} is installed but not enabled: the daemon "
+                                       "does not start at boot",
+                      "`systemctl enable --now zdagent`")
+    return Result("systemd", OK, f"{u.path} installed and enabled (runs as {u.user})")
+
+
+# --- apps -------------------------------------------------------------------------------
+
+def app_verdict(name: str, cfg: AppConfig | None, error: str | None, njs_loaded: bool
+                ) -> Result:
+    """Config valid, and which switch mode is used and why."""
+    check = f"app:{name}"
+    if cfg is None:
+        return Result(check, FAIL, f"invalid config: {error}",
+                      "fix it and run `zdagent config check`; the daemon skips this app")
+    if cfg.nginx.switch_mode == "njs":
+        if njs_loaded:
+            return Result(check, OK, "config valid; switch mode njs (reload-free: the njs "
+                                     "module is loaded)")
+        return Result(check, FAIL, "config valid; switch mode njs, but Nginx does not load "
+                                   "the njs module: switches will fail",
+                      'install libnginx-mod-http-js, or set nginx.switch_mode = "reload"')
+    if njs_loaded:
+        return Result(check, WARN, f"config valid; switch mode reload: {RELOAD_COST}",
+                      'the njs module is loaded: set nginx.switch_mode = "njs" for '
+                      "zero drops")
+    return Result(check, OK, f"config valid; switch mode reload (no njs module: {RELOAD_COST})")
+
+
+def no_apps_verdict(directory: Path, exists: bool) -> Result:
+    if not exists:
+        return Result("apps", FAIL, f"config directory {directory} does not exist",
+                      "`zdagent init APP` writes the first app's config")
+    return Result("apps", WARN, f"no app configs (*.toml) in {directory}",
+                  "`zdagent init APP` writes one")
+
+
+# --- gathering (I/O; never raises) ------------------------------------------------------
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def docker_facts() -> DockerFacts:
+    import docker
+
+    try:
+        client = docker.from_env(timeout=10)
+    except Exception as e:  # any failure to reach the engine is the verdict itself
+        return DockerFacts(error=_short(e))
+    try:
+        info = client.info()
+        version = client.version()
+        published: dict[int, tuple[str, dict[str, str]]] = {}
+        for c in client.containers.list():
+            for bindings in (c.attrs.get("NetworkSettings", {}).get("Ports") or {}).values():
+                for b in bindings or []:
+                    if str(b.get("HostPort", "")).isdigit():
+                        published[int(b["HostPort"])] = (c.name, dict(c.labels or {}))
+        return DockerFacts(version=version.get("Version"), api_version=client.api.api_version,
+                           live_restore=bool(info.get("LiveRestoreEnabled")),
+                           data_root=info.get("DockerRootDir"), published=published)
+    except Exception as e:
+        return DockerFacts(error=_short(e))
+    finally:
+        client.close()
+
+
+def disk_result(data_root: str | None) -> Result:
+    """Free space on Docker's data root (its default when Docker cannot say)."""
+    path = data_root or "/var/lib/docker"
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        usage = shutil.disk_usage(probe)
+    except OSError as e:
+        return disk_verdict(path, None, None, _short(e))
+    return disk_verdict(path, usage.free, usage.total)
+
+
+def master_facts(pid_file: Path) -> MasterFacts:
+    import psutil
+
+    pid = None
+    try:
+        candidate = int(pid_file.read_text().strip())
+        proc = psutil.Process(candidate)
+        if proc.status() != psutil.STATUS_ZOMBIE and "nginx" in proc.name():
+            pid = candidate
+    except (OSError, ValueError, psutil.Error):
+        pass
+    others: list[int] = []
+    if pid is None:
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info.get("cmdline") or [])
+            if cmd.startswith("nginx: master process"):
+                others.append(p.pid)
+    return MasterFacts(pid_file, pid, tuple(others[:5]))
+
+
+def dump_argv(test_command: tuple[str, ...]) -> list[str]:
+    """The app's test command turned into ``nginx -T`` (same binary, prefix and conf)."""
+    argv = list(test_command)
+    if "-t" in argv:
+        argv[argv.index("-t")] = "-T"
+    else:
+        argv.append("-T")
+    return argv
+
+
+def nginx_dump(test_command: tuple[str, ...]) -> NginxDump:
+    argv = dump_argv(test_command)
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except FileNotFoundError:
+        return NginxDump(error=f"command not found: {argv[0]}")
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return NginxDump(error=_short(e))
+    if p.returncode != 0:
+        lines = [ln.strip() for ln in p.stderr.splitlines() if ln.strip()]
+        important = [ln for ln in lines if "[emerg]" in ln] or lines or [f"exit {p.returncode}"]
+        return NginxDump(error=important[0][:300], denied="Permission denied" in p.stderr)
+    return parse_dump(p.stdout)
+
+
+def port_facts(port: int, docker: DockerFacts) -> PortFacts:
+    if port in docker.published:
+        return PortFacts(port, free=False, container=docker.published[port])
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return PortFacts(port, free=True)
+        except OSError:
+            pass
+    return PortFacts(port, free=False, process=_listener(port))
+
+
+def _listener(port: int) -> str | None:
+    import psutil
+
+    try:
+        for c in psutil.net_connections(kind="tcp"):
+            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
+                try:
+                    return f"{psutil.Process(c.pid).name()} (pid {c.pid})"
+                except psutil.Error:
+                    return f"pid {c.pid}"
+    except (psutil.Error, OSError):
+        pass
+    return None
+
+
+def current_user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def socket_facts(path: Path, group: str) -> SocketFacts:
+    try:
+        grp.getgrnam(group)
+        group_exists = True
+    except KeyError:
+        group_exists = False
+    user = current_user()
+    try:
+        st = path.stat()
+    except PermissionError as e:
+        return SocketFacts(path, group, group_exists, exists=True, is_socket=True,
+                           owner_group=group, reach_error=_short(e), denied=True, user=user)
+    except OSError:
+        return SocketFacts(path, group, group_exists, exists=False, user=user)
+    try:
+        owner = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        owner = str(st.st_gid)
+    error, denied = None, False
+    if stat.S_ISSOCK(st.st_mode):
+        error, denied = _reach(path)
+    return SocketFacts(path, group, group_exists, exists=True,
+                       is_socket=stat.S_ISSOCK(st.st_mode), mode=st.st_mode, owner_group=owner,
+                       reach_error=error, denied=denied, user=user)
+
+
+def _reach(path: Path) -> tuple[str | None, bool]:
+    from zdagent import api
+
+    try:
+        api.Client(path, timeout=5).get("/v1/status")
+        return None, False
+    except PermissionError as e:
+        return _short(e), True
+    except (OSError, ValueError) as e:
+        return _short(e) or type(e).__name__, False
+
+
+def who(name: str) -> Who | None:
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    gids = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if name in g.gr_mem}
+    return Who(name, pw.pw_uid, frozenset(gids))
+
+
+def state_dir_result(path: Path, user: str) -> Result:
+    existing: Path | None = path
+    while existing is not None and not existing.exists():
+        existing = None if existing == existing.parent else existing.parent
+    mode = uid = gid = 0
+    read_only = False
+    if existing is not None:
+        st = existing.stat()
+        mode, uid, gid = st.st_mode, st.st_uid, st.st_gid
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    return state_dir_verdict(path, who(user), user, existing, mode, uid, gid, read_only)
+
+
+@dataclass(frozen=True)
+class Apps:
+    configs: dict[str, AppConfig]
+    errors: dict[str, str]
+
+
+def load_apps(directory: Path) -> Apps:
+    """Every app in the directory; the cross-app checks too where config.load_app_dir exists."""
+    load_dir = getattr(config_mod, "load_app_dir", None)
+    if load_dir is not None:
+        loaded = load_dir(directory)
+        return Apps(dict(loaded.apps), dict(loaded.errors))
+    configs: dict[str, AppConfig] = {}
+    errors: dict[str, str] = {}
+    for path in sorted(directory.glob("*.toml")):
+        try:
+            configs[path.stem] = config_mod.load_config(path)
+        except ZdError as e:
+            errors[path.stem] = e.message
+    return Apps(configs, errors)
+
+
+# --- the run ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Options:
+    config_dir: Path | None = None
+    socket: Path | None = None
+    socket_group: str | None = None
+    root: Path = Path("/")
+
+
+def _guarded(name: str, fn: Callable[[], list[Result]]) -> list[Result]:
+    """A check that breaks reports a failed line (a bug in doctor), never a traceback."""
+    try:
+        return fn()
+    except Exception as e:
+        return [Result(name, FAIL, f"the check itself failed: {type(e).__name__}: {_short(e)}",
+                       "this is a bug in zdagent doctor")]
+
+
+def run(opts: Options) -> list[Result]:
+    """Every check, in the order an operator would fix them."""
+    unit = read_unit(opts.root)
+    directory = opts.config_dir or (Path(unit.config_dir) if unit.config_dir
+                                    else DEFAULT_CONFIG_DIR)
+    results: list[Result] = []
+    docker = DockerFacts(error="not checked")
+
+    def docker_checks() -> list[Result]:
+        nonlocal docker
+        docker = docker_facts()
+        return [docker_verdict(docker), live_restore_verdict(docker),
+                disk_result(docker.data_root)]
+
+    results += _guarded("docker", docker_checks)
+    apps = Apps({}, {})
+    if directory.is_dir():
+        try:
+            apps = load_apps(directory)
+        except ZdError as e:
+            results.append(Result("apps", FAIL, e.message, e.hint))
+    else:
+        results.append(no_apps_verdict(directory, exists=False))
+    if directory.is_dir() and not apps.configs and not apps.errors:
+        results.append(no_apps_verdict(directory, exists=True))
+    njs_loaded: dict[str, bool] = {}
+    results += _guarded("nginx", lambda: _nginx_checks(apps, njs_loaded))
+    results += [app_verdict(name, cfg, None, njs_loaded.get(name, False))
+                for name, cfg in sorted(apps.configs.items())]
+    results += [app_verdict(stem, None, error, False)
+                for stem, error in sorted(apps.errors.items())]
+    for name, cfg in sorted(apps.configs.items()):
+        results += _guarded(f"port:{name}", lambda cfg=cfg: [
+            port_verdict(cfg.name, slot, port_facts(cfg.slot_port(slot), docker))
+            for slot in ("blue", "green")])
+    group = opts.socket_group or unit.socket_group or DEFAULT_GROUP
+    path = opts.socket or (Path(unit.socket) if unit.socket else DEFAULT_SOCKET)
+    results += _guarded("socket", lambda: socket_verdicts(socket_facts(path, group)))
+    for state_dir in sorted({cfg.state_dir for cfg in apps.configs.values()}):
+        results += _guarded(f"state-dir:{state_dir}",
+                            lambda d=state_dir: [state_dir_result(d, unit.user)])
+    results.append(unit_verdict(unit))
+    return results
+
+
+def _nginx_checks(apps: Apps, njs_loaded: dict[str, bool]) -> list[Result]:
+    """Masters running, each app's files in the config, njs; fills ``njs_loaded`` per app."""
+    out: list[Result] = []
+    configs = sorted(apps.configs.values(), key=lambda c: c.name)
+    for pid_file in sorted({c.nginx.pid_file for c in configs} or {DEFAULT_PID_FILE}):
+        out.append(nginx_running_verdict(master_facts(pid_file)))
+    dumps: dict[tuple[str, ...], NginxDump] = {}
+    for cfg in configs or [None]:
+        command = cfg.nginx.test_command if cfg else ("nginx", "-t")
+        if command not in dumps:
+            dumps[command] = nginx_dump(command)
+    loaded: dict[tuple[str, ...], bool] = {}
+    module: Path | None = None
+    for command, dump in dumps.items():
+        found, is_loaded = njs_module(dump)
+        module = module or found
+        loaded[command] = is_loaded
+    from zdagent.nginx import upstream_name
+
+    for cfg in configs:
+        dump = dumps[cfg.nginx.test_command]
+        out.append(includes_verdict(cfg.name, cfg.nginx.upstream_file, upstream_name(cfg.name),
+                                    dump))
+    njs_apps = [c.name for c in configs if c.nginx.switch_mode == "njs"]
+    out.append(njs_verdict(module, any(loaded.values()), njs_apps))
+    njs_loaded.update({c.name: loaded[c.nginx.test_command] for c in configs})
+    return out
+
+
+def render_line(r: Result) -> str:
+    line = f"{r.status:<4}  {r.check}: {r.message}"
+    return f"{line}  hint: {r.hint}" if r.hint and r.status != OK else line
+
+
+def as_json(results: list[Result]) -> list[dict[str, Any]]:
+    return [r.to_dict() for r in results]
