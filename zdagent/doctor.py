@@ -120,12 +120,13 @@ def nginx_running_verdict(f: MasterFacts) -> Result:
     check = f"nginx:{f.pid_file}"
     if f.pid is not None:
         return Result(check, OK, f"running (master pid {f.pid})")
+    stopped = f"nginx is not running (no live master in {f.pid_file})"
     if f.other_masters:
-        return Result(check, FAIL, f"no live master in {f.pid_file}, but an nginx master runs "
-                                   f"(pid {', '.join(map(str, f.other_masters))})",
-                      "point nginx.pid_file at that master's pid file")
-    return Result(check, FAIL, f"nginx is not running (no live master in {f.pid_file})",
-                  "start nginx: `systemctl start nginx`")
+        return Result(check, FAIL, f"{stopped}; other nginx masters run (pid "
+                                   f"{', '.join(map(str, f.other_masters))})",
+                      "start nginx, or point nginx.pid_file at the pid file of the master "
+                      "that serves this app")
+    return Result(check, FAIL, stopped, "start nginx: `systemctl start nginx`")
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class NginxDump:
 
 _FILE_RE = re.compile(r"^# configuration file (.+):$", re.M)
 _MODULE_RE = re.compile(r"^\s*load_module\s+(\S+?);", re.M)
-_PROXY_RE = re.compile(r"^\s*proxy_pass\s+https?://\$?\{?([A-Za-z0-9_]+)", re.M)
+_PROXY_RE = re.compile(r"\bproxy_pass\s+https?://\$?\{?([A-Za-z0-9_]+)")
 
 
 def parse_dump(text: str) -> NginxDump:
@@ -151,8 +152,19 @@ def parse_dump(text: str) -> NginxDump:
                      proxied=frozenset(m.group(1) for m in _PROXY_RE.finditer(text)))
 
 
-def includes_verdict(app: str, upstream_file: Path, upstream: str, dump: NginxDump) -> Result:
-    """The app's upstream file is part of Nginx's config, and a site proxies to it."""
+@dataclass(frozen=True)
+class Served:
+    """One request through Nginx at the app's verify URL: does the running config route it?"""
+
+    url: str
+    header: str | None = None  # X-Zdagent-Upstream, None when absent
+    error: str | None = None  # no answer at all
+
+
+def includes_verdict(app: str, upstream_file: Path, upstream: str, dump: NginxDump,
+                     served: Served | None = None) -> Result:
+    """The app's upstream file is part of Nginx's config, a site proxies to it, and (when
+    Nginx runs) the running master serves it: its answer names an upstream."""
     check = f"nginx-config:{app}"
     if dump.error is not None:
         if dump.denied:
@@ -168,7 +180,18 @@ def includes_verdict(app: str, upstream_file: Path, upstream: str, dump: NginxDu
         return Result(check, WARN, f"{upstream_file} is included but no proxy_pass uses "
                                    f"{upstream}",
                       "the site must proxy to it: `zdagent nginx render --site`")
-    return Result(check, OK, f"includes {upstream_file}")
+    if served is not None and served.error is not None:
+        return Result(check, WARN, f"{upstream_file} is in the config, but nothing answers "
+                                   f"{served.url}: {served.error}",
+                      "reload Nginx if the site is new (`nginx -t && nginx -s reload`); "
+                      "else check nginx.public_url and the site's listen")
+    if served is not None and served.header is None:
+        return Result(check, WARN, f"{upstream_file} is in the config on disk, but the answer "
+                                   f"at {served.url} carries no X-Zdagent-Upstream: the running "
+                                   "Nginx has not loaded it",
+                      "reload Nginx (`nginx -t && nginx -s reload`)")
+    return Result(check, OK, f"includes {upstream_file}"
+                  + (f"; {served.url} is served through it" if served else ""))
 
 
 def njs_module(dump: NginxDump, search: Iterable[Path] = NJS_MODULE_DIRS
@@ -497,6 +520,23 @@ def nginx_dump(test_command: tuple[str, ...]) -> NginxDump:
     return parse_dump(p.stdout)
 
 
+def served(cfg: AppConfig) -> Served:
+    """One GET through Nginx at the verify URL, with the app's server name as Host."""
+    import httpx
+
+    from zdagent.nginx import UPSTREAM_HEADER
+
+    name = cfg.nginx.server_name.split()[0]
+    headers = {"Connection": "close", "User-Agent": "zdagent-doctor"}
+    if name != "_" and "*" not in name:
+        headers["Host"] = name
+    try:
+        r = httpx.get(cfg.verify_url, headers=headers, timeout=3)
+    except httpx.HTTPError as e:
+        return Served(cfg.verify_url, error=_short(e) or type(e).__name__)
+    return Served(cfg.verify_url, header=r.headers.get(UPSTREAM_HEADER))
+
+
 def port_facts(port: int, docker: DockerFacts) -> PortFacts:
     if port in docker.published:
         return PortFacts(port, free=False, container=docker.published[port])
@@ -660,8 +700,8 @@ def run(opts: Options) -> list[Result]:
         results.append(no_apps_verdict(directory, exists=True))
     njs_loaded: dict[str, bool] = {}
     results += _guarded("nginx", lambda: _nginx_checks(apps, njs_loaded))
-    results += [app_verdict(name, cfg, None, njs_loaded.get(name, False))
-                for name, cfg in sorted(apps.configs.items())]
+    results += [app_verdict(cfg.name, cfg, None, njs_loaded.get(cfg.name, False))
+                for _, cfg in sorted(apps.configs.items())]
     results += [app_verdict(stem, None, error, False)
                 for stem, error in sorted(apps.errors.items())]
     for name, cfg in sorted(apps.configs.items()):
@@ -697,10 +737,12 @@ def _nginx_checks(apps: Apps, njs_loaded: dict[str, bool]) -> list[Result]:
         loaded[command] = is_loaded
     from zdagent.nginx import upstream_name
 
+    running = {r.check for r in out if r.status == OK}
     for cfg in configs:
         dump = dumps[cfg.nginx.test_command]
+        probe = served(cfg) if f"nginx:{cfg.nginx.pid_file}" in running else None
         out.append(includes_verdict(cfg.name, cfg.nginx.upstream_file, upstream_name(cfg.name),
-                                    dump))
+                                    dump, probe))
     njs_apps = [c.name for c in configs if c.nginx.switch_mode == "njs"]
     out.append(njs_verdict(module, any(loaded.values()), njs_apps))
     njs_loaded.update({c.name: loaded[c.nginx.test_command] for c in configs})

@@ -188,6 +188,21 @@ def test_an_upstream_file_nginx_does_not_include_fails(make_app, short_dir):
     assert code == 1
 
 
+def test_a_site_nginx_has_not_loaded_warns(make_app, short_dir):
+    first = make_app()
+    second = make_app(start_nginx=False)  # its files are written, Nginx is not reloaded
+    _, results, _ = doctor("--config-dir", str(app_dir(short_dir, first, second)))
+    checks = by_check(results)
+    assert checks[f"nginx-config:{first.name}"]["status"] == "ok"
+    assert "served through it" in checks[f"nginx-config:{first.name}"]["message"]
+    stale = checks[f"nginx-config:{second.name}"]
+    assert stale["status"] == "warn" and "nothing answers" in stale["message"], stale
+    assert "nginx -s reload" in stale["hint"]
+    second.nginx.reload()
+    _, results, _ = doctor("--config-dir", str(app_dir(short_dir, first, second)))
+    assert by_check(results)[f"nginx-config:{second.name}"]["status"] == "ok"
+
+
 def test_docker_unreachable_fails_without_a_traceback(short_dir):
     code, results, _ = doctor("--config-dir", str(short_dir), "--root", str(short_dir),
                               env={"DOCKER_HOST": f"unix://{short_dir}/dead.sock"})
