@@ -204,8 +204,17 @@ def njs_module(dump: NginxDump, search: Iterable[Path] = NJS_MODULE_DIRS
     return None, bool(loaded)
 
 
-def njs_verdict(module: Path | None, loaded: bool, njs_apps: list[str]) -> Result:
+def njs_verdict(module: Path | None, loaded: bool, njs_apps: list[str],
+                dump_error: str | None = None) -> Result:
+    """``dump_error``: ``nginx -T`` failed, so whether Nginx loads the module is unknown."""
     users = f"used by {', '.join(njs_apps)}" if njs_apps else "used by no app"
+    if dump_error is not None:
+        found = f"installed ({module})" if module else "not installed"
+        return Result("njs", FAIL if njs_apps and not module else WARN,
+                      f"module {found}, {users}; whether Nginx loads it is unknown: nginx -T "
+                      f"failed: {dump_error}",
+                      "fix the Nginx config or install nginx" if module else
+                      "apt-get install libnginx-mod-http-js")
     if module is not None and loaded:
         return Result("njs", OK, f"module loaded ({module}), {users}")
     if module is not None:
@@ -401,13 +410,17 @@ def unit_verdict(u: Unit) -> Result:
 
 # --- apps -------------------------------------------------------------------------------
 
-def app_verdict(name: str, cfg: AppConfig | None, error: str | None, njs_loaded: bool
-                ) -> Result:
-    """Config valid, and which switch mode is used and why."""
+def app_verdict(name: str, cfg: AppConfig | None, error: str | None,
+                njs_loaded: bool | None) -> Result:
+    """Config valid, and which switch mode is used and why (``njs_loaded`` None: unknown)."""
     check = f"app:{name}"
     if cfg is None:
         return Result(check, FAIL, f"invalid config: {error}",
                       "fix it and run `zdagent config check`; the daemon skips this app")
+    if njs_loaded is None:
+        return Result(check, WARN, f"config valid; switch mode {cfg.nginx.switch_mode}; "
+                                   "whether Nginx loads the njs module is unknown",
+                      f"see the nginx-config:{name} line")
     if cfg.nginx.switch_mode == "njs":
         if njs_loaded:
             return Result(check, OK, "config valid; switch mode njs (reload-free: the njs "
@@ -621,14 +634,18 @@ def who(name: str) -> Who | None:
 
 def state_dir_result(path: Path, user: str) -> Result:
     existing: Path | None = path
-    while existing is not None and not existing.exists():
-        existing = None if existing == existing.parent else existing.parent
     mode = uid = gid = 0
     read_only = False
-    if existing is not None:
-        st = existing.stat()
-        mode, uid, gid = st.st_mode, st.st_uid, st.st_gid
-        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    try:
+        while existing is not None and not existing.exists():
+            existing = None if existing == existing.parent else existing.parent
+        if existing is not None:
+            st = existing.stat()
+            mode, uid, gid = st.st_mode, st.st_uid, st.st_gid
+            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    except PermissionError as e:
+        return Result(f"state-dir:{path}", WARN, f"cannot inspect {path} as {current_user()}: "
+                                                 f"{_short(e)}", "run `zdagent doctor` as root")
     return state_dir_verdict(path, who(user), user, existing, mode, uid, gid, read_only)
 
 
@@ -698,9 +715,9 @@ def run(opts: Options) -> list[Result]:
         results.append(no_apps_verdict(directory, exists=False))
     if directory.is_dir() and not apps.configs and not apps.errors:
         results.append(no_apps_verdict(directory, exists=True))
-    njs_loaded: dict[str, bool] = {}
+    njs_loaded: dict[str, bool | None] = {}
     results += _guarded("nginx", lambda: _nginx_checks(apps, njs_loaded))
-    results += [app_verdict(cfg.name, cfg, None, njs_loaded.get(cfg.name, False))
+    results += [app_verdict(cfg.name, cfg, None, njs_loaded.get(cfg.name))
                 for _, cfg in sorted(apps.configs.items())]
     results += [app_verdict(stem, None, error, False)
                 for stem, error in sorted(apps.errors.items())]
@@ -718,7 +735,7 @@ def run(opts: Options) -> list[Result]:
     return results
 
 
-def _nginx_checks(apps: Apps, njs_loaded: dict[str, bool]) -> list[Result]:
+def _nginx_checks(apps: Apps, njs_loaded: dict[str, bool | None]) -> list[Result]:
     """Masters running, each app's files in the config, njs; fills ``njs_loaded`` per app."""
     out: list[Result] = []
     configs = sorted(apps.configs.values(), key=lambda c: c.name)
@@ -744,8 +761,11 @@ def _nginx_checks(apps: Apps, njs_loaded: dict[str, bool]) -> list[Result]:
         out.append(includes_verdict(cfg.name, cfg.nginx.upstream_file, upstream_name(cfg.name),
                                     dump, probe))
     njs_apps = [c.name for c in configs if c.nginx.switch_mode == "njs"]
-    out.append(njs_verdict(module, any(loaded.values()), njs_apps))
-    njs_loaded.update({c.name: loaded[c.nginx.test_command] for c in configs})
+    errors = [dump.error for dump in dumps.values() if dump.error is not None]
+    unknown = errors[0] if len(errors) == len(dumps) else None
+    out.append(njs_verdict(module, any(loaded.values()), njs_apps, unknown))
+    njs_loaded.update({c.name: None if dumps[c.nginx.test_command].error is not None
+                       else loaded[c.nginx.test_command] for c in configs})
     return out
 
 

@@ -155,6 +155,10 @@ def test_njs_verdict():
     assert absent.status == "warn" and "every app" in absent.message
     assert "libnginx-mod-http-js" in absent.hint
     assert d.njs_verdict(None, False, ["web"]).status == "fail"
+    unknown = d.njs_verdict(so, False, ["web"], dump_error="command not found: nginx")
+    assert unknown.status == "warn" and "unknown" in unknown.message
+    assert "command not found: nginx" in unknown.message
+    assert d.njs_verdict(None, False, ["web"], dump_error="x").status == "fail"
 
 
 OURS = {"zdagent": "1", "zdagent.app": "web", "zdagent.slot": "blue"}
@@ -271,6 +275,7 @@ def test_app_verdict_names_the_switch_mode_and_why(tmp_path):
     assert warn.status == "warn" and 'switch_mode = "njs"' in warn.hint
     plain = d.app_verdict("web", reload, None, False)
     assert plain.status == "ok" and "no njs module" in plain.message
+    assert d.app_verdict("web", njs, None, None).status == "warn"
     bad = d.app_verdict("web", None, "web.toml: slots.blue_port: is required", False)
     assert bad.status == "fail" and "slots.blue_port" in bad.message
 
