@@ -205,8 +205,9 @@ def njs_module(dump: NginxDump, search: Iterable[Path] = NJS_MODULE_DIRS
 
 
 def njs_verdict(module: Path | None, loaded: bool, njs_apps: list[str],
-                dump_error: str | None = None) -> Result:
-    """``dump_error``: ``nginx -T`` failed, so whether Nginx loads the module is unknown."""
+                dump_error: str | None = None, load_error: str | None = None) -> Result:
+    """``dump_error``: ``nginx -T`` failed, so whether Nginx loads the module is unknown;
+    ``load_error``: why a test config that loads the module fails."""
     users = f"used by {', '.join(njs_apps)}" if njs_apps else "used by no app"
     if dump_error is not None:
         found = f"installed ({module})" if module else "not installed"
@@ -217,9 +218,15 @@ def njs_verdict(module: Path | None, loaded: bool, njs_apps: list[str],
                       "apt-get install libnginx-mod-http-js")
     if module is not None and loaded:
         return Result("njs", OK, f"module loaded ({module}), {users}")
+    if module is not None and load_error is not None:
+        return Result("njs", FAIL if njs_apps else WARN,
+                      f"module installed ({module}) but this nginx cannot load it, {users}: "
+                      f"{load_error}",
+                      "install the libnginx-mod-http-js that matches the installed nginx")
     if module is not None:
         return Result("njs", FAIL if njs_apps else WARN,
-                      f"module installed ({module}) but not loaded by Nginx, {users}",
+                      f"module installed ({module}) and loadable, but not loaded by Nginx, "
+                      f"{users}",
                       f"add `load_module {module};` at the top of nginx.conf (Debian: "
                       "/etc/nginx/modules-enabled/50-mod-http-js.conf)")
     return Result("njs", FAIL if njs_apps else WARN, f"module not installed, {users}: "
@@ -432,7 +439,8 @@ def app_verdict(name: str, cfg: AppConfig | None, error: str | None,
         return Result(check, WARN, f"config valid; switch mode reload: {RELOAD_COST}",
                       'the njs module is loaded: set nginx.switch_mode = "njs" for '
                       "zero drops")
-    return Result(check, OK, f"config valid; switch mode reload (no njs module: {RELOAD_COST})")
+    return Result(check, OK, f"config valid; switch mode reload (Nginx does not load the njs "
+                             f"module: {RELOAD_COST})")
 
 
 def no_apps_verdict(directory: Path, exists: bool) -> Result:
@@ -548,6 +556,26 @@ def served(cfg: AppConfig) -> Served:
     except httpx.HTTPError as e:
         return Served(cfg.verify_url, error=_short(e) or type(e).__name__)
     return Served(cfg.verify_url, header=r.headers.get(UPSTREAM_HEADER))
+
+
+def njs_load_error(nginx: str, module: Path) -> str | None:
+    """Can this nginx binary load the module? ``nginx -t`` on a scratch config that does."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="zdagent-doctor-") as tmp:
+        conf = Path(tmp) / "nginx.conf"
+        conf.write_text(f"load_module {module};\npid {tmp}/nginx.pid;\n"
+                        f"error_log {tmp}/error.log;\nevents {{}}\n")
+        try:
+            p = subprocess.run([nginx, "-t", "-p", tmp, "-c", str(conf), "-e",
+                                f"{tmp}/error.log"], capture_output=True, text=True,
+                               timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return _short(e)
+    if p.returncode == 0:
+        return None
+    lines = [ln.strip() for ln in p.stderr.splitlines() if "[emerg]" in ln]
+    return (lines or [f"nginx -t exit {p.returncode}"])[0][:300]
 
 
 def port_facts(port: int, docker: DockerFacts) -> PortFacts:
@@ -763,7 +791,11 @@ def _nginx_checks(apps: Apps, njs_loaded: dict[str, bool | None]) -> list[Result
     njs_apps = [c.name for c in configs if c.nginx.switch_mode == "njs"]
     errors = [dump.error for dump in dumps.values() if dump.error is not None]
     unknown = errors[0] if len(errors) == len(dumps) else None
-    out.append(njs_verdict(module, any(loaded.values()), njs_apps, unknown))
+    load_error = None
+    if module is not None and unknown is None and not any(loaded.values()):
+        load_error = njs_load_error(configs[0].nginx.test_command[0] if configs else "nginx",
+                                    module)
+    out.append(njs_verdict(module, any(loaded.values()), njs_apps, unknown, load_error))
     njs_loaded.update({c.name: None if dumps[c.nginx.test_command].error is not None
                        else loaded[c.nginx.test_command] for c in configs})
     return out

@@ -203,6 +203,38 @@ def test_a_site_nginx_has_not_loaded_warns(make_app, short_dir):
     assert by_check(results)[f"nginx-config:{second.name}"]["status"] == "ok"
 
 
+def test_njs_installed_but_not_loaded_is_reported_loadable(nginx_server, make_app, short_dir):
+    require(NJS_MODULE.exists(), "Nginx's njs module (apt-get install libnginx-mod-http-js)")
+    conf = nginx_server.conf.read_text()
+    nginx_server.conf.write_text(conf.replace(f"load_module {NJS_MODULE};\n", ""))
+    app = make_app()  # reload mode, on an Nginx that does not load njs
+    code, results, _ = doctor("--config-dir", str(app_dir(short_dir, app)))
+    checks = by_check(results)
+    assert checks["njs"]["status"] == "warn", checks["njs"]
+    assert "and loadable, but not loaded" in checks["njs"]["message"]
+    assert f"load_module {NJS_MODULE};" in checks["njs"]["hint"]
+    assert checks[f"app:{app.name}"]["status"] == "ok"
+    assert "switch mode reload (Nginx does not load" in checks[f"app:{app.name}"]["message"]
+    # the same app in njs mode cannot switch there: a failure
+    app.config.write_text(app.config.read_text() + NJS)  # the config ends in [nginx]
+    code, results, _ = doctor("--config-dir", str(app_dir(short_dir, app)))
+    assert by_check(results)["njs"]["status"] == "fail"
+    assert by_check(results)[f"app:{app.name}"]["status"] == "fail"
+    assert code == 1
+
+
+def test_a_module_this_nginx_cannot_load_is_named(tmp_path):
+    require(shutil.which("nginx") is not None, "nginx (apt-get install nginx)")
+    from zdagent.doctor import njs_load_error
+
+    bogus = tmp_path / "ngx_http_js_module.so"
+    bogus.write_bytes(b"not an ELF file")
+    error = njs_load_error("nginx", bogus)
+    assert error is not None and "dlopen()" in error and str(bogus) in error
+    if NJS_MODULE.exists():
+        assert njs_load_error("nginx", NJS_MODULE) is None
+
+
 def test_docker_unreachable_fails_without_a_traceback(short_dir):
     code, results, _ = doctor("--config-dir", str(short_dir), "--root", str(short_dir),
                               env={"DOCKER_HOST": f"unix://{short_dir}/dead.sock"})

@@ -151,6 +151,10 @@ def test_njs_verdict():
     not_loaded = d.njs_verdict(so, False, ["web"])
     assert not_loaded.status == "fail" and f"load_module {so};" in not_loaded.hint
     assert d.njs_verdict(so, False, []).status == "warn"
+    assert "and loadable" in d.njs_verdict(so, False, []).message
+    broken = d.njs_verdict(so, False, ["web"], load_error="[emerg] module version mismatch")
+    assert broken.status == "fail" and "cannot load it" in broken.message
+    assert "matches the installed nginx" in broken.hint
     absent = d.njs_verdict(None, False, [])
     assert absent.status == "warn" and "every app" in absent.message
     assert "libnginx-mod-http-js" in absent.hint
@@ -274,7 +278,7 @@ def test_app_verdict_names_the_switch_mode_and_why(tmp_path):
     warn = d.app_verdict("web", reload, None, True)
     assert warn.status == "warn" and 'switch_mode = "njs"' in warn.hint
     plain = d.app_verdict("web", reload, None, False)
-    assert plain.status == "ok" and "no njs module" in plain.message
+    assert plain.status == "ok" and "does not load the njs module" in plain.message
     assert d.app_verdict("web", njs, None, None).status == "warn"
     bad = d.app_verdict("web", None, "web.toml: slots.blue_port: is required", False)
     assert bad.status == "fail" and "slots.blue_port" in bad.message
