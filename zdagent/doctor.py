@@ -714,8 +714,12 @@ def _guarded(name: str, fn: Callable[[], list[Result]]) -> list[Result]:
     try:
         return fn()
     except Exception as e:
-        return [Result(name, FAIL, f"the check itself failed: {type(e).__name__}: {_short(e)}",
-                       "this is a bug in zdagent doctor")]
+        return [_bug(name, e)]
+
+
+def _bug(name: str, e: Exception) -> Result:
+    return Result(name, FAIL, f"the check itself failed: {type(e).__name__}: {_short(e)}",
+                  "this is a bug in zdagent doctor")
 
 
 def run(opts: Options) -> list[Result]:
@@ -733,16 +737,8 @@ def run(opts: Options) -> list[Result]:
                 disk_result(docker.data_root)]
 
     results += _guarded("docker", docker_checks)
-    apps = Apps({}, {})
-    if directory.is_dir():
-        try:
-            apps = load_apps(directory)
-        except ZdError as e:
-            results.append(Result("apps", FAIL, e.message, e.hint))
-    else:
-        results.append(no_apps_verdict(directory, exists=False))
-    if directory.is_dir() and not apps.configs and not apps.errors:
-        results.append(no_apps_verdict(directory, exists=True))
+    apps, problems = _apps(directory)
+    results += problems
     njs_loaded: dict[str, bool | None] = {}
     results += _guarded("nginx", lambda: _nginx_checks(apps, njs_loaded))
     results += [app_verdict(cfg.name, cfg, None, njs_loaded.get(cfg.name))
@@ -761,6 +757,21 @@ def run(opts: Options) -> list[Result]:
                             lambda d=state_dir: [state_dir_result(d, unit.user)])
     results.append(unit_verdict(unit))
     return results
+
+
+def _apps(directory: Path) -> tuple[Apps, list[Result]]:
+    """The app configs, or the line saying why there are none."""
+    if not directory.is_dir():
+        return Apps({}, {}), [no_apps_verdict(directory, exists=False)]
+    try:
+        apps = load_apps(directory)
+    except ZdError as e:
+        return Apps({}, {}), [Result("apps", FAIL, e.message, e.hint)]
+    except Exception as e:
+        return Apps({}, {}), [_bug("apps", e)]
+    if not apps.configs and not apps.errors:
+        return apps, [no_apps_verdict(directory, exists=True)]
+    return apps, []
 
 
 def _nginx_checks(apps: Apps, njs_loaded: dict[str, bool | None]) -> list[Result]:
