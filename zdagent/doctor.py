@@ -469,11 +469,12 @@ def docker_facts() -> DockerFacts:
         info = client.info()
         version = client.version()
         published: dict[int, tuple[str, dict[str, str]]] = {}
-        for c in client.containers.list():
-            for bindings in (c.attrs.get("NetworkSettings", {}).get("Ports") or {}).values():
-                for b in bindings or []:
-                    if str(b.get("HostPort", "")).isdigit():
-                        published[int(b["HostPort"])] = (c.name, dict(c.labels or {}))
+        # One list call (no per-container inspect that a removal in between would break).
+        for c in client.api.containers():
+            name = (c.get("Names") or ["?"])[0].lstrip("/")
+            for p in c.get("Ports") or []:
+                if p.get("PublicPort"):
+                    published[int(p["PublicPort"])] = (name, dict(c.get("Labels") or {}))
         return DockerFacts(version=version.get("Version"), api_version=client.api.api_version,
                            live_restore=bool(info.get("LiveRestoreEnabled")),
                            data_root=info.get("DockerRootDir"), published=published)
