@@ -548,10 +548,7 @@ def served(cfg: AppConfig) -> Served:
 
     from zdagent.nginx import UPSTREAM_HEADER
 
-    name = cfg.nginx.server_name.split()[0]
-    headers = {"Connection": "close", "User-Agent": "zdagent-doctor"}
-    if name != "_" and "*" not in name:
-        headers["Host"] = name
+    headers = {"Connection": "close", "User-Agent": "zdagent-doctor", **cfg.verify_headers}
     try:
         r = httpx.get(cfg.verify_url, headers=headers, timeout=3)
     except httpx.HTTPError as e:
@@ -792,14 +789,15 @@ def _nginx_checks(apps: Apps, njs_loaded: dict[str, bool | None]) -> list[Result
         found, is_loaded = njs_module(dump)
         module = module or found
         loaded[command] = is_loaded
-    from zdagent.nginx import upstream_name
+    from zdagent.config import pool_variable, upstream_name
 
     running = {r.check for r in out if r.status == OK}
     for cfg in configs:
         dump = dumps[cfg.nginx.test_command]
         probe = served(cfg) if f"nginx:{cfg.nginx.pid_file}" in running else None
-        out.append(includes_verdict(cfg.name, cfg.nginx.upstream_file, upstream_name(cfg.name),
-                                    dump, probe))
+        proxied = (pool_variable(cfg.name) if cfg.nginx.switch_mode == "njs"
+                   else upstream_name(cfg.name))  # what the site's proxy_pass names
+        out.append(includes_verdict(cfg.name, cfg.nginx.upstream_file, proxied, dump, probe))
     njs_apps = [c.name for c in configs if c.nginx.switch_mode == "njs"]
     errors = [dump.error for dump in dumps.values() if dump.error is not None]
     unknown = errors[0] if len(errors) == len(dumps) else None
