@@ -1,5 +1,5 @@
-"""Allow `python -m zdagent`."""
+"""Allow `python -m zdagent` (the same entry point as the console script)."""
 
-from zdagent.cli import main
+from zdagent.thin import main
 
 main()

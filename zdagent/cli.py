@@ -1,6 +1,8 @@
 """The ``zdagent`` command: parse, call the engine, render its events and results.
 
-No deploy logic lives here. Errors the engine expects print as one line plus a hint and exit
+The console script enters through :mod:`zdagent.thin`, which serves ``--version`` and the
+daemon's common commands without importing this module (Typer, Rich); everything else lands
+here. No deploy logic lives here. Errors the engine expects print as one line plus a hint and exit
 with their documented code; anything unexpected prints one line and the path of a log holding
 the traceback (exit 70).
 """
@@ -23,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from zdagent import __version__
+from zdagent import __version__, render
 from zdagent.config import AppConfig, config_path, load_config
 from zdagent.errors import UsageError, ZdError
 from zdagent.events import Event
@@ -142,19 +144,22 @@ def _with_engine(cfg: AppConfig, fn: Callable[[Any], Any]) -> Any:
 
 
 def _daemon(cfg: AppConfig, socket: str | None, local: bool, quiet: bool = False) -> Any:
-    """A client for the running daemon that manages ``cfg``'s app, else None (run locally)."""
-    from zdagent import api
+    """A client for the running daemon that manages ``cfg``'s app, else None (run locally).
+
+    The same stdlib client as the thin path: no engine, Docker SDK or httpx on this path.
+    """
+    from zdagent.client import DEFAULT_SOCKET, DaemonClient
 
     if local:
         return None
-    path = Path(socket) if socket else api.DEFAULT_SOCKET
-    client = api.Client(path)
+    path = socket or DEFAULT_SOCKET
+    client = DaemonClient(path)
     try:
         info = client.get("/v1/status")
     except PermissionError:
         _fail(f"no permission to use the daemon socket {path}",
               "join the socket's group (see `zdagent daemon --help`), or pass --local", 3)
-    except (OSError, ValueError):
+    except (OSError, ValueError, ZdError):
         if not quiet:
             err.print(f"[dim]note: the zdagent daemon is not running ({path}); running in this "
                       "process. Start it with `systemctl start zdagent`, or pass --local.[/]")
@@ -167,9 +172,9 @@ def _daemon(cfg: AppConfig, socket: str | None, local: bool, quiet: bool = False
     return client
 
 
-def _stream(client: Any, url: str, body: dict[str, Any]) -> Any:
-    """Render a daemon operation's events live; return its result or raise its error."""
-    from zdagent.deploy import Result
+def _stream(client: Any, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Render a daemon operation's events live; return its result (a dict) or raise."""
+    from zdagent.client import DaemonError
     from zdagent.errors import DeployFailed
 
     renderer = ProgressRenderer(err)
@@ -179,12 +184,9 @@ def _stream(client: Any, url: str, body: dict[str, Any]) -> Any:
                 ev = item["event"]
                 renderer(Event(ev["kind"], ev["message"], ev.get("phase")))
             elif "result" in item:
-                return Result(**item["result"])
+                return dict(item["result"])
             elif "error" in item:
-                e = item["error"]
-                failure = DeployFailed(e["message"], e.get("hint", ""))
-                failure.exit_code = e.get("exit_code", 1)
-                raise failure
+                raise DaemonError.from_reply(item["error"])
     finally:
         renderer.close()
     raise DeployFailed("the daemon closed the connection without a result",
@@ -202,12 +204,12 @@ def _operate(config: str | None, socket: str | None, local: bool, what: str,
 
 
 def _print_result(result: Any, as_json: bool, verb: str) -> None:
+    """A Result from the engine, or its dict from the daemon."""
+    data = result if isinstance(result, dict) else result.to_dict()
     if as_json:
-        out.print_json(json.dumps(result.to_dict()))
+        out.print_json(json.dumps(data))
         return
-    err.print(f"[bold green]{verb}[/] {escape(result.version or '?')} on the {result.slot} "
-              f"slot in {result.seconds:.1f}s (#{result.deploy_id}; standby: "
-              f"{result.from_slot or 'none'})")
+    err.file.write(render.result_line(render.Painter(err.file), data, verb) + "\n")
 
 
 @app.command()
@@ -274,45 +276,9 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, local: LocalOpt =
         _render_status(data)
 
 
-def _ago(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    secs = max(0, time.time() - ts)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{secs / size:.0f}{unit} ago"
-    return f"{secs:.0f}s ago"
-
-
 def _render_status(data: dict[str, Any]) -> None:
-    live = data["live_slot"]
-    table = Table(title=f"zdagent: {data['app']}", title_justify="left")
-    for col in ("slot", "state", "version", "image", "health", "port", "deployed"):
-        table.add_column(col)
-    for name, row in data["slots"].items():
-        mark = " (live)" if name == live else ""
-        table.add_row(f"{name}{mark}", row["state"], row["version"] or "-",
-                      row["image"] or "-", row["health"], f"127.0.0.1:{row['port']}",
-                      _ago(row["deployed_at"]))
-    out.print(table)
-    r = data["routing"]
-    confirmed = "confirmed live" if r["confirmed"] else "NOT confirmed"
-    out.print(f"nginx routes to: {live or 'nothing'} ({confirmed}; answered by "
-              f"{r['served_by'] or 'no slot'}) via {r['upstream_file']}")
-    last = data["last_deploy"]
-    if last:
-        out.print(f"last deploy: #{last['id']} {last['kind']} {last['version']} -> "
-                  f"{last['slot']}: {last['outcome']} {_ago(last['started_at'])}"
-                  + (f" ({last['error']})" if last["error"] else ""))
-    for line in data["drift"]:
-        out.print(f"[yellow]! {escape(line)}[/]")
-    d, w = data.get("daemon"), data.get("watchdog")
-    if d:
-        out.print(f"daemon: up since {_ago(d['since'])} (pid {d['pid']}, zdagent "
-                  f"{d['version']}); watchdog: {w['status'] if w else '-'}"
-                  + (f" ({w['last_reason']})" if w and w.get("last_reason") else ""))
-    else:
-        out.print("daemon: not running (no watchdog)")
+    """The thin client's plain renderer, so both paths print the same."""
+    out.file.write(render.status_text(render.Painter(out.file), data) + "\n")
 
 
 @app.command()
