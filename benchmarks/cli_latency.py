@@ -93,7 +93,7 @@ class Poller:
             except OSError:
                 addr = None
             self.records.append((t, addr))
-            time.sleep(0.002)
+            time.sleep(0.003)
 
     def __enter__(self) -> Poller:
         self._thread.start()
@@ -337,7 +337,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env = {**os.environ, "NO_COLOR": "1"}
     env.pop("ZDAGENT_CONFIG", None)
     build_images()
-    result: dict[str, Any] = {"executable": str(bindir / "zdagent"), "runs": args.runs}
+    result: dict[str, Any] = {"executable": str(bindir / "zdagent"), "runs": args.runs,
+                              "loadavg_start": os.getloadavg()}
     result["python_pass"] = summary([timed([sys.executable, "-c", "pass"], env)
                                      for _ in range(args.runs)])
     result["version"] = summary([timed([str(bindir / "zdagent"), "--version"], env)
@@ -352,6 +353,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             del m["canned"], m["config"], m["name"]
         result["modes"] = modes
         shutil.rmtree(tmp, ignore_errors=True)
+    result["loadavg_end"] = os.getloadavg()
     print_table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
@@ -378,7 +380,8 @@ def print_table(r: dict[str, Any]) -> None:
               c["spawn_to_first_request"], None),
              ("client only: zdagent rollback spawn -> exit", c["rollback_exit"], None),
              ("client only: zdagent status spawn -> exit", c["status_exit"], None)]
-    print(f"CLI latency, ms ({r['runs']} runs each; executable {r['executable']})")
+    print(f"CLI latency, ms ({r['runs']} runs each; executable {r['executable']}; load "
+          f"average {r['loadavg_start'][0]:.1f} at start, {r['loadavg_end'][0]:.1f} at end)")
     print(f"{'figure':<66} {'median':>7} {'p90':>7} {'max':>7} {'target':>7}")
     for label, s, target in rows:
         t = f"<= {target}" if target else ""

@@ -103,7 +103,8 @@ def serve(call: Call) -> int | None:
     try:
         return _run(client, call, name)
     except KeyboardInterrupt:
-        _error("interrupted", "the next command reconciles any half-done deploy")
+        _error("interrupted", "the daemon finishes an operation it has started; "
+                              "`zdagent status` shows the outcome")
         return 130
     except ZdError as e:
         _error(e.message, e.hint)

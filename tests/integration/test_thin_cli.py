@@ -160,3 +160,24 @@ def test_other_command_lines_go_to_the_full_cli(make_app, daemon):
     p = other.cli("status", "--json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["daemon"] is None
+
+
+def test_the_full_cli_reaches_the_daemon_without_the_engine_too(make_app, daemon):
+    """The full CLI (what ssh-gate runs in-process) uses the same stdlib client."""
+    app = make_app()
+    app.ok("deploy", "v1")
+    d = daemon(app)
+    app.env["ZDAGENT_SOCKET"] = str(d.socket)
+    app.ok("deploy", "v2")
+    env = {**os.environ, "ZDAGENT_CONFIG": str(app.config), "NO_COLOR": "1", **app.env}
+    p = subprocess.run([sys.executable, "-X", "importtime", "-c",
+                        "import sys; from zdagent.cli import main; sys.argv[0] = 'zdagent'; "
+                        "main()", "rollback", "--json"],
+                       capture_output=True, text=True, timeout=180, env=env, check=False)
+    modules = {line.split("|")[-1].strip() for line in p.stderr.splitlines()
+               if line.startswith("import time:")}
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout)["slot"] == "blue" and app.served_version() == "v1"
+    assert "zdagent.cli" in modules and "zdagent.thin" not in modules
+    assert not {m for m in modules if m.split(".")[0] in ("docker", "httpx")
+                or m in ("zdagent.deploy", "zdagent.slots", "zdagent.nginx")}
