@@ -43,6 +43,8 @@ from zdagent.nginx import UPSTREAM_HEADER, answering_upstream, render_site, rend
 
 SETTLE_S = 0.5  # keep polling this long after the command exited
 RUN_LIMIT_S = 30.0
+# The full Typer/Rich CLI, entered the way the console script did before zdagent.thin.
+FULL_CLI = "import sys; from zdagent.cli import main; sys.argv[0] = 'zdagent'; main()"
 TARGETS_MS = {"version": 100, "status": 200, "rollback-reload": 300, "rollback-njs": 150}
 
 
@@ -278,6 +280,8 @@ def measure_mode(workdir: Path, mode: str, runs: int, bindir: Path,
         engine = [h["finished_at"] - h["started_at"] for h in history
                   if h["kind"] == "rollback"]
         status = [timed(s.cli("status"), env) for _ in range(runs)]
+        full = [sys.executable, "-c", FULL_CLI, *s.cli("status")[1:]]
+        status_full = [timed(full, env) for _ in range(runs)]
         canned_status = Client(s.socket, timeout=30).get(f"/v1/apps/{s.name}/status")
         canned_result = history[0] if history else {}
     finally:
@@ -288,6 +292,7 @@ def measure_mode(workdir: Path, mode: str, runs: int, bindir: Path,
         "rollback_exit": summary([r["exit"] for r in rollbacks]),
         "rollback_engine_recorded": summary(engine),
         "status": summary(status),
+        "status_full_cli": summary(status_full),
         "canned": {"status": canned_status, "result": {
             "deploy_id": canned_result.get("id", 0), "kind": "rollback",
             "version": canned_result.get("version"), "slot": canned_result.get("slot", "blue"),
@@ -362,16 +367,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def print_table(r: dict[str, Any]) -> None:
-    rows: list[tuple[str, dict[str, float], int | None]] = [
+    client_req = r["client_share"]["spawn_to_first_request"]["median"]
+    client_status = r["client_share"]["status_exit"]["median"]
+    rows: list[tuple[str, dict[str, Any], int | None]] = [
         ("python -c pass (this venv's interpreter, for scale)", r["python_pass"], None),
         ("zdagent --version: spawn -> exit", r["version"], TARGETS_MS["version"])]
     for mode, m in r["modes"].items():
         rows += [
             (f"zdagent status ({mode} app): spawn -> exit", m["status"], TARGETS_MS["status"]),
+            ("  ... daemon's share (minus client only, difference of medians)",
+             {"median": round(m["status"]["median"] - client_status, 1), "p90": "",
+              "max": ""}, None),
+            ("  ... the same through the full Typer/Rich CLI, for comparison",
+             m["status_full_cli"], None),
             (f"zdagent rollback, {mode}: spawn -> all traffic on the standby",
              m["rollback_all_on_standby"], TARGETS_MS[f"rollback-{mode}"]),
             ("  ... spawn -> first event from the daemon's engine", m["rollback_first_event"],
              None),
+            ("  ... daemon: request -> first event (difference of medians)",
+             {"median": round(m["rollback_first_event"]["median"] - client_req, 1),
+              "p90": "", "max": ""}, None),
             ("  ... engine's recorded span (history start -> finish)",
              m["rollback_engine_recorded"], None),
             ("  ... spawn -> the command exits", m["rollback_exit"], None)]
