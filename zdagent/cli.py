@@ -260,14 +260,14 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, local: LocalOpt =
            socket: SocketOpt = None) -> None:
     """Show both slots, which one Nginx routes to (confirmed live), the last deploy, and
     (from the daemon) its own state and the app's watchdog."""
-    from zdagent.status import collect
-
     with _guard():
         cfg = _load(config)
         client = _daemon(cfg, socket, local, quiet=as_json)
         if client is not None:
             data = client.get(f"/v1/apps/{cfg.name}/status")
         else:
+            from zdagent.status import collect  # the engine: only when run in-process
+
             data = _with_engine(cfg, collect)
             data["daemon"] = None
         if as_json:

@@ -179,5 +179,19 @@ def test_the_full_cli_reaches_the_daemon_without_the_engine_too(make_app, daemon
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads(p.stdout)["slot"] == "blue" and app.served_version() == "v1"
     assert "zdagent.cli" in modules and "zdagent.thin" not in modules
-    assert not {m for m in modules if m.split(".")[0] in ("docker", "httpx")
-                or m in ("zdagent.deploy", "zdagent.slots", "zdagent.nginx")}
+    assert not engine_modules(modules), engine_modules(modules)
+
+    p = subprocess.run([sys.executable, "-X", "importtime", "-c",
+                        "import sys; from zdagent.cli import main; sys.argv[0] = 'zdagent'; "
+                        "main()", "status"],
+                       capture_output=True, text=True, timeout=180, env=env, check=False)
+    modules = {line.split("|")[-1].strip() for line in p.stderr.splitlines()
+               if line.startswith("import time:")}
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "blue (live)" in p.stdout
+    assert not engine_modules(modules), engine_modules(modules)
+
+
+def engine_modules(modules: set[str]) -> set[str]:
+    return {m for m in modules if m.split(".")[0] in ("docker", "httpx")
+            or m in ("zdagent.deploy", "zdagent.slots", "zdagent.nginx", "zdagent.status")}
