@@ -41,6 +41,10 @@ http {{
 """
 
 
+# Every Nginx master started here (pid -> prefix): the test session checks that none is left.
+STARTED_NGINX: dict[int, str] = {}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -82,10 +86,18 @@ class NginxServer:
     def start(self) -> None:
         subprocess.run(self.argv(), check=True, capture_output=True, timeout=30)
         deadline = time.monotonic() + 10
-        while not self.pid_file.exists():
+        while (pid := self._pid()) is None:
             if time.monotonic() > deadline:
                 raise RuntimeError("nginx did not write its pid file")
             time.sleep(0.05)
+        STARTED_NGINX[pid] = str(self.prefix)
+
+    def _pid(self) -> int | None:
+        """The master's pid from its pid file; None while absent or half-written."""
+        try:
+            return int(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
 
     def reload(self) -> None:
         subprocess.run(self.argv("-s", "reload"), check=True, capture_output=True, timeout=30)

@@ -67,16 +67,17 @@ class ZdagentStrategy:
     name = "zdagent"
     extra = ""  # config lines appended to [nginx]
 
-    def __init__(self, workdir: Path, repo: str) -> None:
+    def __init__(self, workdir: Path, repo: str, app: str | None = None) -> None:
+        self.app = app or self.name  # the app (and container) name; tests give a unique one
         self.nginx = NginxServer.create(workdir / f"nginx-{self.name}")
         blue, green = free_port(), free_port()
-        cfg_path = workdir / f"{self.name}.toml"
+        cfg_path = workdir / f"{self.app}.toml"
         source = f'[source]\nimage = "{repo}"\npull = "never"'
-        cfg_path.write_text(app_config(self.name, workdir / "state", self.nginx, blue, green,
+        cfg_path.write_text(app_config(self.app, workdir / "state", self.nginx, blue, green,
                                        source, extra=self.extra)
                             .replace("drain_seconds = 5", "drain_seconds = 10"))
         cfg = load_config(cfg_path)
-        (self.nginx.prefix / "sites" / f"{self.name}.conf").write_text(render_site(cfg))
+        (self.nginx.prefix / "sites" / f"{self.app}.conf").write_text(render_site(cfg))
         cfg.nginx.upstream_file.write_text(render_upstream(cfg, None, None))
         self.nginx.start()
         self.events: list[tuple[float, Event]] = []
@@ -100,8 +101,16 @@ class ZdagentStrategy:
         return op
 
     def close(self) -> None:
+        """Stop Nginx and remove both slots' containers: a benchmark leaves nothing running."""
         self.engine.close()
         self.nginx.stop()
+        client = docker.from_env()
+        try:
+            for c in client.containers.list(all=True,
+                                            filters={"label": f"zdagent.app={self.app}"}):
+                c.remove(force=True)
+        finally:
+            client.close()
 
 
 class ZdagentNjsStrategy(ZdagentStrategy):
@@ -116,7 +125,7 @@ class _ContainerStrategy:
 
     name = "base"
 
-    def __init__(self, workdir: Path, repo: str) -> None:
+    def __init__(self, workdir: Path, repo: str, app: str | None = None) -> None:
         self.repo = repo
         self.docker = docker.from_env()
         self.nginx = NginxServer.create(workdir / f"nginx-{self.name}")
@@ -155,8 +164,8 @@ class _ContainerStrategy:
 class BareReloadStrategy(_ContainerStrategy):
     name = "bare"
 
-    def __init__(self, workdir: Path, repo: str) -> None:
-        super().__init__(workdir, repo)
+    def __init__(self, workdir: Path, repo: str, app: str | None = None) -> None:
+        super().__init__(workdir, repo, app)
         self.ports = {"blue": free_port(), "green": free_port()}
         self.live: str | None = None
         self._write_upstream(self.ports["blue"])
@@ -180,8 +189,8 @@ class BareReloadStrategy(_ContainerStrategy):
 class NaiveStrategy(_ContainerStrategy):
     name = "naive"
 
-    def __init__(self, workdir: Path, repo: str) -> None:
-        super().__init__(workdir, repo)
+    def __init__(self, workdir: Path, repo: str, app: str | None = None) -> None:
+        super().__init__(workdir, repo, app)
         self.port = free_port()
         self._write_upstream(self.port)
         self.nginx.start()

@@ -57,10 +57,14 @@ def build_images() -> None:
     client.close()
 
 
-def run_mode(mode: str, workdir: Path, plan: list[str], rate: float, gap: float) -> dict:
-    """Deploy v1, then run the plan under load; return the analysed figures."""
+def run_mode(mode: str, workdir: Path, plan: list[str], rate: float, gap: float,
+             app: str | None = None) -> dict:
+    """Deploy v1, then run the plan under load; return the analysed figures.
+
+    ``app``: the zdagent app's name (default: the mode's); its containers are removed at the end.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
-    strategy = STRATEGIES[mode](workdir, REPO)
+    strategy = STRATEGIES[mode](workdir, REPO, app)
     ops: list[Op] = []
     try:
         strategy.deploy("v1")

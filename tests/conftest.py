@@ -1,15 +1,19 @@
 """Shared fixtures: real Docker, real Nginx, test images built once per session.
 
 Under CI=true a missing Docker engine or Nginx fails the integration tests; elsewhere they
-skip with the reason. Every container a test creates belongs to an app named ``zdt<pid>-…`` and is
-swept at the start and end of the session.
+skip with the reason. Every container a test creates belongs to an app named ``zdt<pid>-…``.
+At the start of a session, leftovers of runners that have died are swept. At the end, anything
+of this run still there (a container of its apps, an Nginx master it started, a daemon or any
+other child process) FAILS the run: each test must remove what it started. It is then removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -28,6 +32,7 @@ IMAGE_REPO = "zdtest"
 # App names carry the test runner's pid, so concurrent runs never sweep each other's apps.
 TEST_PREFIX = f"zdt{os.getpid()}-"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+_docker_used = False  # the leftover check looks at Docker only if a test used it
 
 
 def require(ok: bool, what: str) -> None:
@@ -50,18 +55,88 @@ def docker_client():
         client.ping()
     except Exception as e:  # any failure to reach the engine
         require(False, f"a Docker engine ({e})")
-    _sweep(client)
+    global _docker_used
+    _docker_used = True
+    _sweep_dead_runners(client)
     yield client
-    _sweep(client)
     client.close()
 
 
-def _sweep(client) -> None:
-    """Remove test apps' containers left by this run or by a runner that has died."""
+def _sweep_dead_runners(client) -> None:
+    """Remove test apps' containers left by a runner that has died (never another live run's)."""
     for c in client.containers.list(all=True, filters={"label": "zdagent.app"}):
         m = re.match(r"zdt(\d+)-", c.labels.get("zdagent.app", ""))
-        if m and (m.group(0) == TEST_PREFIX or not psutil.pid_exists(int(m.group(1)))):
+        if m and m.group(0) != TEST_PREFIX and not psutil.pid_exists(int(m.group(1))):
             c.remove(force=True)
+
+
+# --- nothing left behind ----------------------------------------------------------------------
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftovers(tmp_path_factory) -> Iterator[None]:
+    """Fail the run if a test left a container, an Nginx master or a process behind.
+
+    Set up first, so torn down last: after every other fixture has cleaned up.
+    """
+    yield
+    found = _leftover_processes(str(tmp_path_factory.getbasetemp()))
+    if _docker_used:
+        found += _leftover_containers()
+    if found:
+        pytest.fail("this run left behind (now removed): " + "; ".join(found), pytrace=False)
+
+
+def _leftover_containers() -> list[str]:
+    import docker
+
+    client = docker.from_env()
+    try:
+        mine = [c for c in client.containers.list(all=True, filters={"label": "zdagent.app"})
+                if c.labels.get("zdagent.app", "").startswith(TEST_PREFIX)]
+        for c in mine:
+            c.remove(force=True)
+        return [f"container {c.name}" for c in mine]
+    finally:
+        client.close()
+
+
+def _leftover_processes(basetemp: str) -> list[str]:
+    """Live child processes of this run, and Nginx masters it started (they daemonize)."""
+    found: list[str] = []
+    children = [p for p in psutil.Process().children(recursive=True) if _alive(p)]
+    masters = [p for pid, prefix in harness.STARTED_NGINX.items()
+               if (p := _process(pid)) and _alive(p) and prefix in " ".join(_cmdline(p))]
+    masters += [p for p in psutil.process_iter(["name"]) if p.info["name"] == "nginx"
+                and _alive(p) and basetemp in " ".join(_cmdline(p)) and p not in masters]
+    for p in children + masters:
+        cmd = " ".join(_cmdline(p))[:120]
+        if "multiprocessing" in cmd and "resource_tracker" in cmd:
+            continue
+        found.append(f"process {p.pid} ({cmd})")
+        with contextlib.suppress(psutil.Error):  # Nginx's master takes its workers with it
+            p.send_signal(signal.SIGTERM if p in masters else signal.SIGKILL)
+    return found
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
 
 
 def make_context(dest: Path) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import zero_downtime as bench
+from tests.conftest import TEST_PREFIX
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def bench_images(docker_client):
 
 def test_deploys_and_rollback_under_load_lose_nothing_that_can_be_kept(bench_images, tmp_path):
     plan = bench.schedule(deploys=3, rollbacks=1)
-    res = bench.run_mode("zdagent", tmp_path, plan, rate=40, gap=0.5)
+    res = bench.run_mode("zdagent", tmp_path, plan, rate=40, gap=0.5, app=f"{TEST_PREFIX}zd")
     clients = res["clients"]
     assert res["deploys"] == 3 and res["rollbacks"] == 1
     assert res["requests"] > 500
@@ -44,7 +45,8 @@ def test_reload_free_switch_loses_nothing_for_any_client(bench_images, tmp_path)
 
     require(NJS_MODULE.exists(), "Nginx's njs module (apt-get install libnginx-mod-http-js)")
     plan = bench.schedule(deploys=3, rollbacks=1)
-    res = bench.run_mode("zdagent-njs", tmp_path, plan, rate=40, gap=0.5)
+    res = bench.run_mode("zdagent-njs", tmp_path, plan, rate=40, gap=0.5,
+                         app=f"{TEST_PREFIX}zd-njs")
     for key, client in res["clients"].items():
         assert client["failed"] == 0, (key, client)
         assert client["requests"] > 50
