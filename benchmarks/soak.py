@@ -374,9 +374,8 @@ def final_leftovers(s: Soak, nginx_pid: int | None, daemon_pid: int,
     out: dict[str, Any] = {
         "containers": [c.name for c in s.containers()],
         "images": [i.id for i in s.docker.images.list(filters={"label": f"zdagent.app={s.name}"})],
-        "nginx_master": nginx_pid is not None and psutil.pid_exists(nginx_pid),
-        "daemon": psutil.pid_exists(daemon_pid) and psutil.Process(daemon_pid).status()
-        != psutil.STATUS_ZOMBIE,
+        "nginx_master": nginx_pid is not None and _running(nginx_pid),
+        "daemon": _running(daemon_pid),
         "socket": s.daemon.socket.exists(),
         "workdir": s.workdir.exists(),
         "sockdir": s.sockdir.exists(),
@@ -384,6 +383,13 @@ def final_leftovers(s: Soak, nginx_pid: int | None, daemon_pid: int,
     }
     out["any"] = any(bool(v) for v in out.values())
     return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        return pid > 0 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _tmp_entries() -> list[str]:
