@@ -62,12 +62,27 @@ def docker_client():
     client.close()
 
 
+def labelled_containers(client, label: str = "zdagent.app") -> list[tuple[str, str, str]]:
+    """(id, name, app) of zdagent-labelled containers, from one list call: a sparse list does
+    not inspect each container, so a container removed meanwhile by a parallel run is no race."""
+    return [(c.id, c.attrs["Names"][0].lstrip("/"), c.attrs["Labels"].get("zdagent.app", ""))
+            for c in client.containers.list(all=True, sparse=True, filters={"label": label})]
+
+
+def remove_container(client, container_id: str) -> None:
+    """Force-remove; one that is already gone is fine."""
+    import docker
+
+    with contextlib.suppress(docker.errors.NotFound):
+        client.api.remove_container(container_id, force=True)
+
+
 def _sweep_dead_runners(client) -> None:
     """Remove test apps' containers left by a runner that has died (never another live run's)."""
-    for c in client.containers.list(all=True, filters={"label": "zdagent.app"}):
-        m = re.match(r"zdt(\d+)-", c.labels.get("zdagent.app", ""))
+    for cid, _, app in labelled_containers(client):
+        m = re.match(r"zdt(\d+)-", app)
         if m and m.group(0) != TEST_PREFIX and not psutil.pid_exists(int(m.group(1))):
-            c.remove(force=True)
+            remove_container(client, cid)
 
 
 # --- nothing left behind ----------------------------------------------------------------------
@@ -91,11 +106,11 @@ def _leftover_containers() -> list[str]:
 
     client = docker.from_env()
     try:
-        mine = [c for c in client.containers.list(all=True, filters={"label": "zdagent.app"})
-                if c.labels.get("zdagent.app", "").startswith(TEST_PREFIX)]
-        for c in mine:
-            c.remove(force=True)
-        return [f"container {c.name}" for c in mine]
+        mine = [(cid, name) for cid, name, app in labelled_containers(client)
+                if app.startswith(TEST_PREFIX)]
+        for cid, _ in mine:
+            remove_container(client, cid)
+        return [f"container {name}" for _, name in mine]
     finally:
         client.close()
 
@@ -235,6 +250,5 @@ def make_app(tmp_path, nginx_server, docker_client, images):
 
     yield factory
     for app in made:
-        for c in docker_client.containers.list(all=True,
-                                               filters={"label": f"zdagent.app={app.name}"}):
-            c.remove(force=True)
+        for cid, _, _ in labelled_containers(docker_client, f"zdagent.app={app.name}"):
+            remove_container(docker_client, cid)
