@@ -285,8 +285,12 @@ class Slots:
             return "the container disappeared"
         c.reload()
         st = c.attrs.get("State", {})
-        if st.get("Running") and not st.get("Restarting"):
-            return None
+        restarts = c.attrs.get("RestartCount", 0)
+        if restarts:
+            # unless-stopped brings a crashing candidate back between polls; the count is reset
+            # by every manual start, so one restart proves it exited since we started it.
+            return (f"the container exited with code {st.get('ExitCode')} (Docker restarted "
+                    f"it {restarts} time(s))")
         if st.get("Restarting") or c.status in ("exited", "dead"):
             return f"the container exited with code {st.get('ExitCode')}"
         return None
