@@ -128,25 +128,36 @@ class Daemon:
     # --- watchdog hooks -----------------------------------------------------------------
 
     def _hooks(self, rt: AppRuntime) -> WatchHooks:
-        async def revert(reason: str) -> None:
+        async def act(method: str, reason: str, expected_live: str) -> str | None:
+            if rt.lock.locked():
+                return "a deploy or rollback holds the app's lock"
             async with rt.lock:
-                await asyncio.to_thread(self._engine_call, rt.cfg, "auto_revert", reason)
+                return await asyncio.to_thread(self._engine_call, rt.cfg, method, reason,
+                                               expected_live=expected_live)
 
-        async def restart(reason: str) -> None:
-            async with rt.lock:
-                await asyncio.to_thread(self._engine_call, rt.cfg, "restart_live", reason)
+        async def revert(reason: str, expected_live: str) -> str | None:
+            return await act("auto_revert", reason, expected_live)
+
+        async def restart(reason: str, expected_live: str) -> str | None:
+            return await act("restart_live", reason, expected_live)
 
         return WatchHooks(busy=rt.lock.locked, revert=revert, restart=restart, log=log)
 
-    def _engine_call(self, cfg: AppConfig, method: str, *args: Any) -> None:
-        """Run one engine operation in a worker thread (fresh Engine); log, never raise."""
+    def _engine_call(self, cfg: AppConfig, method: str, *args: Any, **kw: Any) -> str | None:
+        """Run one engine operation in a worker thread (fresh Engine): None when done, else
+        why not (logged, never raised)."""
         try:
             with Engine(cfg, lambda e: log(f"{cfg.name}: {e.message}")) as engine:
-                getattr(engine, method)(*args)
+                getattr(engine, method)(*args, **kw)
+            return None
         except LockBusy:
-            log(f"{cfg.name}: {method} skipped: a deploy holds the lock")
+            why = "a deploy holds the app's lock"
         except ZdError as e:
-            log(f"{cfg.name}: {method} failed: {e.message}")
+            why = e.message
+        except Exception as e:  # a bug: report it as a reason, keep the daemon alive
+            why = f"unexpected error: {type(e).__name__}: {e}"
+        log(f"{cfg.name}: {method} did not happen: {why}")
+        return why
 
     # --- the API ------------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from zdagent import gitsource
@@ -23,23 +22,12 @@ from zdagent.events import Emit, Event
 from zdagent.lock import app_lock
 from zdagent.nginx import Nginx
 from zdagent.probe import http_client, probe_once, slot_url, wait_healthy
+from zdagent.recovery import BEFORE_SWITCH, RecoveryPlan, reconcile, recovery_plan
 from zdagent.slots import Slots, connect, other
-from zdagent.store import PhaseRecord, Store
+from zdagent.store import FRESH, STANDBY, Phase, PhaseRecord, Store
 
-
-class Phase(StrEnum):
-    """Where an app is; stored before each step so a crash leaves a lookup, not a guess."""
-
-    IDLE = "idle"
-    SOURCE = "source"
-    START = "start"
-    PROBE = "probe"
-    SWITCH = "switch"
-    DRAIN = "drain"
-
-
-# Phases in which the live slot was never touched: recovery just removes the candidate.
-BEFORE_SWITCH = frozenset({Phase.SOURCE, Phase.START, Phase.PROBE})
+# Re-exported: callers import the phases and the recovery plan from here too.
+__all__ = ["BEFORE_SWITCH", "Engine", "Phase", "RecoveryPlan", "Result", "recovery_plan"]
 
 
 @dataclass
@@ -59,40 +47,13 @@ class Result:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class RecoveryPlan:
-    """What reconcile does: which slot ends up live, which candidate (if any) goes."""
-
-    live: str | None
-    remove: str | None
-
-
-def recovery_plan(phase: Phase, candidate: str | None, stored_live: str | None,
-                  in_file: str | None, in_file_healthy: bool) -> RecoveryPlan:
-    """Decide how to finish or undo a run that died in ``phase`` (pure: unit-tested).
-
-    Before the switch the live slot was never touched: keep it, drop the candidate. During
-    the switch the file may name either slot: keep what it names if that slot is healthy,
-    otherwise go back to the recorded live slot. In the drain the switch was verified: the
-    candidate is live.
-    """
-    if phase in BEFORE_SWITCH:
-        live = in_file or stored_live
-    elif phase == Phase.DRAIN:
-        live = candidate
-    elif in_file and in_file_healthy:
-        live = in_file
-    else:
-        live = stored_live
-    remove = candidate if candidate and candidate != live and phase != Phase.DRAIN else None
-    return RecoveryPlan(live=live, remove=remove)
-
-
 class _Run:
     """Times and records the phases of one deploy record."""
 
-    def __init__(self, engine: Engine, deploy_id: int, live: str | None, target: str) -> None:
+    def __init__(self, engine: Engine, deploy_id: int, live: str | None, target: str,
+                 *, fresh: bool = True) -> None:
         self.engine = engine
+        self.fresh = fresh
         self.deploy_id = deploy_id
         self.live = live
         self.target = target
@@ -103,7 +64,8 @@ class _Run:
     def phase(self, phase: Phase, message: str, *, live: str | None = None) -> Iterator[None]:
         eng = self.engine
         eng.store.set_state(eng.cfg.name, phase=phase, live_slot=live or self.live,
-                            deploy_id=self.deploy_id, candidate_slot=self.target)
+                            deploy_id=self.deploy_id, candidate_slot=self.target,
+                            candidate_kind=FRESH if self.fresh else STANDBY)
         rec = PhaseRecord(name=phase.value, started_at=time.time())
         self.phases.append(rec)
         eng.emit(Event("phase-start", message, phase=phase.value))
@@ -181,16 +143,19 @@ class Engine:
                 return self._deploy_locked("rollback", to, image=(rec.image, rec.image_id))
             return self._rollback_to_standby()
 
-    def auto_revert(self, reason: str) -> Result:
+    def auto_revert(self, reason: str, *, expected_live: str) -> Result:
         """The watchdog's switch to a healthy standby: same verified path, never blocking.
 
-        Refuses (DeployFailed) when the standby is not running and healthy, and (LockBusy)
-        when a deploy holds the app's lock: the watchdog pauses for deploys.
+        The watchdog decided on what it saw before the lock was taken, so the decision is
+        re-checked under the lock: refuses (DeployFailed) unless ``expected_live`` is still
+        live and the standby is running and healthy, and (LockBusy) when a deploy holds the
+        lock.
         """
         self.nginx.preflight()
         with app_lock(self.cfg.state_dir, self.cfg.name, "auto-revert", self.emit,
                       wait=False):
             self.reconcile()
+            self._expect_live(expected_live)
             return self._rollback_to_standby(kind="auto-revert", reason=reason,
                                               require_running=True)
 
@@ -199,12 +164,15 @@ class Engine:
         with app_lock(self.cfg.state_dir, self.cfg.name, "recover", self.emit):
             return self.reconcile()
 
-    def restart_live(self, reason: str) -> None:
-        """Degraded (no healthy slot left): restart the live container, and record it."""
+    def restart_live(self, reason: str, *, expected_live: str) -> None:
+        """Degraded (no healthy slot left): restart the live container, and record it.
+
+        Refuses (DeployFailed) when the live slot is no longer ``expected_live``, or when
+        Nginx is not running (a dead edge is not the app's fault).
+        """
+        self.nginx.preflight()
         with app_lock(self.cfg.state_dir, self.cfg.name, "restart", self.emit, wait=False):
-            live = self.live_slot()
-            if live is None:
-                return
+            live = self._expect_live(expected_live)
             info = self.slots.info(live)
             did = self.store.begin(self.cfg.name, "restart", info.version, live, live)
             self.store.update(did, reason=reason, image=info.image, image_id=info.image_id)
@@ -214,6 +182,14 @@ class Engine:
                 self.store.finish(did, "failed", e.message)
                 raise
             self.store.finish(did, "succeeded")
+
+    def _expect_live(self, expected: str) -> str:
+        live = self.live_slot()
+        if live != expected:
+            raise DeployFailed(f"the live slot is now {live or 'none'}, not {expected}: "
+                               "the watchdog's decision is out of date",
+                               hint="nothing was changed; the watchdog looks again")
+        return live
 
     def live_slot(self) -> str | None:
         """The slot Nginx routes to by the upstream file; the store only if there is none."""
@@ -260,7 +236,7 @@ class Engine:
             raise DeployFailed(f"the standby slot {standby} is {info.state}")
         did = self.store.begin(self.cfg.name, kind, info.version, standby, live)
         self.store.update(did, image=info.image, image_id=info.image_id, reason=reason)
-        run = _Run(self, did, live, standby)
+        run = _Run(self, did, live, standby, fresh=False)
         self.emit(Event("info", f"{kind} #{did}: {live} -> {standby} "
                                 f"(version {info.version or '?'}, {info.state})"
                                 + (f": {reason}" if reason else "")))
@@ -341,6 +317,13 @@ class Engine:
     def _switch(self, run: _Run) -> None:
         new, old = run.target, run.live
         keep = old if self.cfg.slots.after_switch == "standby" else None
+        old_state = self.slots.info(old).state if old else None
+        if old and old_state != "running":
+            # A dead slot is no standby: never list it as Nginx's backup, and say so.
+            self.emit(Event("warn", f"the old live slot {old} is {old_state}: it is not kept "
+                                    "as the warm standby nor as Nginx's backup"))
+            self._note_dead_old(run, old, old_state or "missing")
+            keep = None
         backup = keep if self.cfg.nginx.standby_as_backup else None
         with run.phase(Phase.SWITCH, f"switching Nginx to {new}"):
             result = self.nginx.switch(new, backup)
@@ -350,16 +333,25 @@ class Engine:
             if left:
                 self.emit(Event("warn", f"{len(left)} old Nginx worker(s) still busy after "
                                         f"{drain:g}s drain"))
-            if old and keep is None:  # njs: no worker exits, so wait for its connections
+            if old_state != "running":
+                return
+            if keep is None:  # njs: no worker exits, so wait for its connections
                 still = self.nginx.wait_old_connections(self.cfg.slot_port(old), drain)
                 if still:
                     self.emit(Event("warn", f"{still} connection(s) to {old} still open after "
                                             f"{drain:g}s drain"))
-            if old and keep is None:
+            if keep is None:
                 self.slots.stop(old)
                 self.emit(Event("info", f"stopped the old slot {old}"))
-            elif old:
+            else:
                 self.emit(Event("info", f"{old} stays up as the warm standby"))
+
+    def _note_dead_old(self, run: _Run, slot: str, state: str) -> None:
+        """History says it too: the revert left no warm standby behind."""
+        rec = self.store.get(run.deploy_id)
+        note = f"{slot} was {state}: not kept as the standby"
+        self.store.update(run.deploy_id,
+                          reason=f"{rec.reason}; {note}" if rec and rec.reason else note)
 
     def _probe_running(self, slot: str, version: str | None) -> None:
         url = slot_url(self.cfg.slot_port(slot), self.cfg.health.path)
@@ -378,27 +370,8 @@ class Engine:
 
     def reconcile(self) -> list[str]:
         """Repair a run that died mid-way (we hold the lock, so nobody else is running)."""
-        st = self.store.state(self.cfg.name)
-        if st.phase == Phase.IDLE:
-            return []
-        in_file = self.nginx.live_slot_in_file()
-        plan = recovery_plan(Phase(st.phase), st.candidate_slot, st.live_slot, in_file,
-                             in_file is not None and self._healthy(in_file))
-        notes = [f"deploy #{st.deploy_id} was interrupted in phase '{st.phase}'"]
-        if plan.live and (in_file != plan.live or self.nginx.live_slot_served() != plan.live):
-            standby = other(plan.live)
-            keep = standby if self.slots.info(standby).running else None
-            self.nginx.switch(plan.live, keep if self.cfg.nginx.standby_as_backup else None)
-            notes.append(f"re-pointed Nginx at {plan.live}")
-        if plan.remove:
-            self.slots.remove(plan.remove)
-            notes.append(f"removed the orphan candidate in {plan.remove}")
-        if st.deploy_id is not None:
-            self.store.finish(st.deploy_id, "interrupted", "; ".join(notes))
-        self.store.set_state(self.cfg.name, phase=Phase.IDLE, live_slot=plan.live)
-        for note in notes:
-            self.emit(Event("warn", f"recovered: {note}"))
-        return notes
+        return reconcile(self.cfg, self.store, self.slots, self.nginx, self.emit,
+                         self._healthy)
 
     def _healthy(self, slot: str) -> bool:
         try:

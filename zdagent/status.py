@@ -11,7 +11,7 @@ from typing import Any
 from zdagent.deploy import Engine, Phase
 from zdagent.errors import EnvironmentProblem
 from zdagent.probe import http_client, probe_once, slot_url
-from zdagent.slots import SLOTS, container_name
+from zdagent.slots import SLOTS, container_name, other
 
 
 def collect(engine: Engine) -> dict[str, Any]:
@@ -52,6 +52,7 @@ def collect(engine: Engine) -> dict[str, Any]:
             "confirmed": bool(in_file) and in_file == served,
         },
         "slots": slots,
+        "standby": _standby(in_file, slots),
         "store": {"live_slot": state.live_slot, "phase": state.phase,
                   "deploy_id": state.deploy_id},
         "last_deploy": last,
@@ -87,3 +88,20 @@ def _drift(stored: str | None, phase: str, in_file: str | None, served: str | No
         elif name == in_file and row["health"] != "healthy":
             out.append(f"the live slot {name} is {row['health']}")
     return out
+
+
+def _standby(live: str | None, slots: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The other slot, and in words whether it can take over (a dead slot is no standby)."""
+    if live is None:
+        return None
+    name = other(live)
+    row = slots[name]
+    if row["state"] == "running":
+        note = f"{name} is the warm standby ({row['health']})"
+    elif row["state"] == "missing":
+        note = f"no standby: {name} has no container (`zdagent rollback --to VERSION`)"
+    else:
+        note = (f"no warm standby: {name} is {row['state']} "
+                "(`zdagent rollback` starts it again)")
+    return {"slot": name, "state": row["state"], "warm": row["state"] == "running",
+            "note": note}

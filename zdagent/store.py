@@ -1,7 +1,8 @@
 """Embedded, crash-safe state and history: stdlib sqlite3 in WAL mode.
 
 Two tables: ``deploys`` is the audit trail (one row per deploy, rollback or recovery, with
-per-phase timings), and ``app_state`` holds the phase an app is in right now, so a crash
+per-phase timings), and ``app_state`` holds the phase an app is in right now, the slot being
+started and whether it is a fresh candidate or the standby a rollback restarts, so a crash
 mid-deploy is found by a lookup on the next run rather than guessed.
 """
 
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +49,27 @@ CREATE TABLE IF NOT EXISTS app_state (
     phase TEXT NOT NULL,
     deploy_id INTEGER,
     candidate_slot TEXT,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    candidate_kind TEXT
 );
 """
+
+
+class Phase(StrEnum):
+    """Where an app is; stored before each step so a crash leaves a lookup, not a guess."""
+
+    IDLE = "idle"
+    SOURCE = "source"
+    START = "start"
+    PROBE = "probe"
+    SWITCH = "switch"
+    DRAIN = "drain"
+
+
+# What the slot being started is: a fresh container (its removal on failure costs nothing) or
+# the existing standby restarted by a rollback (it must survive a failure or a crash).
+FRESH = "fresh"
+STANDBY = "standby"
 
 
 @dataclass
@@ -94,6 +114,7 @@ class AppState:
     deploy_id: int | None
     candidate_slot: str | None
     updated_at: float
+    candidate_kind: str | None = None  # FRESH | STANDBY; None in rows from older versions
 
 
 def current_user() -> str:
@@ -129,6 +150,9 @@ class Store:
         for column in ("source_ref", "reason"):
             if column not in have:
                 self._db.execute(f"ALTER TABLE deploys ADD COLUMN {column} TEXT")
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(app_state)")}
+        if "candidate_kind" not in have:
+            self._db.execute("ALTER TABLE app_state ADD COLUMN candidate_kind TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -209,13 +233,15 @@ class Store:
         return AppState(**dict(row))
 
     def set_state(self, app: str, *, phase: str, live_slot: str | None,
-                  deploy_id: int | None = None, candidate_slot: str | None = None) -> None:
+                  deploy_id: int | None = None, candidate_slot: str | None = None,
+                  candidate_kind: str | None = None) -> None:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO app_state(app, live_slot, phase, deploy_id, candidate_slot,"
-                " updated_at) VALUES (?,?,?,?,?,?) ON CONFLICT(app) DO UPDATE SET"
-                " live_slot=excluded.live_slot, phase=excluded.phase,"
+                " updated_at, candidate_kind) VALUES (?,?,?,?,?,?,?) ON CONFLICT(app) DO"
+                " UPDATE SET live_slot=excluded.live_slot, phase=excluded.phase,"
                 " deploy_id=excluded.deploy_id, candidate_slot=excluded.candidate_slot,"
-                " updated_at=excluded.updated_at",
-                (app, live_slot, phase, deploy_id, candidate_slot, time.time()),
+                " updated_at=excluded.updated_at, candidate_kind=excluded.candidate_kind",
+                (app, live_slot, phase, deploy_id, candidate_slot, time.time(),
+                 candidate_kind),
             )

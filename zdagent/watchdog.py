@@ -1,26 +1,33 @@
 """The watchdog: keep probing the live slot; switch to the standby when it fails.
 
-The decision is pure (``WatchState.observe`` and ``choose``) so every rule is unit-tested:
-revert only after K consecutive failures, only to a healthy standby, never twice within the
-cooldown, at most ``max_reverts`` per window; otherwise report the app degraded and restart
-the live container. The loop around it (``watch``) does the I/O and never blocks another
-app: probes are async, engine calls run in threads.
+The decisions are pure (``WatchState.observe``, ``choose``, ``classify``) so every rule is
+unit-tested: revert only after K consecutive failures of the live slot's health endpoint, only
+to a healthy standby, never twice within the cooldown, at most ``max_reverts`` per window;
+otherwise report the app degraded and restart the live container. Nginx being down is not the
+app's fault: nothing is reverted or restarted, the state says so until Nginx is back.
+
+An action counts only when it happened: the daemon's hooks return None when done, or a
+one-line reason when refused or failed (app lock busy, the engine's re-check under the lock,
+an error). A refused revert uses up neither the cooldown nor the revert budget.
+
+The loop (``watch``) does the I/O and never blocks another app: probes are asyncio GETs (one
+request per healthy tick), engine calls run in the daemon's threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
-
-import httpx
 
 from zdagent.config import AppConfig, WatchdogConfig
 from zdagent.nginx import UPSTREAM_HEADER, answering_upstream, routed_slot
-from zdagent.probe import tls_context
+from zdagent.probe import Answer, aget
 from zdagent.slots import other
 
 
@@ -30,24 +37,30 @@ class Action(StrEnum):
     DEGRADED = "degraded"
 
 
+# Every state the watchdog reports. ``last_reason`` always belongs to the current state.
+STATES = ("starting", "idle", "healthy", "failing", "reverted", "revert-failed", "degraded",
+          "paused", "disabled", "nginx-down")
+
+
 @dataclass
 class WatchState:
     """What the watchdog knows about one app (shown by `zdagent status`)."""
 
-    status: str = "starting"  # starting|idle|healthy|failing|reverted|degraded|paused|disabled
+    status: str = "starting"
     consecutive: int = 0
     reverts: list[float] = field(default_factory=list)
     last_reason: str | None = None
     last_change: float = field(default_factory=time.time)
     restarts: int = 0
     last_restart: float | None = None
+    failed_actions: int = 0
 
     def set(self, status: str, reason: str | None = None) -> None:
+        """Enter ``status``; the reason is replaced too, so the text is never stale."""
         if status != self.status:
             self.last_change = time.time()
         self.status = status
-        if reason is not None:
-            self.last_reason = reason
+        self.last_reason = reason
 
     def observe(self, ok: bool, policy: WatchdogConfig) -> bool:
         """Count a probe; True when K consecutive failures were reached."""
@@ -61,7 +74,7 @@ class WatchState:
         return {"status": self.status, "consecutive_failures": self.consecutive,
                 "reverts": len(self.reverts), "last_revert": self.reverts[-1] if self.reverts
                 else None, "last_reason": self.last_reason, "since": self.last_change,
-                "restarts": self.restarts}
+                "restarts": self.restarts, "failed_actions": self.failed_actions}
 
 
 def choose(state: WatchState, now: float, policy: WatchdogConfig,
@@ -79,101 +92,249 @@ def choose(state: WatchState, now: float, policy: WatchdogConfig,
     return Action.REVERT, ""
 
 
-async def probe(client: httpx.AsyncClient, cfg: AppConfig, slot: str,
-                through_nginx: bool) -> tuple[bool, str]:
-    """Probe ``slot`` directly, and optionally through Nginx (which must name that slot)."""
-    url = f"http://127.0.0.1:{cfg.slot_port(slot)}{cfg.health.path}"
-    try:
-        r = await client.get(url, timeout=cfg.health.timeout)
-    except httpx.HTTPError as e:
-        return False, f"{slot} direct: {type(e).__name__}"
-    if r.status_code not in cfg.health.statuses:
-        return False, f"{slot} direct: HTTP {r.status_code}"
-    if not through_nginx:
-        return True, "ok"
-    try:
-        r = await client.get(cfg.verify_url, timeout=cfg.health.timeout)
-    except httpx.HTTPError as e:
-        return False, f"through Nginx: {type(e).__name__}"
-    if r.status_code not in cfg.health.statuses:
-        return False, f"through Nginx: HTTP {r.status_code}"
-    answered = answering_upstream(r.headers.get(UPSTREAM_HEADER, ""))
+@dataclass(frozen=True)
+class Verdict:
+    """One tick's finding: the app is ok, failing (counts towards K), or Nginx is down."""
+
+    kind: str  # ok | failing | nginx-down
+    detail: str = ""
+    unreachable: bool = False  # failing because the slot does not answer at all
+
+
+def classify(cfg: AppConfig, slot: str, master_problem: str | None, direct: Answer | None,
+             through: Answer | None) -> Verdict:
+    """Pure: what a tick's probes mean. ``None`` = that probe was not needed.
+
+    Nginx is down when its master is gone, or when it cannot be reached at all on
+    ``public_url`` while the slot answers directly: never the app's fault. Otherwise the live
+    slot fails when its health endpoint fails directly, or when Nginx answers the health URL
+    with an error or from another server (the backup).
+    """
+    if master_problem:
+        return Verdict("nginx-down", master_problem + _direct_note(cfg, slot, direct))
+    if direct is not None and not _passes(cfg, direct):
+        return Verdict("failing", f"{slot} direct: {_what(direct)}", direct.unreachable)
+    if through is None:
+        return Verdict("ok")
+    if through.unreachable:
+        if direct is not None:  # the slot answered directly: the edge is what is missing
+            return Verdict("nginx-down", f"Nginx does not answer on {cfg.nginx.public_url} "
+                                         f"({through.error})" + _direct_note(cfg, slot, direct))
+        return Verdict("failing", f"through Nginx: {through.error}")
+    if not _passes(cfg, through):
+        return Verdict("failing", f"through Nginx: HTTP {through.status}")
+    answered = answering_upstream(through.header)
     if answered != f"127.0.0.1:{cfg.slot_port(slot)}":
-        return False, f"through Nginx: answered by {answered or 'nobody'}, not {slot}"
-    return True, "ok"
+        return Verdict("failing", f"through Nginx: answered by {answered or 'nobody'}, "
+                                  f"not {slot}")
+    return Verdict("ok")
+
+
+def _passes(cfg: AppConfig, a: Answer) -> bool:
+    return a.status is not None and a.status in cfg.health.statuses
+
+
+def _what(a: Answer) -> str:
+    return a.error or f"HTTP {a.status}"
+
+
+def _direct_note(cfg: AppConfig, slot: str, direct: Answer | None) -> str:
+    if direct is None:
+        return ""
+    return f"; {slot} answers directly" if _passes(cfg, direct) else \
+        f"; {slot} direct: {_what(direct)}"
+
+
+def nginx_master_problem(pid_file: Path) -> str | None:
+    """Why Nginx's master is not running, or None (a pid file read and a signal 0)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+        return None
+    except FileNotFoundError:
+        return f"Nginx is not running (no pid file {pid_file})"
+    except ValueError:
+        return f"Nginx is not running (unreadable pid file {pid_file})"
+    except ProcessLookupError:
+        return f"Nginx is not running (its master in {pid_file} is gone)"
+    except PermissionError:
+        return None  # it exists, under another user
+    except OSError as e:
+        return f"Nginx's pid file {pid_file} cannot be read: {e.strerror}"
+
+
+class RoutedSlot:
+    """The slot Nginx's config routes to, re-read only when the file changed (stat per tick)."""
+
+    def __init__(self, cfg: AppConfig) -> None:
+        self.cfg = cfg
+        njs = cfg.nginx.switch_mode == "njs"
+        self.path = cfg.nginx.active_file if njs else cfg.nginx.upstream_file
+        self._key: tuple[int, int, int] | None = None
+        self._slot: str | None = None
+
+    def get(self) -> str | None:
+        try:
+            st = self.path.stat()
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            key = None
+        if key is None or key != self._key:
+            self._slot = routed_slot(self.cfg)
+            self._key = key
+        return self._slot
 
 
 @dataclass
 class WatchHooks:
-    """What the loop needs from the daemon: is a deploy running, and the two actions."""
+    """What the loop needs from the daemon: is a deploy running, and the two actions.
+
+    ``revert``/``restart`` take (reason, expected_live) and return None when done, or a
+    one-line reason when refused or failed.
+    """
 
     busy: Callable[[], bool]
-    revert: Callable[[str], Awaitable[None]]
-    restart: Callable[[str], Awaitable[None]]
+    revert: Callable[[str, str], Awaitable[str | None]]
+    restart: Callable[[str, str], Awaitable[str | None]]
     log: Callable[[str], None]
 
 
-def async_client() -> httpx.AsyncClient:
-    """The one client every app's watchdog shares (fresh connections, shared TLS context)."""
-    return httpx.AsyncClient(headers={"Connection": "close", "User-Agent": "zdagent-watchdog"},
-                             verify=tls_context())
+class _NoClient:
+    """Kept so the daemon's current call site works; the watchdog needs no HTTP client."""
+
+    async def aclose(self) -> None:
+        return None
+
+
+def async_client() -> _NoClient:
+    """Deprecated: ``watch`` no longer takes a client (its probes are plain asyncio GETs)."""
+    return _NoClient()
 
 
 async def watch(cfg: AppConfig, state: WatchState, hooks: WatchHooks, stop: asyncio.Event,
-                client: httpx.AsyncClient) -> None:
+                client: object = None) -> None:
     """Probe the live slot every interval until ``stop``; act per ``choose``."""
+    del client  # accepted for the daemon's current call site
     policy = cfg.watchdog
     if not policy.enabled:
         state.set("disabled")
         return
+    routed = RoutedSlot(cfg)
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=policy.interval)
             return
         except TimeoutError:
             pass
-        await _tick(cfg, state, hooks, client)
+        await tick(cfg, state, hooks, routed)
 
 
-async def _tick(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
-                client: httpx.AsyncClient) -> None:
+async def probe_slot(cfg: AppConfig, slot: str) -> Answer:
+    """The slot's health endpoint, directly on its port."""
+    return await aget(f"http://127.0.0.1:{cfg.slot_port(slot)}{cfg.health.path}",
+                      cfg.health.timeout)
+
+
+async def look(cfg: AppConfig, slot: str) -> Verdict:
+    """Probe as cheaply as the facts allow.
+
+    Healthy tick: one GET through Nginx of the health URL, answered by ``slot``. Only when
+    that fails (or Nginx checks another path) are the slot probed directly and the master
+    checked, to tell the app's failure from Nginx's.
+    """
+    same_path = cfg.nginx.verify_path == cfg.health.path
+    direct = None if same_path else await probe_slot(cfg, slot)
+    if direct is not None and not _passes(cfg, direct):
+        return classify(cfg, slot, nginx_master_problem(cfg.nginx.pid_file), direct, None)
+    through = await aget(cfg.verify_url, cfg.health.timeout, UPSTREAM_HEADER)
+    verdict = classify(cfg, slot, None, direct, through)
+    if verdict.kind == "ok":
+        return verdict
+    if direct is None:
+        direct = await probe_slot(cfg, slot)
+    return classify(cfg, slot, nginx_master_problem(cfg.nginx.pid_file), direct, through)
+
+
+async def tick(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
+               routed: RoutedSlot) -> None:
+    """One probe round for one app, and whatever it calls for."""
     policy = cfg.watchdog
     if hooks.busy():
         state.consecutive = 0
-        state.set("paused", "a deploy is running")
+        state.set("paused", "a deploy or rollback is running")
         return
-    live = routed_slot(cfg)
+    live = routed.get()
     if live is None:
         state.set("idle", "nothing deployed yet")
         return
-    ok, detail = await probe(client, cfg, live, through_nginx=True)
+    verdict = await look(cfg, live)
+    if verdict.kind == "nginx-down":
+        state.consecutive = 0
+        if state.status != "nginx-down":
+            hooks.log(f"{cfg.name}: {verdict.detail}: not touching the app until it is back")
+        state.set("nginx-down", verdict.detail)
+        return
+    if state.status == "nginx-down":
+        hooks.log(f"{cfg.name}: Nginx is back")
+    ok = verdict.kind == "ok"
     if not state.observe(ok, policy):
-        if ok and state.status not in ("healthy", "reverted"):
+        _settle(cfg, state, hooks, live, ok, verdict.detail)
+        return
+    await _act(cfg, state, hooks, live, verdict)
+
+
+def _settle(cfg: AppConfig, state: WatchState, hooks: WatchHooks, live: str, ok: bool,
+            detail: str) -> None:
+    """Below K failures: report the current state (reverted/degraded stay until they end)."""
+    policy = cfg.watchdog
+    if ok:
+        if state.status == "reverted" and time.time() - state.last_change <= policy.cooldown:
+            return
+        if state.status != "healthy":
             hooks.log(f"{cfg.name}: {live} is healthy")
             state.set("healthy")
-        elif ok and state.status == "reverted" and time.time() - state.last_change > \
-                policy.cooldown:
-            state.set("healthy")
-        elif not ok and state.status != "degraded":  # degraded stays until a probe passes
-            state.set("failing", f"{detail} ({state.consecutive}/{policy.failures})")
         return
+    if state.status not in ("degraded", "revert-failed"):  # those stay until a probe passes
+        state.set("failing", f"{detail} ({state.consecutive}/{policy.failures})")
+
+
+async def _act(cfg: AppConfig, state: WatchState, hooks: WatchHooks, live: str,
+               verdict: Verdict) -> None:
+    """K failures in a row: revert to a healthy standby, or restart the live container."""
+    policy, detail = cfg.watchdog, verdict.detail
     standby = other(live)
-    standby_ok, standby_detail = await probe(client, cfg, standby, through_nginx=False)
+    standby_answer = await probe_slot(cfg, standby)
+    standby_ok = _passes(cfg, standby_answer)
     action, why = choose(state, time.time(), policy, standby_ok)
     reason = f"{live} failed {state.consecutive} probes in a row (last: {detail})"
     state.consecutive = 0
     if action is Action.REVERT:
         hooks.log(f"{cfg.name}: {reason}; reverting to the standby {standby}")
-        await hooks.revert(reason)
-        state.reverts.append(time.time())
-        state.set("reverted", f"reverted to {standby}: {reason}")
+        refused = await hooks.revert(reason, live)
+        if refused is None:
+            state.reverts.append(time.time())
+            dead = f" ({live} does not answer at all: down)" if verdict.unreachable else ""
+            state.set("reverted", f"reverted from {live} to {standby}{dead}: {reason}")
+            return
+        state.failed_actions += 1
+        hooks.log(f"{cfg.name}: the revert to {standby} did not happen: {refused}")
+        state.set("revert-failed", f"could not revert to {standby}: {refused} ({reason})")
         return
-    why = why if standby_ok else f"{why} ({standby_detail})"
-    state.set("degraded", f"{reason}; {why}")
+    why = why if standby_ok else f"{why} ({standby} direct: {_what(standby_answer)})"
     now = time.time()
     if state.last_restart is not None and now - state.last_restart < policy.cooldown:
-        return  # one restart per cooldown: a crash-looping app is not restarted in a loop
+        # One restart per cooldown: a crash-looping app is not restarted in a loop.
+        state.set("degraded", f"{reason}; {why}; restarted {now - state.last_restart:.0f}s "
+                              f"ago, next restart after the {policy.cooldown:g}s cooldown")
+        return
     hooks.log(f"{cfg.name}: degraded: {reason}; {why}; restarting {live}")
-    state.restarts += 1
-    state.last_restart = now
-    await hooks.restart(f"degraded: {reason}; {why}")
+    refused = await hooks.restart(f"degraded: {reason}; {why}", live)
+    if refused is None:
+        state.restarts += 1
+        state.last_restart = time.time()
+        state.set("degraded", f"{reason}; {why}; restarted {live}")
+        return
+    state.failed_actions += 1
+    hooks.log(f"{cfg.name}: the restart of {live} did not happen: {refused}")
+    state.set("degraded", f"{reason}; {why}; the restart of {live} did not happen: {refused}")
+

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from zdagent.deploy import Phase, RecoveryPlan, recovery_plan
+from zdagent.recovery import RecoveryPlan, recovery_plan
+from zdagent.store import STANDBY, Phase
 
 
 @pytest.mark.parametrize("phase", [Phase.SOURCE, Phase.START, Phase.PROBE])
@@ -34,3 +35,20 @@ def test_switch_not_yet_written_keeps_old():
 def test_drain_means_the_switch_was_verified():
     assert recovery_plan(Phase.DRAIN, "green", "blue", "green", True) == RecoveryPlan(
         "green", None)
+
+
+@pytest.mark.parametrize("phase", [Phase.START, Phase.PROBE, Phase.SWITCH])
+def test_a_rollback_never_removes_the_standby_it_restarted(phase):
+    """The rollback's candidate is the previous version: undoing it must keep it."""
+    assert recovery_plan(phase, "green", "blue", "blue", True, STANDBY) == RecoveryPlan(
+        "blue", None)
+
+
+def test_a_rollback_that_reached_the_drain_keeps_the_old_live_as_standby():
+    assert recovery_plan(Phase.DRAIN, "green", "blue", "green", True, STANDBY) == RecoveryPlan(
+        "green", None)
+
+
+def test_a_rollback_whose_file_names_an_unhealthy_standby_goes_back_and_keeps_it():
+    assert recovery_plan(Phase.SWITCH, "green", "blue", "green", False, STANDBY) == \
+        RecoveryPlan("blue", None)

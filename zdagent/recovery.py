@@ -1,0 +1,90 @@
+"""Crash recovery: finish or undo a deploy or rollback that died mid-way.
+
+Every phase is written to the store before it starts, with the slot being started and what
+it is: a fresh candidate, or the standby a rollback restarts. The plan is pure (unit-tested);
+``reconcile`` applies it with the caller holding the app's lock. A fresh candidate that never
+went live is removed; a restarted standby never is: it is the previous version, kept warm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from zdagent.config import AppConfig
+from zdagent.events import Emit, Event
+from zdagent.nginx import Nginx
+from zdagent.slots import Slots, other
+from zdagent.store import FRESH, STANDBY, Phase, Store
+
+# Phases in which the live slot was never touched: recovery keeps it.
+BEFORE_SWITCH = frozenset({Phase.SOURCE, Phase.START, Phase.PROBE})
+
+
+@dataclass(frozen=True)
+class RecoveryPlan:
+    """What reconcile does: which slot ends up live, which candidate (if any) goes."""
+
+    live: str | None
+    remove: str | None
+
+
+def recovery_plan(phase: Phase, candidate: str | None, stored_live: str | None,
+                  in_file: str | None, in_file_healthy: bool,
+                  candidate_kind: str | None = FRESH) -> RecoveryPlan:
+    """Decide how to finish or undo a run that died in ``phase`` (pure: unit-tested).
+
+    Before the switch the live slot was never touched: keep it, drop a fresh candidate.
+    During the switch the file may name either slot: keep what it names if that slot is
+    healthy, otherwise go back to the recorded live slot. In the drain the switch was
+    verified: the candidate is live. A candidate that is the standby restarted by a rollback
+    is never removed (``candidate_kind`` STANDBY): it stays as the standby.
+    """
+    if phase in BEFORE_SWITCH:
+        live = in_file or stored_live
+    elif phase == Phase.DRAIN:
+        live = candidate
+    elif in_file and in_file_healthy:
+        live = in_file
+    else:
+        live = stored_live
+    keep_candidate = phase == Phase.DRAIN or candidate_kind == STANDBY
+    remove = candidate if candidate and candidate != live and not keep_candidate else None
+    return RecoveryPlan(live=live, remove=remove)
+
+
+def reconcile(cfg: AppConfig, store: Store, slots: Slots, nginx: Nginx, emit: Emit,
+              healthy: Callable[[str], bool]) -> list[str]:
+    """Repair a run that died mid-way (the caller holds the lock: nobody else is running)."""
+    st = store.state(cfg.name)
+    if st.phase == Phase.IDLE:
+        return []
+    in_file = nginx.live_slot_in_file()
+    kind = st.candidate_kind or _kind_from_history(store, st.deploy_id)
+    plan = recovery_plan(Phase(st.phase), st.candidate_slot, st.live_slot, in_file,
+                         in_file is not None and healthy(in_file), kind)
+    what = "rollback" if kind == STANDBY else "deploy"
+    notes = [f"{what} #{st.deploy_id} was interrupted in phase '{st.phase}'"]
+    if plan.live and (in_file != plan.live or nginx.live_slot_served() != plan.live):
+        standby = other(plan.live)
+        keep = standby if slots.info(standby).running else None
+        nginx.switch(plan.live, keep if cfg.nginx.standby_as_backup else None)
+        notes.append(f"re-pointed Nginx at {plan.live}")
+    if plan.remove:
+        slots.remove(plan.remove)
+        notes.append(f"removed the orphan candidate in {plan.remove}")
+    elif st.candidate_slot and st.candidate_slot != plan.live and kind == STANDBY:
+        notes.append(f"kept the standby {st.candidate_slot}")
+    if st.deploy_id is not None:
+        store.finish(st.deploy_id, "interrupted", "; ".join(notes))
+    store.set_state(cfg.name, phase=Phase.IDLE, live_slot=plan.live)
+    for note in notes:
+        emit(Event("warn", f"recovered: {note}"))
+    return notes
+
+
+def _kind_from_history(store: Store, deploy_id: int | None) -> str:
+    """Rows from before candidate_kind: a rollback's candidate may be the standby, and
+    keeping a container is safer than deleting the previous version."""
+    rec = store.get(deploy_id) if deploy_id is not None else None
+    return STANDBY if rec is not None and rec.kind in ("rollback", "auto-revert") else FRESH
