@@ -54,6 +54,7 @@ class WatchState:
     restarts: int = 0
     last_restart: float | None = None
     failed_actions: int = 0
+    checks: int = 0  # probe rounds done: tests and status see the loop advance
 
     def set(self, status: str, reason: str | None = None) -> None:
         """Enter ``status``; the reason is replaced too, so the text is never stale."""
@@ -74,7 +75,8 @@ class WatchState:
         return {"status": self.status, "consecutive_failures": self.consecutive,
                 "reverts": len(self.reverts), "last_revert": self.reverts[-1] if self.reverts
                 else None, "last_reason": self.last_reason, "since": self.last_change,
-                "restarts": self.restarts, "failed_actions": self.failed_actions}
+                "restarts": self.restarts, "failed_actions": self.failed_actions,
+                "checks": self.checks}
 
 
 def choose(state: WatchState, now: float, policy: WatchdogConfig,
@@ -268,6 +270,7 @@ async def tick(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
         state.set("idle", "nothing deployed yet")
         return
     verdict = await look(cfg, live)
+    state.checks += 1
     if verdict.kind == "nginx-down":
         state.consecutive = 0
         if state.status != "nginx-down":

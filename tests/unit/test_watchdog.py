@@ -1,14 +1,27 @@
-"""The watchdog's rules (pure) and sd_notify addressing."""
+"""The watchdog's rules (pure), one tick against real local HTTP servers, sd_notify."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
+from pathlib import Path
 
-from zdagent.config import WatchdogConfig
+from benchmarks.harness import free_port
+from zdagent.config import WatchdogConfig, load_config
+from zdagent.nginx import render_upstream
 from zdagent.notify import Notifier
-from zdagent.watchdog import Action, WatchState, choose
+from zdagent.probe import Answer
+from zdagent.watchdog import (
+    Action,
+    RoutedSlot,
+    WatchHooks,
+    WatchState,
+    choose,
+    classify,
+    tick,
+)
 
 POLICY = WatchdogConfig(enabled=True, interval=1.0, failures=3, cooldown=60.0, max_reverts=2,
                         window=3600.0)
@@ -65,3 +78,177 @@ def test_notifier_is_silent_outside_systemd(monkeypatch):
     monkeypatch.delenv("WATCHDOG_USEC", raising=False)
     n = Notifier()
     assert n.send("READY=1") is False and n.watchdog_interval is None
+
+
+# --- one tick against real local HTTP servers ----------------------------------------------
+
+class Slot:
+    """A tiny asyncio HTTP server: answers ``status`` with X-Zdagent-Upstream = ``upstream``."""
+
+    def __init__(self, status: int = 200, upstream: str = "") -> None:
+        self.status, self.upstream, self.server, self.port = status, upstream, None, 0
+
+    async def _serve(self, reader, writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = f"HTTP/1.1 {self.status} X\r\nContent-Length: 0\r\nConnection: close\r\n"
+        if self.upstream:
+            head += f"X-Zdagent-Upstream: {self.upstream}\r\n"
+        writer.write((head + "\r\n").encode())
+        await writer.drain()
+        writer.close()
+
+    async def start(self, port: int = 0) -> Slot:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def app_cfg(tmp_path: Path, blue: int, green: int, edge: int, pid_file: Path):
+    path = tmp_path / "web.toml"
+    upstream = tmp_path / "web.upstream.conf"
+    path.write_text(f"""
+[app]
+name = "web"
+state_dir = "{tmp_path / 'state'}"
+[source]
+image = "registry.local/web"
+[container]
+port = 8080
+[slots]
+blue_port = {blue}
+green_port = {green}
+[health]
+path = "/health"
+timeout = 1
+[nginx]
+upstream_file = "{upstream}"
+pid_file = "{pid_file}"
+public_url = "http://127.0.0.1:{edge}/"
+[watchdog]
+interval = 0.1
+failures = 2
+cooldown = 60
+max_reverts = 2
+""")
+    cfg = load_config(path)
+    upstream.write_text(render_upstream(cfg, "green", "blue"))
+    return cfg
+
+
+class Hooks:
+    """Records the daemon's side: answers each action with the next queued outcome."""
+
+    def __init__(self, outcomes: list[str | None]) -> None:
+        self.outcomes, self.calls, self.lines = outcomes, [], []
+
+    def make(self) -> WatchHooks:
+        async def act(kind: str, reason: str, expected: str) -> str | None:
+            self.calls.append((kind, expected))
+            return self.outcomes.pop(0)
+
+        return WatchHooks(busy=lambda: False,
+                          revert=lambda r, e: act("revert", r, e),
+                          restart=lambda r, e: act("restart", r, e),
+                          log=self.lines.append)
+
+
+async def _rounds(cfg, state, hooks, n: int) -> None:
+    routed = RoutedSlot(cfg)
+    for _ in range(n):
+        await tick(cfg, state, hooks, routed)
+
+
+def test_a_refused_revert_is_recorded_and_uses_no_budget(tmp_path):
+    async def main():
+        blue = await Slot(200).start()
+        green = await Slot(500).start()
+        edge = await Slot(500).start()
+        pid = tmp_path / "nginx.pid"
+        pid.write_text(str(os.getpid()))
+        cfg = app_cfg(tmp_path, blue.port, green.port, edge.port, pid)
+        edge.upstream = f"127.0.0.1:{green.port}"
+        hooks = Hooks(["a deploy holds the app's lock", None])
+        state = WatchState()
+        await _rounds(cfg, state, hooks.make(), 2)
+        assert hooks.calls == [("revert", "green")]
+        assert state.status == "revert-failed" and state.reverts == []
+        assert "a deploy holds the app's lock" in state.last_reason
+        assert state.failed_actions == 1
+        await _rounds(cfg, state, hooks.make(), 2)  # the budget is intact: it tries again
+        assert hooks.calls == [("revert", "green")] * 2
+        assert state.status == "reverted" and len(state.reverts) == 1
+        for s in (blue, green, edge):
+            await s.stop()
+
+    asyncio.run(main())
+
+
+def test_nginx_down_touches_nothing_and_passes_when_it_is_back(tmp_path):
+    async def main():
+        blue, green = await Slot(200).start(), await Slot(200).start()
+        edge_port = free_port()  # nothing listens there: Nginx refuses
+        pid = tmp_path / "nginx.pid"
+        pid.write_text(str(os.getpid()))
+        cfg = app_cfg(tmp_path, blue.port, green.port, edge_port, pid)
+        hooks = Hooks([])
+        state = WatchState()
+        await _rounds(cfg, state, hooks.make(), 5)
+        assert state.status == "nginx-down" and hooks.calls == []
+        assert "does not answer" in state.last_reason
+        assert "green answers directly" in state.last_reason
+        pid.unlink()  # the master is gone too
+        await _rounds(cfg, state, hooks.make(), 5)
+        assert state.status == "nginx-down" and hooks.calls == []
+        assert "Nginx is not running" in state.last_reason
+        pid.write_text(str(os.getpid()))
+        edge = await Slot(200, f"127.0.0.1:{green.port}").start(edge_port)
+        await _rounds(cfg, state, hooks.make(), 1)
+        assert state.status == "healthy" and state.last_reason is None
+        assert hooks.calls == [] and any("Nginx is back" in x for x in hooks.lines)
+        for s in (blue, green, edge):
+            await s.stop()
+
+    asyncio.run(main())
+
+
+def test_answered_by_the_backup_counts_as_a_failure(tmp_path):
+    """The live slot's health passes directly but Nginx used the standby: not healthy."""
+    async def main():
+        blue, green = await Slot(200).start(), await Slot(200).start()
+        edge = await Slot(200).start()
+        pid = tmp_path / "nginx.pid"
+        pid.write_text(str(os.getpid()))
+        cfg = app_cfg(tmp_path, blue.port, green.port, edge.port, pid)
+        edge.upstream = f"127.0.0.1:{green.port}, 127.0.0.1:{blue.port}"
+        state = WatchState()
+        await _rounds(cfg, state, Hooks([]).make(), 1)
+        assert state.status == "failing" and "answered by" in state.last_reason
+        for s in (blue, green, edge):
+            await s.stop()
+
+    asyncio.run(main())
+
+
+def test_stale_reason_is_never_shown():
+    st = WatchState()
+    st.set("paused", "a deploy or rollback is running")
+    st.set("healthy")
+    assert st.last_reason is None
+
+
+def test_classify_separates_the_app_from_the_edge(tmp_path):
+    cfg = app_cfg(tmp_path, 18001, 18002, 18003, tmp_path / "pid")
+    up = Answer(200, "127.0.0.1:18002")
+    assert classify(cfg, "green", None, None, up).kind == "ok"
+    assert classify(cfg, "green", "Nginx is not running", Answer(500), None).kind == \
+        "nginx-down"
+    refused = Answer(error="connection refused", unreachable=True)
+    assert classify(cfg, "green", None, Answer(200), refused).kind == "nginx-down"
+    v = classify(cfg, "green", None, refused, None)
+    assert v.kind == "failing" and v.unreachable
+    assert classify(cfg, "green", None, Answer(200), Answer(503, "127.0.0.1:18002")).kind == \
+        "failing"
