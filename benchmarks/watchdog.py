@@ -1,13 +1,17 @@
 """Watchdog benchmark: failover time and the daemon's idle footprint.
 
-    python -m benchmarks.watchdog            # 10 failover trials, footprint with 1 and 10 apps
+    python -m benchmarks.watchdog                 # 10 failover trials; footprint, 1 and 10 apps
+    python -m benchmarks.watchdog --apps 1 10 100 --trials 0   # footprint only
 
 Failover (watchdog interval 1 s, K = 3, cooldown 0 so trials are independent): the live
 container is stopped, then two times are measured from the moment it is down:
 * ``served``: the first response through Nginx from the standby (Nginx's ``backup`` server);
 * ``reverted``: the upstream file names the standby and Nginx answers from it (the
   watchdog's verified switch).
-Footprint: the daemon's RSS and CPU over 10 s of idle watching, with 1 app and with 10.
+Footprint: the daemon's RSS and CPU (user + system time of its process) over
+``--idle-seconds`` of watching N healthy apps at ``interval = 1``, measured once every app's
+watchdog reports ``healthy``. Each app is one tiny busybox container (its live slot, started
+directly with the engine's own container arguments) behind its own site on one private Nginx.
 Everything on 127.0.0.1; bounded trials.
 """
 
@@ -33,6 +37,7 @@ from benchmarks.zero_downtime import REPO, build_images
 from zdagent.api import Client
 from zdagent.config import load_config
 from zdagent.nginx import render_site, render_upstream, served_by
+from zdagent.slots import container_kwargs
 
 WATCHDOG = "\n[watchdog]\ninterval = 1.0\nfailures = 3\ncooldown = 0\nmax_reverts = 100\n"
 
@@ -58,10 +63,13 @@ class Setup:
             cfg.nginx.upstream_file.write_text(render_upstream(cfg, None, None))
             self.cfgs[name] = cfg
         self.nginx.start()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start_daemon(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "zdagent.daemon", "--config-dir", str(self.config_dir),
              "--socket", str(self.socket)], stdout=subprocess.DEVNULL,
-            stderr=(workdir / "daemon.log").open("w"))
+            stderr=(self.workdir / "daemon.log").open("w"))
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -72,6 +80,26 @@ class Setup:
                     raise RuntimeError("daemon did not start") from None
                 time.sleep(0.1)
 
+    def start_live_slots(self, dock: docker.DockerClient) -> None:
+        """Each app's blue slot as a running container, routed to by its upstream file."""
+        image = dock.images.get(f"{REPO}:v1").id
+        for cfg in self.cfgs.values():
+            dock.containers.run(**container_kwargs(cfg, "blue", image, "v1", 0, {}))
+            cfg.nginx.upstream_file.write_text(render_upstream(cfg, "blue", None))
+        self.nginx.reload()
+
+    def wait_all(self, status: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            apps = Client(self.socket).get("/v1/status")["apps"]
+            if all(a["status"] == status for a in apps.values()):
+                return
+            if time.monotonic() > deadline:
+                bad = {n: a["status"] for n, a in apps.items() if a["status"] != status}
+                raise RuntimeError(f"not all apps {status} within {timeout:g}s: "
+                                   f"{dict(list(bad.items())[:5])}")
+            time.sleep(0.5)
+
     def deploy(self, name: str, version: str) -> None:
         for item in Client(self.socket).stream(f"/v1/apps/{name}/deploy",
                                                {"version": version}):
@@ -79,8 +107,9 @@ class Setup:
                 raise RuntimeError(item["error"]["message"])
 
     def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(60)
         self.nginx.stop()
         client = docker.from_env()
         for c in client.containers.list(all=True, filters={"label": "zdagent.app"}):
@@ -91,6 +120,7 @@ class Setup:
 
 def failover_trials(workdir: Path, trials: int) -> dict[str, Any]:
     s = Setup(workdir, 1)
+    s.start_daemon()
     name = s.names[0]
     cfg = s.cfgs[name]
     dock = docker.from_env()
@@ -135,49 +165,70 @@ def _stats(xs: list[float]) -> dict[str, float | None]:
 
 def footprint(workdir: Path, apps: int, seconds: float) -> dict[str, Any]:
     s = Setup(workdir, apps)
+    dock = docker.from_env()
     try:
-        for name in s.names:
-            s.deploy(name, "v1")
-        time.sleep(3)  # let the watchdogs settle
+        s.start_live_slots(dock)
+        s.start_daemon()
+        assert s.proc is not None
+        s.wait_all("healthy", 60 + apps)
         proc = psutil.Process(s.proc.pid)
-        t0 = proc.cpu_times()
+        t0, c0 = time.monotonic(), proc.cpu_times()
+        checks0 = _checks(s)
         time.sleep(seconds)
-        t1 = proc.cpu_times()
+        c1, t1 = proc.cpu_times(), time.monotonic()
+        rounds = _checks(s) - checks0
         rss = proc.memory_info().rss
-        cpu = (t1.user + t1.system - t0.user - t0.system) / seconds * 100
+        cpu = (c1.user + c1.system - c0.user - c0.system) / (t1 - t0) * 100
+        s.wait_all("healthy", 10)  # nothing went wrong while measuring
         return {"apps": apps, "rss_mb": round(rss / 2**20, 1), "cpu_percent": round(cpu, 2),
-                "seconds": seconds}
+                "seconds": seconds, "probe_rounds_per_s": round(rounds / (t1 - t0), 1)}
     finally:
+        dock.close()
         s.close()
+
+
+def _checks(s: Setup) -> int:
+    apps = Client(s.socket).get("/v1/status")["apps"]
+    return sum(int(a.get("checks", 0)) for a in apps.values())
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--trials", type=int, default=10, help="failover trials (0: none)")
+    ap.add_argument("--apps", type=int, nargs="+", default=[1, 10],
+                    help="app counts for the idle footprint")
     ap.add_argument("--idle-seconds", type=float, default=10.0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/watchdog.json"))
     args = ap.parse_args(argv)
     build_images()
     with tempfile.TemporaryDirectory(prefix="zdbw-") as tmp:
         root = Path(tmp)
-        result = {"failover": failover_trials(root / "failover", args.trials),
-                  "footprint": [footprint(root / f"fp{n}", n, args.idle_seconds)
-                                for n in (1, 10)]}
+        result: dict[str, Any] = {
+            "failover": failover_trials(root / "failover", args.trials) if args.trials
+            else None,
+            "footprint": [footprint(root / f"fp{n}", n, args.idle_seconds)
+                          for n in args.apps]}
         shutil.rmtree(root, ignore_errors=True)
     f = result["failover"]
+    if f:
+        _print_failover(f)
+    for fp in result["footprint"]:
+        print(f"idle footprint with {fp['apps']} app(s) at interval 1 s: RSS {fp['rss_mb']} MB,"
+              f" CPU {fp['cpu_percent']} % of a core over {fp['seconds']:g} s "
+              f"({fp['probe_rounds_per_s']} probe rounds/s)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return result
+
+
+def _print_failover(f: dict[str, Any]) -> None:
     print(f"failover over {f['trials']} trials (interval 1 s, K = 3):")
     print(f"  first response from the standby through Nginx: median {f['served_s']['median']}"
           f" s, max {f['served_s']['max']} s")
     print(f"  watchdog revert complete (upstream switched, verified): median "
           f"{f['reverted_s']['median']} s, max {f['reverted_s']['max']} s; missed {f['missed']}")
-    for fp in result["footprint"]:
-        print(f"idle footprint with {fp['apps']} app(s): RSS {fp['rss_mb']} MB, "
-              f"CPU {fp['cpu_percent']} % of a core over {fp['seconds']:g} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
-    return result
 
 
 if __name__ == "__main__":
