@@ -7,12 +7,15 @@ import time
 
 import httpx
 
+from tests.integration import test_daemon
 from tests.integration.test_daemon import (
     history,
     live_in_file,
     wait_for,
     watched_app,
 )
+
+daemon_factory = test_daemon.daemon_factory  # the fixture, shared
 
 
 def _watch(d, app) -> dict:
