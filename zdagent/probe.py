@@ -2,21 +2,22 @@
 
 Always HTTP, never a bare TCP connect: docker-proxy accepts connections on a published port
 before the app inside listens. The watchdog probes every app every second, so its GET is a
-minimal asyncio + h11 exchange (one request, response head only) instead of an httpx client
-call, which costs several times more CPU per request.
+minimal asyncio exchange on the loop's socket calls (one request, response head only: the
+status line and one header) instead of an httpx client call, which costs several times more
+CPU per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import h11
 import httpx
 
 from zdagent.config import HealthConfig
@@ -119,47 +120,92 @@ class Answer:
 
 
 @functools.lru_cache(maxsize=4096)
-def _target(url: str) -> tuple[str, int, bool, bytes, bytes]:
-    """(host, port, tls, Host header, request target) of ``url``; parsed once per URL."""
+def _target(url: str, header: str) -> tuple[tuple[str, int], bool, str, bytes, bytes]:
+    """((host, port), tls, host name, request bytes, b"\r\n<header>:") for ``url``."""
     u = urlsplit(url)
     tls = u.scheme == "https"
     host = u.hostname or "127.0.0.1"
     port = u.port or (443 if tls else 80)
     path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-    return host, port, tls, (u.netloc or host).encode(), path.encode()
+    request = (f"GET {path} HTTP/1.1\r\nHost: {u.netloc or host}\r\nConnection: close\r\n"
+               "User-Agent: zdagent-watchdog\r\n\r\n").encode()
+    return (host, port), tls, host, request, f"\r\n{header.lower()}:".encode()
 
 
 async def aget(url: str, timeout: float, header: str = "") -> Answer:
-    """GET ``url`` on a fresh connection; return the status and the value of ``header``."""
-    host, port, tls, host_header, target = _target(url)
-    writer = None
+    """GET ``url`` on a fresh connection; return the status and the value of ``header``.
+
+    Reads the response head only (status line and headers). Plain HTTP uses the event loop's
+    socket calls directly: no transport, protocol or stream objects per probe.
+    """
+    address, tls, host, request, needle = _target(url, header)
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=tls_context() if tls else None)
-            conn = h11.Connection(h11.CLIENT)
-            writer.write(conn.send(h11.Request(method="GET", target=target, headers=[
-                (b"Host", host_header), (b"Connection", b"close"),
-                (b"User-Agent", b"zdagent-watchdog")])) or b"")
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await reader.read(16384))
-                elif isinstance(event, h11.Response):
-                    value = next((v.decode("latin-1") for k, v in event.headers
-                                  if header and k == header.lower().encode()), "")
-                    return Answer(status=event.status_code, header=value)
-                elif isinstance(event, h11.ConnectionClosed):
-                    return Answer(error="connection closed before an answer", unreachable=True)
+            head = await (_head_tls(address, host, request) if tls else
+                          _head_plain(address, request))
     except TimeoutError:
         return Answer(error=f"no answer within {timeout:g}s", unreachable=True)
     except ConnectionRefusedError:
         return Answer(error="connection refused", unreachable=True)
-    except (ConnectionError, h11.RemoteProtocolError) as e:
-        return Answer(error=f"{type(e).__name__}: {e}" if str(e) else type(e).__name__,
-                      unreachable=True)
+    except ConnectionError as e:
+        return Answer(error=type(e).__name__, unreachable=True)
     except OSError as e:
         return Answer(error=f"{type(e).__name__}: {e.strerror or e}", unreachable=True)
+    return _parse_head(head, needle)
+
+
+async def _head_plain(address: tuple[str, int], request: bytes) -> bytes:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET,
+                         socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, address)
+        await loop.sock_sendall(sock, request)
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < MAX_HEAD:
+            chunk = await loop.sock_recv(sock, 16384)
+            if not chunk:
+                break
+            head += chunk
+        return head
     finally:
-        if writer is not None:
-            writer.close()
+        sock.close()
+
+
+async def _head_tls(address: tuple[str, int], host: str, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(*address, ssl=tls_context(),
+                                                   server_hostname=host)
+    try:
+        writer.write(request)
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < MAX_HEAD:
+            chunk = await reader.read(16384)
+            if not chunk:
+                break
+            head += chunk
+        return head
+    finally:
+        writer.close()
+
+
+MAX_HEAD = 65536
+
+
+def _parse_head(head: bytes, needle: bytes) -> Answer:
+    """Status and one header from a response head (pure: unit-tested)."""
+    end = head.find(b"\r\n\r\n")
+    if end < 0:
+        return Answer(error="connection closed before an answer" if len(head) < MAX_HEAD
+                      else "response head too large", unreachable=len(head) < MAX_HEAD)
+    block = head[:end + 2]
+    parts = block.split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1][:3].isdigit():
+        return Answer(error="not an HTTP/1.x answer")
+    value = ""
+    if needle != b"\r\n:":
+        at = block.lower().find(needle)
+        if at >= 0:
+            start = at + len(needle)
+            value = block[start:block.find(b"\r\n", start)].strip().decode("latin-1")
+    return Answer(status=int(parts[1][:3]), header=value)

@@ -222,13 +222,15 @@ async def watch(cfg: AppConfig, state: WatchState, hooks: WatchHooks, stop: asyn
         state.set("disabled")
         return
     routed = RoutedSlot(cfg)
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=policy.interval)
-            return
-        except TimeoutError:
-            pass
-        await tick(cfg, state, hooks, routed)
+    stopped = asyncio.ensure_future(stop.wait())  # one waiter for the whole loop, not per tick
+    try:
+        while not stop.is_set():
+            await asyncio.wait((stopped,), timeout=policy.interval)
+            if stop.is_set():
+                return
+            await tick(cfg, state, hooks, routed)
+    finally:
+        stopped.cancel()
 
 
 async def probe_slot(cfg: AppConfig, slot: str) -> Answer:

@@ -252,3 +252,29 @@ def test_classify_separates_the_app_from_the_edge(tmp_path):
     assert v.kind == "failing" and v.unreachable
     assert classify(cfg, "green", None, Answer(200), Answer(503, "127.0.0.1:18002")).kind == \
         "failing"
+
+
+def test_response_head_parsing():
+    from zdagent.probe import _parse_head
+
+    needle = b"\r\nx-zdagent-upstream:"
+    a = _parse_head(b"HTTP/1.1 503 Busy\r\nServer: n\r\nX-Zdagent-Upstream:  127.0.0.1:1 \r\n"
+                    b"\r\nbody", needle)
+    assert (a.status, a.header, a.unreachable) == (503, "127.0.0.1:1", False)
+    assert _parse_head(b"HTTP/1.0 200 OK\r\n\r\n", needle) == Answer(200, "")
+    assert _parse_head(b"HTTP/1.1 200 OK\r\nX-Zd", needle).unreachable  # cut short
+    assert _parse_head(b"SSH-2.0-OpenSSH\r\n\r\n", needle).status is None
+
+
+def test_aget_against_a_real_server_and_a_closed_port():
+    async def main():
+        srv = await Slot(204, "127.0.0.1:9").start()
+        from zdagent.probe import aget
+
+        a = await aget(f"http://127.0.0.1:{srv.port}/x?y=1", 2, "X-Zdagent-Upstream")
+        assert (a.status, a.header) == (204, "127.0.0.1:9")
+        await srv.stop()
+        b = await aget(f"http://127.0.0.1:{srv.port}/x", 2)
+        assert b.unreachable and b.error == "connection refused"
+
+    asyncio.run(main())
