@@ -31,14 +31,17 @@ class RecoveryPlan:
 
 def recovery_plan(phase: Phase, candidate: str | None, stored_live: str | None,
                   in_file: str | None, in_file_healthy: bool,
-                  candidate_kind: str | None = FRESH) -> RecoveryPlan:
+                  candidate_kind: str | None = FRESH,
+                  candidate_created: bool = True) -> RecoveryPlan:
     """Decide how to finish or undo a run that died in ``phase`` (pure: unit-tested).
 
     Before the switch the live slot was never touched: keep it, drop a fresh candidate.
     During the switch the file may name either slot: keep what it names if that slot is
     healthy, otherwise go back to the recorded live slot. In the drain the switch was
     verified: the candidate is live. A candidate that is the standby restarted by a rollback
-    is never removed (``candidate_kind`` STANDBY): it stays as the standby.
+    is never removed (``candidate_kind`` STANDBY): it stays as the standby. Nor is whatever
+    the slot holds when this run had not created its container yet (``candidate_created``
+    False: a crash in the source phase or early in start): that is still the old standby.
     """
     if phase in BEFORE_SWITCH:
         live = in_file or stored_live
@@ -48,7 +51,7 @@ def recovery_plan(phase: Phase, candidate: str | None, stored_live: str | None,
         live = in_file
     else:
         live = stored_live
-    keep_candidate = phase == Phase.DRAIN or candidate_kind == STANDBY
+    keep_candidate = phase == Phase.DRAIN or candidate_kind == STANDBY or not candidate_created
     remove = candidate if candidate and candidate != live and not keep_candidate else None
     return RecoveryPlan(live=live, remove=remove)
 
@@ -61,8 +64,10 @@ def reconcile(cfg: AppConfig, store: Store, slots: Slots, nginx: Nginx, emit: Em
         return []
     in_file = nginx.live_slot_in_file()
     kind = st.candidate_kind or _kind_from_history(store, st.deploy_id)
+    created = st.candidate_slot is not None and st.deploy_id is not None and \
+        slots.info(st.candidate_slot).deploy_id == st.deploy_id
     plan = recovery_plan(Phase(st.phase), st.candidate_slot, st.live_slot, in_file,
-                         in_file is not None and healthy(in_file), kind)
+                         in_file is not None and healthy(in_file), kind, created)
     what = "rollback" if kind == STANDBY else "deploy"
     notes = [f"{what} #{st.deploy_id} was interrupted in phase '{st.phase}'"]
     if plan.live and (in_file != plan.live or nginx.live_slot_served() != plan.live):
@@ -73,7 +78,8 @@ def reconcile(cfg: AppConfig, store: Store, slots: Slots, nginx: Nginx, emit: Em
     if plan.remove:
         slots.remove(plan.remove)
         notes.append(f"removed the orphan candidate in {plan.remove}")
-    elif st.candidate_slot and st.candidate_slot != plan.live and kind == STANDBY:
+    elif st.candidate_slot and st.candidate_slot != plan.live and (kind == STANDBY or
+                                                                    not created):
         notes.append(f"kept the standby {st.candidate_slot}")
     if st.deploy_id is not None:
         store.finish(st.deploy_id, "interrupted", "; ".join(notes))

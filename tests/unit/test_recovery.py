@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from zdagent.recovery import RecoveryPlan, recovery_plan
-from zdagent.store import STANDBY, Phase
+from zdagent.store import FRESH, STANDBY, Phase
 
 
 @pytest.mark.parametrize("phase", [Phase.SOURCE, Phase.START, Phase.PROBE])
@@ -52,3 +52,10 @@ def test_a_rollback_that_reached_the_drain_keeps_the_old_live_as_standby():
 def test_a_rollback_whose_file_names_an_unhealthy_standby_goes_back_and_keeps_it():
     assert recovery_plan(Phase.SWITCH, "green", "blue", "green", False, STANDBY) == \
         RecoveryPlan("blue", None)
+
+
+@pytest.mark.parametrize("phase", [Phase.SOURCE, Phase.START])
+def test_a_slot_the_run_had_not_filled_yet_still_holds_the_standby(phase):
+    """Died before its container existed: what stands in the slot is the old standby."""
+    assert recovery_plan(phase, "green", "blue", "blue", True, FRESH,
+                         candidate_created=False) == RecoveryPlan("blue", None)
