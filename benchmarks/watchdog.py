@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -32,7 +34,7 @@ import docker
 import httpx
 import psutil
 
-from benchmarks.harness import NginxServer, app_config, free_port
+from benchmarks.harness import NginxServer, app_config
 from benchmarks.zero_downtime import REPO, build_images
 from zdagent.api import Client
 from zdagent.config import load_config
@@ -40,6 +42,20 @@ from zdagent.nginx import render_site, render_upstream, served_by
 from zdagent.slots import container_kwargs
 
 WATCHDOG = "\n[watchdog]\ninterval = 1.0\nfailures = 3\ncooldown = 0\nmax_reverts = 100\n"
+
+
+def distinct_ports(n: int) -> list[int]:
+    """``n`` free ports, all different (held open together while they are picked)."""
+    socks = []
+    try:
+        for _ in range(n):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 class Setup:
@@ -51,13 +67,16 @@ class Setup:
         self.config_dir = workdir / "apps"
         self.config_dir.mkdir()
         self.socket = workdir / "zd.sock"
-        self.names = [f"zdbw{i}" for i in range(apps)]
+        # This run's own names: parallel runs (other checkouts) never touch each other's apps.
+        self.prefix = f"zdbw{os.getpid()}-"
+        self.names = [f"{self.prefix}{i}" for i in range(apps)]
         self.cfgs = {}
+        ports = iter(distinct_ports(3 * apps))
         for name in self.names:
             path = self.config_dir / f"{name}.toml"
-            path.write_text(app_config(name, workdir / "state", self.nginx, free_port(),
-                                       free_port(), f'[source]\nimage = "{REPO}"\n'
-                                       'pull = "never"', WATCHDOG, listen=free_port()))
+            path.write_text(app_config(name, workdir / "state", self.nginx, next(ports),
+                                       next(ports), f'[source]\nimage = "{REPO}"\n'
+                                       'pull = "never"', WATCHDOG, listen=next(ports)))
             cfg = load_config(path)
             (self.nginx.prefix / "sites" / f"{name}.conf").write_text(render_site(cfg))
             cfg.nginx.upstream_file.write_text(render_upstream(cfg, None, None))
@@ -88,6 +107,9 @@ class Setup:
             cfg.nginx.upstream_file.write_text(render_upstream(cfg, "blue", None))
         self.nginx.reload()
 
+    def status(self, name: str) -> str:
+        return str(Client(self.socket).get("/v1/status")["apps"][name]["status"])
+
     def wait_all(self, status: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
@@ -113,7 +135,7 @@ class Setup:
         self.nginx.stop()
         client = docker.from_env()
         for c in client.containers.list(all=True, filters={"label": "zdagent.app"}):
-            if c.labels.get("zdagent.app", "").startswith("zdbw"):
+            if c.labels.get("zdagent.app", "").startswith(self.prefix):
                 c.remove(force=True)
         client.close()
 
@@ -147,14 +169,35 @@ def failover_trials(workdir: Path, trials: int) -> dict[str, Any]:
                     time.sleep(0.02)
                 served.append(t_served)
                 reverted.append(t_reverted)
-                dock.containers.get(f"{name}-{live}").start()  # back as the standby
-                time.sleep(3)
+                # Back as the standby. A slot that was down when traffic left it is not Nginx's
+                # backup, so list it again (as the next switch would) for an independent trial.
+                dock.containers.get(f"{name}-{live}").start()
+                url = f"http://127.0.0.1:{cfg.slot_port(live)}{cfg.health.path}"
+                wait_until(lambda u=url: _healthy(u), 30)
+                cfg.nginx.upstream_file.write_text(render_upstream(cfg, standby, live))
+                s.nginx.reload()
+                wait_until(lambda: s.status(name) == "healthy", 30)
     finally:
         dock.close()
         s.close()
     ok = [x for x in reverted if x is not None]
     return {"trials": trials, "served_s": _stats([x for x in served if x is not None]),
             "reverted_s": _stats(ok), "missed": trials - len(ok)}
+
+
+def wait_until(predicate: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out")
+        time.sleep(0.1)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _stats(xs: list[float]) -> dict[str, float | None]:

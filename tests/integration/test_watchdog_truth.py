@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 
 from tests.integration import test_daemon
 from tests.integration.test_daemon import (
@@ -109,3 +110,35 @@ def test_reverting_away_from_a_dead_slot_drops_it_as_backup(make_app, daemon_fac
     assert "stays up as the warm standby" not in d.log.read_text()
     assert "green is exited: it is not kept" in d.log.read_text()
 
+
+
+def test_engine_rechecks_the_watchdogs_decision_under_the_lock(make_app, docker_client):
+    """A decision made on what was live before a deploy finished is refused, not applied."""
+    from zdagent.config import load_config
+    from zdagent.deploy import Engine
+    from zdagent.errors import DeployFailed, EnvironmentProblem
+
+    app = make_app()
+    app.ok("deploy", "v1")
+    app.ok("deploy", "v2")  # green live: a revert decided while blue was live is stale
+    before = [h["id"] for h in history(app)]
+    green = docker_client.containers.get(f"{app.name}-green")
+    started = green.attrs["State"]["StartedAt"]
+    with Engine(load_config(app.config), lambda e: None) as engine:
+        with pytest.raises(DeployFailed, match="the live slot is now green, not blue"):
+            engine.auto_revert("blue failed", expected_live="blue")
+        with pytest.raises(DeployFailed, match="the live slot is now green, not blue"):
+            engine.restart_live("blue degraded", expected_live="blue")
+        docker_client.containers.get(f"{app.name}-blue").exec_run(
+            ["/bin/busybox", "touch", "/tmp/unhealthy"])
+        with pytest.raises(DeployFailed, match="standby blue is not healthy"):
+            engine.auto_revert("green failed", expected_live="green")
+        app.nginx.stop()
+        with pytest.raises(EnvironmentProblem, match="nginx is not running"):
+            engine.restart_live("green degraded", expected_live="green")
+    assert live_in_file(app) == "green"
+    rows = history(app)
+    assert [h["id"] for h in rows[1:]] == before  # only the refused revert's own record
+    assert rows[0]["kind"] == "auto-revert" and rows[0]["outcome"] == "failed"
+    green.reload()
+    assert green.attrs["State"]["StartedAt"] == started
