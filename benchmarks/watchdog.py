@@ -18,8 +18,10 @@ Everything on 127.0.0.1; bounded trials.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -45,12 +47,20 @@ WATCHDOG = "\n[watchdog]\ninterval = 1.0\nfailures = 3\ncooldown = 0\nmax_revert
 
 
 def distinct_ports(n: int) -> list[int]:
-    """``n`` free ports, all different (held open together while they are picked)."""
-    socks = []
+    """``n`` free ports, all different, below Linux's ephemeral range (32768+) so that no
+    outgoing connection takes one between the pick and the bind; held open while picked."""
+    socks: list[socket.socket] = []
+    candidates = random.sample(range(20000, 32000), 12000)
     try:
-        for _ in range(n):
+        for port in candidates:
+            if len(socks) == n:
+                break
             sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
             socks.append(sock)
         return [int(s.getsockname()[1]) for s in socks]
     finally:
@@ -63,7 +73,8 @@ class Setup:
 
     def __init__(self, workdir: Path, apps: int) -> None:
         self.workdir = workdir
-        self.nginx = NginxServer.create(workdir / "nginx")
+        ports = iter(distinct_ports(3 * apps + 1))
+        self.nginx = NginxServer.create(workdir / "nginx", port=next(ports))
         self.config_dir = workdir / "apps"
         self.config_dir.mkdir()
         self.socket = workdir / "zd.sock"
@@ -71,7 +82,6 @@ class Setup:
         self.prefix = f"zdbw{os.getpid()}-"
         self.names = [f"{self.prefix}{i}" for i in range(apps)]
         self.cfgs = {}
-        ports = iter(distinct_ports(3 * apps))
         for name in self.names:
             path = self.config_dir / f"{name}.toml"
             path.write_text(app_config(name, workdir / "state", self.nginx, next(ports),
@@ -134,9 +144,11 @@ class Setup:
             self.proc.wait(60)
         self.nginx.stop()
         client = docker.from_env()
-        for c in client.containers.list(all=True, filters={"label": "zdagent.app"}):
-            if c.labels.get("zdagent.app", "").startswith(self.prefix):
-                c.remove(force=True)
+        for c in client.containers.list(all=True, sparse=True,
+                                        filters={"label": "zdagent.app"}):
+            if (c.attrs.get("Labels") or {}).get("zdagent.app", "").startswith(self.prefix):
+                with contextlib.suppress(docker.errors.NotFound):
+                    c.remove(force=True)
         client.close()
 
 
