@@ -27,7 +27,7 @@ from typing import Any
 
 from zdagent.config import AppConfig, WatchdogConfig
 from zdagent.nginx import UPSTREAM_HEADER, answering_upstream, routed_slot
-from zdagent.probe import Answer, aget
+from zdagent.probe import Answer, KeptAlive, aget
 from zdagent.slots import other
 
 
@@ -222,15 +222,17 @@ async def watch(cfg: AppConfig, state: WatchState, hooks: WatchHooks, stop: asyn
         state.set("disabled")
         return
     routed = RoutedSlot(cfg)
+    edge = KeptAlive(cfg.verify_url, UPSTREAM_HEADER)
     stopped = asyncio.ensure_future(stop.wait())  # one waiter for the whole loop, not per tick
     try:
         while not stop.is_set():
             await asyncio.wait((stopped,), timeout=policy.interval)
             if stop.is_set():
                 return
-            await tick(cfg, state, hooks, routed)
+            await tick(cfg, state, hooks, routed, edge)
     finally:
         stopped.cancel()
+        edge.close()
 
 
 async def probe_slot(cfg: AppConfig, slot: str) -> Answer:
@@ -239,10 +241,11 @@ async def probe_slot(cfg: AppConfig, slot: str) -> Answer:
                       cfg.health.timeout)
 
 
-async def look(cfg: AppConfig, slot: str) -> Verdict:
+async def look(cfg: AppConfig, slot: str, edge: KeptAlive | None = None) -> Verdict:
     """Probe as cheaply as the facts allow.
 
-    Healthy tick: one GET through Nginx of the health URL, answered by ``slot``. Only when
+    Healthy tick: one GET through Nginx of the health URL (on a kept-alive connection when
+    ``edge`` is given), answered by ``slot``. Only when
     that fails (or Nginx checks another path) are the slot probed directly and the master
     checked, to tell the app's failure from Nginx's.
     """
@@ -250,7 +253,8 @@ async def look(cfg: AppConfig, slot: str) -> Verdict:
     direct = None if same_path else await probe_slot(cfg, slot)
     if direct is not None and not _passes(cfg, direct):
         return classify(cfg, slot, nginx_master_problem(cfg.nginx.pid_file), direct, None)
-    through = await aget(cfg.verify_url, cfg.health.timeout, UPSTREAM_HEADER)
+    through = await (edge.get(cfg.health.timeout) if edge else
+                     aget(cfg.verify_url, cfg.health.timeout, UPSTREAM_HEADER))
     verdict = classify(cfg, slot, None, direct, through)
     if verdict.kind == "ok":
         return verdict
@@ -260,7 +264,7 @@ async def look(cfg: AppConfig, slot: str) -> Verdict:
 
 
 async def tick(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
-               routed: RoutedSlot) -> None:
+               routed: RoutedSlot, edge: KeptAlive | None = None) -> None:
     """One probe round for one app, and whatever it calls for."""
     policy = cfg.watchdog
     if hooks.busy():
@@ -271,7 +275,7 @@ async def tick(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
     if live is None:
         state.set("idle", "nothing deployed yet")
         return
-    verdict = await look(cfg, live)
+    verdict = await look(cfg, live, edge)
     state.checks += 1
     if verdict.kind == "nginx-down":
         state.consecutive = 0

@@ -278,3 +278,60 @@ def test_aget_against_a_real_server_and_a_closed_port():
         assert b.unreachable and b.error == "connection refused"
 
     asyncio.run(main())
+
+
+def test_body_framing_for_connection_reuse():
+    from zdagent.probe import _body_done
+
+    head = b"http/1.1 200 ok\r\ncontent-length: 3\r\n"
+    assert _body_done(head, b"ok") is False and _body_done(head, b"ok\n") is True
+    chunked = b"http/1.1 200 ok\r\ntransfer-encoding: chunked\r\n"
+    assert _body_done(chunked, b"3\r\nok\n\r\n") is False
+    assert _body_done(chunked, b"3\r\nok\n\r\n0\r\n\r\n") is True
+    assert _body_done(chunked, b"zz\r\n") is None
+    assert _body_done(b"http/1.1 200 ok\r\nconnection: close\r\n", b"") is None
+    assert _body_done(b"http/1.1 200 ok\r\n", b"x") is None  # read-until-close: no reuse
+
+
+def test_kept_alive_reuses_one_connection_and_survives_the_server_closing_it():
+    import http.server
+    import threading
+
+    from zdagent.probe import KeptAlive
+
+    peers: list[tuple] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            peers.append(self.client_address)
+            self.send_response(200)
+            self.send_header("X-Zdagent-Upstream", "127.0.0.1:7")
+            self.send_header("Content-Length", "3")
+            if len(peers) == 2:
+                self.send_header("Connection", "close")  # like a worker retiring on reload
+            self.end_headers()
+            self.wfile.write(b"ok\n")
+            if len(peers) == 3:
+                self.close_connection = True  # closed without a word: the client must retry
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    async def main():
+        edge = KeptAlive(f"http://127.0.0.1:{server.server_port}/h", "X-Zdagent-Upstream")
+        got = [await edge.get(2) for _ in range(5)]
+        edge.close()
+        return got
+
+    try:
+        got = asyncio.run(main())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [(a.status, a.header) for a in got] == [(200, "127.0.0.1:7")] * 5
+    assert peers[0] == peers[1] != peers[2] != peers[3] == peers[4]
