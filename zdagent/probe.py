@@ -121,25 +121,29 @@ class Answer:
 
 
 @functools.lru_cache(maxsize=4096)
-def _target(url: str, header: str) -> tuple[tuple[str, int], bool, str, bytes, bytes]:
-    """((host, port), tls, host name, request bytes, b"\r\n<header>:") for ``url``."""
+def _target(url: str, header: str, host_header: str | None = None
+            ) -> tuple[tuple[str, int], bool, str, bytes, bytes]:
+    """((host, port), tls, host name, request bytes, b"\r\n<header>:") for ``url``;
+    ``host_header`` replaces the URL's host in ``Host`` (an app's ``nginx.verify_host``)."""
     u = urlsplit(url)
     tls = u.scheme == "https"
     host = u.hostname or "127.0.0.1"
     port = u.port or (443 if tls else 80)
     path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-    request = (f"GET {path} HTTP/1.1\r\nHost: {u.netloc or host}\r\nConnection: close\r\n"
+    request = (f"GET {path} HTTP/1.1\r\nHost: {host_header or u.netloc or host}\r\n"
+               "Connection: close\r\n"
                "User-Agent: zdagent-watchdog\r\n\r\n").encode()
     return (host, port), tls, host, request, f"\r\n{header.lower()}:".encode()
 
 
-async def aget(url: str, timeout: float, header: str = "") -> Answer:
+async def aget(url: str, timeout: float, header: str = "",
+               host_header: str | None = None) -> Answer:
     """GET ``url`` on a fresh connection; return the status and the value of ``header``.
 
     Reads the response head only (status line and headers). Plain HTTP uses the event loop's
     socket calls directly: no transport, protocol or stream objects per probe.
     """
-    address, tls, host, request, needle = _target(url, header)
+    address, tls, host, request, needle = _target(url, header, host_header)
     try:
         async with asyncio.timeout(timeout):
             head = await (_head_tls(address, host, request) if tls else
@@ -221,8 +225,8 @@ class KeptAlive:
     once on a fresh one; the response is read whole so the connection stays in step.
     """
 
-    def __init__(self, url: str, header: str = "") -> None:
-        self.url, self.header = url, header
+    def __init__(self, url: str, header: str = "", host_header: str | None = None) -> None:
+        self.url, self.header, self.host_header = url, header, host_header
         self.sock: socket.socket | None = None
 
     def close(self) -> None:
@@ -231,9 +235,9 @@ class KeptAlive:
             self.sock = None
 
     async def get(self, timeout: float) -> Answer:
-        address, tls, _, request, needle = _target(self.url, self.header)
+        address, tls, _, request, needle = _target(self.url, self.header, self.host_header)
         if tls:
-            return await aget(self.url, timeout, self.header)
+            return await aget(self.url, timeout, self.header, self.host_header)
         request = request.replace(b"Connection: close", b"Connection: keep-alive")
         try:
             async with asyncio.timeout(timeout):

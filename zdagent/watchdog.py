@@ -222,7 +222,7 @@ async def watch(cfg: AppConfig, state: WatchState, hooks: WatchHooks, stop: asyn
         state.set("disabled")
         return
     routed = RoutedSlot(cfg)
-    edge = KeptAlive(cfg.verify_url, UPSTREAM_HEADER)
+    edge = KeptAlive(cfg.verify_url, UPSTREAM_HEADER, cfg.verify_headers.get("Host"))
     stopped = asyncio.ensure_future(stop.wait())  # one waiter for the whole loop, not per tick
     try:
         while not stop.is_set():
@@ -254,7 +254,8 @@ async def look(cfg: AppConfig, slot: str, edge: KeptAlive | None = None) -> Verd
     if direct is not None and not _passes(cfg, direct):
         return classify(cfg, slot, nginx_master_problem(cfg.nginx.pid_file), direct, None)
     through = await (edge.get(cfg.health.timeout) if edge else
-                     aget(cfg.verify_url, cfg.health.timeout, UPSTREAM_HEADER))
+                     aget(cfg.verify_url, cfg.health.timeout, UPSTREAM_HEADER,
+                          cfg.verify_headers.get("Host")))
     verdict = classify(cfg, slot, None, direct, through)
     if verdict.kind == "ok":
         return verdict

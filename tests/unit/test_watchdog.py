@@ -335,3 +335,11 @@ def test_kept_alive_reuses_one_connection_and_survives_the_server_closing_it():
         server.server_close()
     assert [(a.status, a.header) for a in got] == [(200, "127.0.0.1:7")] * 5
     assert peers[0] == peers[1] != peers[2] != peers[3] == peers[4]
+
+
+def test_probe_sends_the_apps_verify_host():
+    from zdagent.probe import _target
+
+    request = _target("http://127.0.0.1:8080/health", "", "example.com")[3]
+    assert request.startswith(b"GET /health HTTP/1.1\r\nHost: example.com\r\n")
+    assert b"Host: 127.0.0.1:8080\r\n" in _target("http://127.0.0.1:8080/health", "")[3]
