@@ -3,13 +3,17 @@ no reason to revert (nor to send traffic to the standby)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import httpx
 import pytest
 
+from benchmarks.harness import build_image
+from tests.conftest import TEST_PREFIX, make_context
 from tests.integration import test_daemon
 from tests.integration.test_daemon import (
+    FAST_WATCHDOG,
     history,
     live_in_file,
     wait_for,
@@ -60,10 +64,27 @@ def test_nginx_down_is_its_own_state_and_touches_nothing(make_app, daemon_factor
     assert "Nginx is back" in d.log.read_text()
 
 
+@pytest.fixture(scope="module")
+def error_images(docker_client, tmp_path_factory):
+    """This run's own v1/v2 of the sample app (the error-percent mode), removed afterwards."""
+    repo = f"{TEST_PREFIX.rstrip('-')}err"
+    ctx = make_context(tmp_path_factory.mktemp("errctx") / "app")
+    for v in ("v1", "v2"):
+        build_image(docker_client, ctx, f"{repo}:{v}", ZDAGENT_VERSION=v, MODE="ok")
+    yield repo
+    for v in ("v1", "v2"):
+        with contextlib.suppress(Exception):
+            docker_client.images.remove(f"{repo}:{v}", force=True)
+
+
 def test_occasional_503s_from_the_app_go_to_the_client_not_to_the_standby(
-        make_app, daemon_factory, docker_client):
+        make_app, daemon_factory, docker_client, error_images):
     """5 % of requests answer 503 for a bounded period: no revert, ~0 traffic on the standby."""
-    app, d = watched_app(make_app, daemon_factory)
+    app = make_app(source=f'[source]\nimage = "{error_images}"\npull = "never"',
+                   extra=FAST_WATCHDOG)
+    d = daemon_factory([app]).start()
+    app.ok("deploy", "v1")
+    app.ok("deploy", "v2")
     wait_for(lambda: _watch(d, app)["status"] == "healthy", 20, "healthy")
     before = [h["id"] for h in history(app)]
     docker_client.containers.get(f"{app.name}-green").exec_run(
