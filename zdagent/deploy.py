@@ -298,6 +298,8 @@ class Engine:
                     exit_reason=lambda: self.slots.exit_reason(target),
                     logs=lambda: self.slots.logs_tail(target),
                 )
+                if fresh:
+                    self.slots.keep_running(target)
             self._switch(run)
         except BaseException:
             if self.live_slot() != target:

@@ -116,8 +116,9 @@ def container_kwargs(cfg: AppConfig, slot: str, image: str, version: str, deploy
         "labels": slot_labels(cfg, slot, version, deploy_id),
         "environment": {**env, "ZDAGENT_VERSION": version, "ZDAGENT_SLOT": slot},
         "ports": {f"{cfg.container.port}/tcp": ("127.0.0.1", cfg.slot_port(slot))},
-        # unless-stopped: a retired (stopped) slot stays stopped across a dockerd restart.
-        "restart_policy": {"Name": "unless-stopped"},
+        # No restart while it is a candidate: a crash stays a crash (exit code and all) for the
+        # probe to see at once. ``keep_running`` sets unless-stopped once it is healthy.
+        "restart_policy": {"Name": "no"},
     }
     if cfg.container.network:
         kwargs["network"] = cfg.container.network
@@ -321,6 +322,15 @@ class Slots:
                 f"could not start {kwargs['name']}: {_short(e)}",
                 hint=f"is 127.0.0.1:{self.cfg.slot_port(slot)} free? (slots.*_port)",
             ) from None
+
+    def keep_running(self, slot: str) -> None:
+        """A healthy slot is restarted by Docker if it dies (unless-stopped: a retired,
+        stopped slot stays stopped across a dockerd restart)."""
+        c = self._container(slot)
+        if c is None:
+            raise DeployFailed(f"slot {slot} has no container")
+        with _docker_errors(f"setting the restart policy of {c.name}"):
+            c.update(restart_policy={"Name": "unless-stopped"})
 
     def start(self, slot: str) -> None:
         c = self._container(slot)

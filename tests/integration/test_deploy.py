@@ -55,9 +55,12 @@ def test_health_500_candidate_leaves_old_version_serving(make_app, docker_client
     assert "HTTP 500" in last["error"]
 
 
-def test_crashing_candidate_fails_fast_with_its_logs(make_app):
+def test_crashing_candidate_fails_fast_with_its_logs(make_app, docker_client):
     app = make_app()
     app.ok("deploy", "v1")
+    live = docker_client.containers.get(f"{app.name}-blue")
+    # A healthy slot is restarted by Docker if it dies; a candidate never was (see below).
+    assert live.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     p = app.cli("deploy", "crash")
     assert p.returncode == 1
     assert "exited with code 3" in p.stderr

@@ -82,7 +82,7 @@ def test_container_kwargs_bind_loopback_only(cfg):
     kw = container_kwargs(cfg, "green", "sha256:abc", "v7", 42, {"SECRET": "s3"})
     assert kw["name"] == "web-app-green"
     assert kw["ports"] == {"8080/tcp": ("127.0.0.1", 18002)}
-    assert kw["restart_policy"] == {"Name": "unless-stopped"}
+    assert kw["restart_policy"] == {"Name": "no"}  # a candidate; unless-stopped once healthy
     assert kw["environment"] == {"SECRET": "s3", "ZDAGENT_VERSION": "v7",
                                  "ZDAGENT_SLOT": "green"}
     labels = kw["labels"]
