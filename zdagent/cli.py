@@ -286,30 +286,48 @@ def history(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
     limit: Annotated[int, typer.Option(min=1, max=10000, help="How many entries.")] = 20,
+    local: LocalOpt = False,
+    socket: SocketOpt = None,
 ) -> None:
-    """List past deploys and rollbacks, newest first, with outcome and phase timings."""
-    from zdagent.store import Store
+    """List past deploys and rollbacks, newest first, with outcome and phase timings.
 
+    Read from the daemon when it manages the app (a deploy user needs no access to the
+    state dir), else from the state dir directly."""
     with _guard():
         cfg = _load(config)
-        store = Store(cfg.state_dir)
-        try:
-            records = store.history(cfg.name, limit)
-        finally:
-            store.close()
+        client = _daemon(cfg, socket, local, quiet=True)
+        if client is not None:
+            records = client.get(f"/v1/apps/{cfg.name}/history?limit={limit}")["history"]
+        else:
+            records = _history_local(cfg, limit)
         if as_json:
-            out.print_json(json.dumps([r.to_dict() for r in records]))
+            out.print_json(json.dumps(records))
             return
-        table = Table(title=f"zdagent history: {cfg.name}", title_justify="left")
-        for col in ("#", "when", "kind", "version", "slot", "outcome", "took", "by", "error"):
-            table.add_column(col, overflow="fold")
-        for r in records:
-            took = f"{r.finished_at - r.started_at:.1f}s" if r.finished_at else "-"
-            table.add_row(str(r.id), time.strftime("%m-%d %H:%M:%S",
-                                                   time.localtime(r.started_at)),
-                          r.kind, r.version or "-", f"{r.from_slot or '-'}→{r.slot}",
-                          r.outcome, took, r.user or "-", r.error or "")
-        out.print(table)
+        _render_history(cfg.name, records)
+
+
+def _history_local(cfg: AppConfig, limit: int) -> list[dict[str, Any]]:
+    from zdagent.store import Store
+
+    store = Store(cfg.state_dir)
+    try:
+        return [r.to_dict() for r in store.history(cfg.name, limit)]
+    finally:
+        store.close()
+
+
+def _render_history(name: str, records: list[dict[str, Any]]) -> None:
+    table = Table(title=f"zdagent history: {name}", title_justify="left")
+    for col in ("#", "when", "kind", "version", "slot", "outcome", "took", "by", "error"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        started, finished = r["started_at"], r.get("finished_at")
+        took = f"{finished - started:.1f}s" if finished else "-"
+        table.add_row(str(r["id"]), time.strftime("%m-%d %H:%M:%S", time.localtime(started)),
+                      r["kind"], r.get("version") or "-",
+                      f"{r.get('from_slot') or '-'}→{r.get('slot')}", r["outcome"], took,
+                      r.get("user") or "-", r.get("error") or "")
+    out.print(table)
 
 
 ConfigDirOpt = Annotated[str | None, typer.Option(
@@ -318,19 +336,27 @@ ConfigDirOpt = Annotated[str | None, typer.Option(
 
 
 @app.command("ssh-gate")
-def ssh_gate(config_dir: ConfigDirOpt = None) -> None:
+def ssh_gate(
+    config_dir: ConfigDirOpt = None,
+    apps: Annotated[str | None, typer.Option(
+        "--apps", help="Comma-separated apps this key may use (default: every app).")] = None,
+    verbs: Annotated[str | None, typer.Option(
+        "--verbs", help="Comma-separated verbs this key may run, e.g. status,history for a "
+                        "read-only key (default: all four).")] = None,
+    socket: SocketOpt = None,
+) -> None:
     """Forced command for a deploy key: run only what SSH_ORIGINAL_COMMAND allows.
 
     \b
     In ~/.ssh/authorized_keys of the deploy user:
-      command="zdagent ssh-gate",restrict ssh-ed25519 AAAA... github-actions
+      command="zdagent ssh-gate --apps web",restrict ssh-ed25519 AAAA... github-actions
     Allowed: deploy <app> <ref-or-version> | rollback <app> [--to VERSION]
              status <app> [--json] | history <app> [--json]
-    Anything else (shell syntax, unknown verb or app, an interactive session) is refused
-    with exit code 2 and logged to /var/log/zdagent/ssh-gate.log ($ZDAGENT_GATE_LOG).
+    --apps / --verbs narrow the key. Anything else (shell syntax, an unknown or out-of-scope
+    verb or app, an interactive session) is refused with exit code 2 and logged to
+    /var/log/zdagent/ssh-gate.log ($ZDAGENT_GATE_LOG). A user who cannot read the app
+    configs (not in the zdagent group) gets exit code 3.
     """
-    import click
-
     from zdagent import gate
     from zdagent.config import DEFAULT_CONFIG_DIR, app_config_path
 
@@ -341,22 +367,34 @@ def ssh_gate(config_dir: ConfigDirOpt = None) -> None:
             path = app_config_path(directory, name)
             return load_config(path) if path else None
 
+        if not os.access(directory, os.R_OK | os.X_OK):
+            gate.log_verdict(original, f"refused: cannot read {directory}")
+            _fail(f"refused: this user cannot read the app configs in {directory}",
+                  "add the deploy user to the daemon's group (zdagent init --group), "
+                  "then log in again", 3)
         try:
-            cmd = gate.parse(original, load)
+            cmd = gate.parse(original, load, gate.parse_scope(apps, verbs))
         except gate.GateRefused as e:
             gate.log_verdict(original, f"refused: {e}")
             _fail(f"refused: {e}", "", 2)
         gate.log_verdict(original, "allowed")
         path = app_config_path(directory, cmd.app)
-        try:
-            # Without standalone mode, click returns a command's exit code instead of exiting.
-            result = app([cmd.verb, *cmd.args, "--config", str(path)], prog_name="zdagent",
-                         standalone_mode=False)
-            code = result if isinstance(result, int) else 0
-        except click.exceptions.Exit as e:
-            code = e.exit_code
+        argv = [cmd.verb, *cmd.args, "--config", str(path)]
+        if socket:
+            argv += ["--socket", socket]
+        code = _run_in_process(argv)
         gate.log_verdict(original, f"exit={code}")
         raise typer.Exit(code)
+
+
+def _run_in_process(argv: list[str]) -> int:
+    """Run one zdagent command here and return its exit code (no click import needed:
+    standalone mode ends every command, success included, with SystemExit)."""
+    try:
+        app(argv, prog_name="zdagent", standalone_mode=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
 
 
 @app.command()
@@ -391,10 +429,12 @@ def init(
                         ] = None,
     port: Annotated[int, typer.Option(help="Port the app listens on in the container.")
                     ] = 8080,
-    blue_port: Annotated[int, typer.Option(help="Host port of the blue slot (127.0.0.1).")
-                         ] = 18001,
-    green_port: Annotated[int, typer.Option(help="Host port of the green slot (127.0.0.1).")
-                          ] = 18002,
+    blue_port: Annotated[int | None, typer.Option(
+        help="Host port of the blue slot (127.0.0.1). Default: the first port from 18001 "
+             "that no other app uses and nothing has bound.")] = None,
+    green_port: Annotated[int | None, typer.Option(
+        help="Host port of the green slot (127.0.0.1). Default: the next such port.")
+    ] = None,
     listen: Annotated[str, typer.Option(help="Nginx listen (port or address:port).")] = "80",
     server_name: Annotated[str, typer.Option(help="Nginx server_name.")] = "_",
     health_path: Annotated[str, typer.Option(help="Health check path.")] = "/",
@@ -403,9 +443,16 @@ def init(
                     ] = "/",
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing files (never "
                                                         "the live upstream).")] = False,
+    group: Annotated[str, typer.Option(
+        help="Group allowed to use the daemon's socket and read app configs (created if "
+             "missing); put the deploy user in it.")] = "zdagent",
+    switch_mode: Annotated[str | None, typer.Option(
+        help="reload or njs. Default: njs where Nginx's njs module is installed "
+             "(no reload, nothing dropped), else reload.")] = None,
 ) -> None:
     """Write a new app's config, Nginx site and placeholder upstream, and install the
-    daemon's systemd unit. Prints each file; refuses to overwrite without --force."""
+    daemon's systemd unit; set up the deploy group. Prints each file; refuses to overwrite
+    without --force."""
     import shutil as _shutil
 
     from zdagent import scaffold
@@ -416,12 +463,15 @@ def init(
         if len(sources) != 1:
             raise UsageError("give exactly one of --image, --build-context, --git-repo")
         kind, value = sources[0]
+        if switch_mode not in (None, "reload", "njs"):
+            raise UsageError(f"--switch-mode must be reload or njs, got {switch_mode!r}")
         if kind != "image":
             value = str(Path(value).resolve())
         options = scaffold.InitOptions(
             app=app_name, root=Path(root).resolve(), source=kind, source_value=value,
             port=port, blue_port=blue_port, green_port=green_port, listen=listen,
-            server_name=server_name, health_path=health_path, force=force)
+            server_name=server_name, health_path=health_path, force=force, group=group,
+            switch_mode=switch_mode)
         executable = _shutil.which("zdagent") or str(Path(sys.argv[0]).resolve())
         for line in scaffold.write(options, executable):
             out.print(line, markup=False)

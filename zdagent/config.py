@@ -483,11 +483,9 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
 
     if slots["blue_port"] == slots["green_port"]:
         raise r.fail("slots.green_port", "must differ from slots.blue_port")
+    # Secrets are read only when a container is created (read_env_file): status, history
+    # and the SSH gate load this config without ever touching the env file.
     env_file = _resolve(base, cont["env_file"]) if cont["env_file"] else None
-    if env_file is not None:
-        if not env_file.is_file():
-            raise r.fail("container.env_file", f"file not found: {env_file}")
-        read_env_file(env_file)  # fail now, at load, on a malformed line
     listen_port = listen_port_of(ngx["listen"])
     for key in ("blue_port", "green_port"):
         if slots[key] == listen_port:
@@ -555,8 +553,11 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
 def _check_ours(r: _Reader, path: Path, app: str) -> None:
     """``nginx.upstream_file`` is overwritten on every switch: refuse any existing file that
     does not start with zdagent's header for this app (e.g. /etc/nginx/nginx.conf)."""
-    if not path.exists():
-        return
+    try:
+        if not path.exists():
+            return
+    except PermissionError:
+        return  # a deploy user may not see Nginx's directory: not ours to judge either
     if not path.is_file():
         raise r.fail("nginx.upstream_file", f"{path} exists and is not a regular file")
     try:
@@ -634,20 +635,36 @@ def check_version(version: str) -> str:
 
 def read_env_file(path: Path) -> dict[str, str]:
     """Parse a KEY=VALUE env file (comments and blank lines allowed); values stay secret."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = "not UTF-8" if isinstance(e, UnicodeDecodeError) else (e.strerror or str(e))
+        raise ConfigError(f"container.env_file {path}: cannot read it ({why})",
+                          hint="the daemon (root) reads it when a container is created; "
+                               "keep it root-owned, mode 0600, UTF-8") from None
     env: dict[str, str] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         key, sep, value = line.removeprefix("export ").partition("=")
         key = key.strip()
         if not sep or not ENV_KEY_RE.fullmatch(key):
-            raise ConfigError(f"{path}:{n}: expected KEY=VALUE", hint="fix the env file")
+            raise ConfigError(f"container.env_file {path}:{n}: expected KEY=VALUE",
+                              hint="fix the env file")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
         env[key] = value
     return env
+
+
+def env_file_exposed(path: Path) -> bool:
+    """True when the env file's secrets are readable by its group or by everyone."""
+    try:
+        return bool(path.stat().st_mode & 0o044)
+    except OSError:
+        return False
 
 
 def app_config_path(config_dir: Path, app: str) -> Path | None:

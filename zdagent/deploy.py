@@ -89,7 +89,7 @@ class Engine:
         self.cfg = cfg
         self.emit = emit
         self.store = Store(cfg.state_dir)
-        self.slots = Slots(cfg, connect())
+        self.slots = Slots(cfg, connect(), emit)
         self.nginx = Nginx(cfg, emit)
 
     def close(self) -> None:

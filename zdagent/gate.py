@@ -1,13 +1,16 @@
 """The SSH gate: the only thing a deploy key can run.
 
 Installed as an ``authorized_keys`` forced command
-(``command="zdagent ssh-gate",restrict ssh-ed25519 …``), it reads ``SSH_ORIGINAL_COMMAND`` and
-allows exactly::
+(``command="zdagent ssh-gate --apps web --verbs status,history",restrict ssh-ed25519 …``), it
+reads ``SSH_ORIGINAL_COMMAND`` and allows exactly::
 
     deploy <app> <ref-or-version>
     rollback <app> [--to VERSION]
     status <app> [--json]
     history <app> [--json]
+
+``--apps`` and ``--verbs`` (comma-separated) narrow one key to some apps and verbs, e.g. a
+read-only key for a dashboard. Without them a key may run every verb on every app.
 
 Parsing is pure (``parse``) and strict: a small character set, length limits, a known app, and
 per-argument patterns. Anything else is refused with one line and exit code 2, before anything
@@ -40,14 +43,43 @@ class GateRefused(Exception):
 
 
 @dataclass(frozen=True)
+class Scope:
+    """What one key may do: None means any app / any verb."""
+
+    apps: frozenset[str] | None = None
+    verbs: frozenset[str] | None = None
+
+
+def parse_scope(apps: str | None, verbs: str | None) -> Scope:
+    """Parse the key's ``--apps``/``--verbs`` lists; a malformed list refuses everything."""
+    def items(raw: str | None, what: str, ok: Callable[[str], bool]) -> frozenset[str] | None:
+        if raw is None:
+            return None
+        names = [n.strip() for n in raw.split(",")]
+        bad = [n for n in names if not ok(n)]
+        if bad or not names:
+            raise GateRefused(f"this key's --{what} list is invalid ({bad[0][:40]!r}); "
+                              "ask the operator to fix authorized_keys")
+        return frozenset(names)
+
+    return Scope(items(apps, "apps", lambda n: bool(APP_NAME_RE.fullmatch(n))),
+                 items(verbs, "verbs", lambda n: n in VERBS))
+
+
+@dataclass(frozen=True)
 class GateCommand:
     verb: str
     app: str
     args: tuple[str, ...]  # validated CLI arguments after the verb (without --config)
 
 
-def parse(original: str | None, load_app: Callable[[str], AppConfig | None]) -> GateCommand:
-    """Validate an SSH_ORIGINAL_COMMAND; raise GateRefused with a one-line reason."""
+def parse(original: str | None, load_app: Callable[[str], AppConfig | None],
+          scope: Scope | None = None) -> GateCommand:
+    """Validate an SSH_ORIGINAL_COMMAND; raise GateRefused with a one-line reason.
+
+    The key's scope is checked before the app's config is read, so an out-of-scope app
+    learns nothing (not even whether it exists)."""
+    scope = scope or Scope()
     if original is None:
         raise GateRefused("interactive sessions are not allowed: this key only runs "
                           "`deploy|rollback|status|history <app> …`")
@@ -63,9 +95,14 @@ def parse(original: str | None, load_app: Callable[[str], AppConfig | None]) -> 
     verb, rest = words[0], words[1:]
     if verb not in VERBS:
         raise GateRefused(f"unknown command {verb[:32]!r}; allowed: {', '.join(VERBS)}")
+    if scope.verbs is not None and verb not in scope.verbs:
+        raise GateRefused(f"this key may not run {verb!r}; allowed: "
+                          f"{', '.join(sorted(scope.verbs))}")
     if not rest:
         raise GateRefused(f"usage: {verb} <app> …")
     app = rest[0]
+    if scope.apps is not None and app not in scope.apps:
+        raise GateRefused(f"this key may not touch app {app[:40]!r}")
     cfg = load_app(app) if APP_NAME_RE.fullmatch(app) else None
     if cfg is None:
         raise GateRefused(f"unknown app {app[:40]!r}")

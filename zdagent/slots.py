@@ -19,8 +19,16 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from zdagent.config import AppConfig, BuildSource, GitSource, ImageSource, read_env_file
+from zdagent.config import (
+    AppConfig,
+    BuildSource,
+    GitSource,
+    ImageSource,
+    env_file_exposed,
+    read_env_file,
+)
 from zdagent.errors import BuildFailed, DeployFailed, EnvironmentProblem, shorten
+from zdagent.events import Event
 
 SLOTS = ("blue", "green")
 LABEL = "zdagent"
@@ -128,9 +136,11 @@ def container_kwargs(cfg: AppConfig, slot: str, image: str, version: str, deploy
 class Slots:
     """The Docker side of one app: its two slot containers and its images."""
 
-    def __init__(self, cfg: AppConfig, client: docker.DockerClient) -> None:
+    def __init__(self, cfg: AppConfig, client: docker.DockerClient,
+                 emit: Callable[[Event], None] | None = None) -> None:
         self.cfg = cfg
         self.client = client
+        self.emit = emit
 
     # --- images -----------------------------------------------------------------------
 
@@ -309,10 +319,14 @@ class Slots:
     def run(self, slot: str, image: str, version: str, deploy_id: int) -> None:
         """Start a fresh container for ``slot`` (our previous one there is removed first)."""
         self._refuse_foreign(slot)
-        self.remove(slot)
         env = dict(self.cfg.container.env)
-        if self.cfg.container.env_file:
-            env.update(read_env_file(self.cfg.container.env_file))
+        env_file = self.cfg.container.env_file
+        if env_file:  # the only place secrets are read: when a container is created
+            env.update(read_env_file(env_file))
+            if env_file_exposed(env_file) and self.emit is not None:
+                self.emit(Event("warn", f"container.env_file {env_file} is readable by its "
+                                        f"group or everyone: chmod 600 {env_file}"))
+        self.remove(slot)
         kwargs = container_kwargs(self.cfg, slot, image, version, deploy_id, env)
         try:
             self.client.containers.run(**kwargs)

@@ -118,11 +118,11 @@ def test_invalid_toml_and_missing_file(tmp_path):
         load_config(tmp_path / "absent.toml")
 
 
-def test_env_file_is_checked_at_load(tmp_path):
-    (tmp_path / "env").write_text("GOOD=1\nthis line is wrong\n")
+def test_env_file_is_not_read_at_load(tmp_path):
+    """Secrets are read only when a container is created (tests/unit/test_env_file.py)."""
+    (tmp_path / "env").write_bytes(b"\xff broken")
     text = MINIMAL.replace("port = 8080", 'port = 8080\nenv_file = "env"')
-    with pytest.raises(ConfigError, match=r"env:2: expected KEY=VALUE"):
-        load_config(write(tmp_path, text))
+    assert load_config(write(tmp_path, text)).container.env_file == tmp_path / "env"
 
 
 @pytest.mark.parametrize("good", ["v1", "1.2.3", "a1b2c3d", "release_2026-11-23"])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from zdagent.config import GitSource, ImageSource
-from zdagent.gate import GateCommand, GateRefused, parse
+from zdagent.gate import GateCommand, GateRefused, Scope, parse, parse_scope
 
 
 class _Cfg:
@@ -73,3 +73,53 @@ def test_allowed(cmd, expected):
 def test_refused(cmd, reason):
     with pytest.raises(GateRefused, match=reason.replace("(", r"\(").replace(")", r"\)")):
         gate(cmd)
+
+
+# --- per-key scope: --apps / --verbs in authorized_keys --------------------------------------
+
+def scoped(cmd, apps=None, verbs=None):
+    return parse(cmd, APPS.get, parse_scope(apps, verbs))
+
+
+def test_scope_parsing():
+    assert parse_scope(None, None) == Scope()
+    assert parse_scope("web,site", "status, history") == Scope(
+        frozenset({"web", "site"}), frozenset({"status", "history"}))
+
+
+@pytest.mark.parametrize(("apps", "verbs"), [
+    ("web,", None), ("", None), ("Web", None), ("../x", None), ("web", "status,shell"),
+    (None, ""), (None, "deploy;id"),
+])
+def test_a_malformed_scope_refuses_everything(apps, verbs):
+    with pytest.raises(GateRefused, match="authorized_keys"):
+        parse_scope(apps, verbs)
+
+
+def test_an_app_scope_allows_only_its_apps():
+    assert scoped("deploy web v2", apps="web") == GateCommand("deploy", "web", ("v2",))
+    with pytest.raises(GateRefused, match="may not touch app 'site'"):
+        scoped("deploy site main", apps="web")
+    # out of scope and unknown look the same: the key learns nothing about other apps
+    with pytest.raises(GateRefused, match="may not touch app 'nope'"):
+        scoped("status nope", apps="web")
+
+
+def test_a_read_only_key():
+    assert scoped("status web --json", verbs="status,history").verb == "status"
+    assert scoped("history site", verbs="status,history").verb == "history"
+    for cmd in ("deploy web v2", "rollback web", "rollback web --to v1"):
+        with pytest.raises(GateRefused, match="may not run"):
+            scoped(cmd, verbs="status,history")
+
+
+def test_scope_never_loads_an_out_of_scope_config():
+    loaded = []
+
+    def load(name):
+        loaded.append(name)
+        return APPS.get(name)
+
+    with pytest.raises(GateRefused):
+        parse("status site", load, parse_scope("web", None))
+    assert loaded == []
