@@ -472,7 +472,11 @@ def init(
             port=port, blue_port=blue_port, green_port=green_port, listen=listen,
             server_name=server_name, health_path=health_path, force=force, group=group,
             switch_mode=switch_mode)
-        executable = _shutil.which("zdagent") or str(Path(sys.argv[0]).resolve())
+        # The unit runs the zdagentd of this installation (the venv it lives in), not
+        # whichever one PATH finds first.
+        beside = Path(sys.executable).parent / "zdagent"
+        executable = (str(beside) if beside.with_name("zdagentd").exists()
+                      else _shutil.which("zdagent") or str(Path(sys.argv[0]).resolve()))
         for line in scaffold.write(options, executable):
             out.print(line, markup=False)
         out.print(scaffold.enable_unit(options.root), markup=False)

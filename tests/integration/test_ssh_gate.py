@@ -149,3 +149,60 @@ def test_everything_else_is_refused_logged_and_never_run(make_app, sshd, tmp_pat
     assert sum("refused:" in line for line in log) == len(attempts)
     assert any("<interactive>" in line for line in log)
     assert not (app.config.parent / "state" / "zdagent.db").exists()  # nothing ran
+
+
+# --- the operator's path: a non-root deploy user, through the daemon -------------------------
+
+def test_non_root_deploy_user_runs_every_verb_through_the_daemon(operator_host,
+                                                                  docker_client):
+    """README: init -> systemd unit -> deploy key of a user in the zdagent group. The user
+    can neither write the state dir nor read the env file: everything goes through the
+    daemon, started with the unit's own ExecStart."""
+    host, app = operator_host, operator_host.test_app
+    p = host.ssh(f"deploy {app.name} v1")
+    assert p.returncode == 0, p.stderr
+    assert "switching Nginx to blue" in p.stderr  # the daemon's progress, streamed back
+    assert "not running" not in p.stderr and "running in this process" not in p.stderr
+    p = host.ssh(f"deploy {app.name} v2")
+    assert p.returncode == 0, p.stderr
+    assert app.served_version() == "v2"
+
+    st = host.ssh(f"status {app.name} --json")
+    assert st.returncode == 0, st.stderr
+    data = json.loads(st.stdout)
+    assert data["live_slot"] == "green" and data["daemon"]["pid"] > 0
+    hist = host.ssh(f"history {app.name} --json")
+    assert hist.returncode == 0, hist.stderr
+    assert [h["version"] for h in json.loads(hist.stdout)] == ["v2", "v1"]
+    p = host.ssh(f"rollback {app.name}")
+    assert p.returncode == 0, p.stderr
+    assert app.served_version() == "v1"
+    p = host.ssh(f"history {app.name}")  # the table, too
+    assert p.returncode == 0 and "rollback" in p.stdout, p.stderr
+
+    # the daemon (root) read the secret the deploy user cannot read, and nobody printed it
+    env = docker_client.containers.get(f"{app.name}-green").attrs["Config"]["Env"]
+    assert "ZDT_SECRET=s3cret-value" in env
+    log = host.gate_log.read_text()
+    assert "s3cret" not in log and f"command='rollback {app.name}' allowed" in log
+    assert log.count("exit=0") == 6
+
+
+def test_scoped_keys_and_users_outside_the_group_are_refused(operator_host):
+    host, app = operator_host, operator_host.test_app
+    p = host.ssh(f"status {app.name}", key="other-app")  # a key limited to app "web"
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().splitlines() == [f"error: refused: this key may not touch app "
+                                             f"'{app.name}'"]
+    p = host.ssh(f"deploy {app.name} v1", key="read-only")
+    assert p.returncode == 2 and "may not run 'deploy'" in p.stderr, p.stderr
+    p = host.ssh(f"status {app.name} --json", key="read-only")
+    assert p.returncode == 0 and json.loads(p.stdout)["app"] == app.name, p.stderr
+
+    p = host.ssh(f"status {app.name}", key="outsider", user=host.outsider)
+    assert p.returncode == 3, p.stderr
+    assert "cannot read the app configs" in p.stderr and "group" in p.stderr
+    assert "Traceback" not in p.stderr
+    log = host.gate_log.read_text()
+    assert "may not touch app" in log and "may not run 'deploy'" in log
+    assert "refused: cannot read" not in log  # the outsider cannot write the group's log
