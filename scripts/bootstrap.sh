@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs everything zdagent and its tests need on Debian (run as root), starts dockerd when
-# no Docker engine answers, and installs zdagent itself with its test extras.
+# no Docker engine answers, and installs zdagent itself with its test extras (the tests also
+# build a production install: a wheel in a python3-venv venv, no extras).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(docker.io nginx libnginx-mod-http-js busybox-static docker-registry openssh-server wrk git
+          python3-venv passwd
           curl)
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -11,9 +11,13 @@ bash scripts/bootstrap.sh
 DEMO=${ZDAGENT_DEMO_DIR:-/tmp/zdagent-demo}
 PORT=${ZDAGENT_DEMO_PORT:-8080}
 NGINX=(nginx -p "$DEMO/nginx" -c "$DEMO/nginx/nginx.conf" -e "$DEMO/nginx/error.log")
+# Zero drop by default: the reload-free switch wherever Nginx's njs module is installed.
+NJS_MODULE=/usr/lib/nginx/modules/ngx_http_js_module.so
+if [ -f "$NJS_MODULE" ]; then SWITCH_MODE=njs; LOAD_NJS="load_module $NJS_MODULE;"
+else SWITCH_MODE=reload; LOAD_NJS=""; fi
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "setting up the demo in $DEMO (Nginx on 127.0.0.1:$PORT)"
+step "setting up the demo in $DEMO (Nginx on 127.0.0.1:$PORT, switch_mode = $SWITCH_MODE)"
 if [ -f "$DEMO/nginx/nginx.pid" ]; then "${NGINX[@]}" -s quit 2>/dev/null || true; sleep 1; fi
 docker rm -f demo-blue demo-green >/dev/null 2>&1 || true
 rm -rf "$DEMO"
@@ -52,8 +56,10 @@ reload_command = ["nginx", "-p", "$DEMO/nginx", "-c", "$DEMO/nginx/nginx.conf", 
 pid_file = "$DEMO/nginx/nginx.pid"
 public_url = "http://127.0.0.1:$PORT/"
 listen = "127.0.0.1:$PORT"
+switch_mode = "$SWITCH_MODE"
 TOML
 cat > "$DEMO/nginx/nginx.conf" <<CONF
+$LOAD_NJS
 worker_processes 2;
 pid $DEMO/nginx/nginx.pid;
 error_log $DEMO/nginx/error.log;
