@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shlex
 import shutil
 import signal
@@ -70,7 +71,8 @@ def prod_venv() -> Iterator[Path]:
 
 def _account_cleanup(users: list[str], group: str | None) -> None:
     for user in users:
-        subprocess.run(["userdel", user], capture_output=True, check=False, timeout=60)
+        subprocess.run(["userdel", "--remove", user], capture_output=True, check=False,
+                       timeout=60)
     if group:
         subprocess.run(["groupdel", group], capture_output=True, check=False, timeout=60)
 
@@ -85,13 +87,16 @@ def test_group() -> Iterator[str]:
     _account_cleanup([], name)
 
 
-def add_user(name: str, groups: list[str]) -> None:
-    """A login-capable account without a password or home ('*': not locked for sshd)."""
-    argv = ["useradd", "--no-create-home", "--home-dir", "/", "--shell", "/bin/sh",
-            "--password", "*", name]
+def add_user(name: str, groups: list[str]) -> Path:
+    """The README's `useradd --create-home --groups zdagent --password '*' deploy` and its
+    `install -d -m 700 -o deploy -g deploy ~deploy/.ssh`; returns authorized_keys' path."""
+    argv = ["useradd", "--create-home", "--shell", "/bin/sh", "--password", "*", name]
     if groups:
         argv[1:1] = ["--groups", ",".join(groups)]
     _run(argv, timeout=60)
+    ssh = Path(pwd.getpwnam(name).pw_dir) / ".ssh"
+    _run(["install", "-d", "-m", "700", "-o", name, "-g", name, str(ssh)])
+    return ssh / "authorized_keys"
 
 
 def _keygen(path: Path) -> str:
@@ -183,7 +188,7 @@ def _answers(path: Path) -> bool:
         return False
 
 
-def start_sshd(ssh_dir: Path, keys_dir: Path, log: Path) -> tuple[subprocess.Popen, int]:
+def start_sshd(ssh_dir: Path, log: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     host_pub = _keygen(ssh_dir / "host_key")
     (ssh_dir / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
@@ -192,7 +197,7 @@ Port {port}
 ListenAddress 127.0.0.1
 HostKey {ssh_dir / 'host_key'}
 PidFile {ssh_dir / 'sshd.pid'}
-AuthorizedKeysFile {keys_dir}/%u
+AuthorizedKeysFile .ssh/authorized_keys
 PermitRootLogin no
 PubkeyAuthentication yes
 PasswordAuthentication no
@@ -254,12 +259,10 @@ def operator_host(prod_venv, test_group, make_app, tmp_path) -> Iterator[Operato
             "[container]\n", f"[container]\nenv_file = \"{env_file}\"\n", 1)
         (root / f"etc/zdagent/apps/{app.name}.toml").write_text(text)  # keeps 0640 root:group
         # 3. the deploy user (in the group) and an outsider
-        add_user(deploy_user, [test_group])
-        add_user(outsider, [])
+        deploy_keys = add_user(deploy_user, [test_group])
+        outsider_keys = add_user(outsider, [])
         ssh_dir = tmp_path / "sshd"
         ssh_dir.mkdir(mode=0o700)
-        keys_dir = root / "ssh-keys"  # sshd reads a user's keys as that user
-        keys_dir.mkdir(mode=0o755)
         host = OperatorHost(prod_venv, root, test_group, app.name, deploy_user, outsider, 0,
                             ssh_dir, root / "run/zdagent/zdagent.sock")
         lines = []
@@ -268,13 +271,13 @@ def operator_host(prod_venv, test_group, make_app, tmp_path) -> Iterator[Operato
             host.keys[key] = ssh_dir / key
             lines.append(f'command="{host.gate_command(*scope)}",restrict '
                          f"{_keygen(ssh_dir / key)}")
-        (keys_dir / deploy_user).write_text("\n".join(lines) + "\n")
+        deploy_keys.write_text("\n".join(lines) + "\n")  # root-owned, 0644: sshd reads it
         host.keys["outsider"] = ssh_dir / "outsider"
-        (keys_dir / outsider).write_text(
+        outsider_keys.write_text(
             f'command="{host.gate_command()}",restrict {_keygen(ssh_dir / "outsider")}\n')
         # 4. the daemon, as systemd would start it
         procs.append(start_daemon_from_unit(host, tmp_path / "daemon.log"))
-        sshd, host.port = start_sshd(ssh_dir, keys_dir, ssh_dir / "sshd.log")
+        sshd, host.port = start_sshd(ssh_dir, ssh_dir / "sshd.log")
         procs.append(sshd)
         host.test_app = app  # type: ignore[attr-defined]
         yield host

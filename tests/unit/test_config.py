@@ -119,7 +119,7 @@ def test_invalid_toml_and_missing_file(tmp_path):
 
 
 def test_env_file_is_not_read_at_load(tmp_path):
-    """Secrets are read only when a container is created (tests/unit/test_env_file.py)."""
+    """Secrets are read only when a container is created (tests/unit/test_env_file_parsing.py)."""
     (tmp_path / "env").write_bytes(b"\xff broken")
     text = MINIMAL.replace("port = 8080", 'port = 8080\nenv_file = "env"')
     assert load_config(write(tmp_path, text)).container.env_file == tmp_path / "env"
