@@ -85,17 +85,24 @@ class _Run:
 class Engine:
     """Deploy, roll back and reconcile one app."""
 
-    def __init__(self, cfg: AppConfig, emit: Emit) -> None:
+    def __init__(self, cfg: AppConfig, emit: Emit, *, docker_client: Any = None,
+                 performer: str | None = None) -> None:
+        """``docker_client``: a long-lived client to reuse (the daemon's; never closed here).
+        ``performer``: who asked, recorded in history (default: the current user)."""
         self.cfg = cfg
         self.emit = emit
+        self.performer = performer
+        self._owns_client = docker_client is None
         self.store = Store(cfg.state_dir)
-        self.slots = Slots(cfg, connect(), emit)
+        self.slots = Slots(cfg, docker_client if docker_client is not None else connect(),
+                           emit)
         self.nginx = Nginx(cfg, emit)
 
     def close(self) -> None:
         self.store.close()
         self.nginx.close()
-        self.slots.client.close()
+        if self._owns_client:
+            self.slots.client.close()
 
     def __enter__(self) -> Engine:
         return self
@@ -174,7 +181,8 @@ class Engine:
         with app_lock(self.cfg.state_dir, self.cfg.name, "restart", self.emit, wait=False):
             live = self._expect_live(expected_live)
             info = self.slots.info(live)
-            did = self.store.begin(self.cfg.name, "restart", info.version, live, live)
+            did = self.store.begin(self.cfg.name, "restart", info.version, live, live,
+                                   user=self.performer)
             self.store.update(did, reason=reason, image=info.image, image_id=info.image_id)
             try:
                 self.slots.restart(live)
@@ -206,7 +214,8 @@ class Engine:
                        commit: str | None = None, ref: str | None = None) -> Result:
         live = self.live_slot()
         target = other(live) if live else "blue"
-        did = self.store.begin(self.cfg.name, kind, version, target, live)
+        did = self.store.begin(self.cfg.name, kind, version, target, live,
+                               user=self.performer)
         if commit:
             self.store.update(did, source_ref=f"{ref}@{commit}")
         run = _Run(self, did, live, target)
@@ -234,7 +243,8 @@ class Engine:
             )
         if require_running and not info.running:
             raise DeployFailed(f"the standby slot {standby} is {info.state}")
-        did = self.store.begin(self.cfg.name, kind, info.version, standby, live)
+        did = self.store.begin(self.cfg.name, kind, info.version, standby, live,
+                               user=self.performer)
         self.store.update(did, image=info.image, image_id=info.image_id, reason=reason)
         run = _Run(self, did, live, standby, fresh=False)
         self.emit(Event("info", f"{kind} #{did}: {live} -> {standby} "

@@ -94,7 +94,7 @@ class DeployRecord:
     from_slot: str | None
     started_at: float
     finished_at: float | None
-    outcome: str  # running | succeeded | failed | interrupted
+    outcome: str  # running | succeeded | failed | interrupted | cancelled
     error: str | None
     user: str | None
     pid: int | None
@@ -170,13 +170,14 @@ class Store:
     # --- history ------------------------------------------------------------------------
 
     def begin(self, app: str, kind: str, version: str | None, slot: str | None,
-              from_slot: str | None) -> int:
+              from_slot: str | None, *, user: str | None = None) -> int:
+        """Open a history row; ``user`` is who asked (the daemon passes its caller)."""
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO deploys(app, kind, version, slot, from_slot, started_at, outcome,"
                 " user, pid) VALUES (?,?,?,?,?,?,?,?,?)",
                 (app, kind, version, slot, from_slot, time.time(), "running",
-                 current_user(), os.getpid()),
+                 user or current_user(), os.getpid()),
             )
             return int(cur.lastrowid or 0)
 
