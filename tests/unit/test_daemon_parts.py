@@ -1,0 +1,162 @@
+"""The daemon's queue and task supervisor, on a real event loop (no Docker)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from zdagent.daemon import supervise
+from zdagent.daemon.queue import AppRuntime, Operation, Queue
+from zdagent.daemon.supervise import Supervised, backoff
+
+
+def _runtime() -> AppRuntime:
+    return AppRuntime(SimpleNamespace(name="web"))  # type: ignore[arg-type]
+
+
+async def _collect(stream) -> list[dict[str, Any]]:
+    return [item async for item in stream]
+
+
+def test_operations_run_one_at_a_time_in_arrival_order():
+    async def main() -> list[str]:
+        rt, order = _runtime(), []
+        release = threading.Event()
+        queue = Queue(lambda: False, lambda cfg, op: None, lambda m: None)
+
+        def work(name: str):
+            def run(cfg, emit) -> dict:
+                order.append(f"start {name}")
+                if name == "a":
+                    assert release.wait(10)
+                order.append(f"end {name}")
+                return {"result": {"name": name}}
+            return run
+
+        streams = [queue.submit(rt, Operation("deploy", n, "alice", asyncio.Event()), work(n))
+                   for n in ("a", "b", "c")]
+        while rt.queued != 2:  # b and c wait behind a
+            await asyncio.sleep(0.01)
+        release.set()
+        results = await asyncio.gather(*(_collect(s) for s in streams))
+        assert results[0] == [{"result": {"name": "a"}}]
+        assert results[1][0]["event"]["message"].startswith("queued: another operation")
+        assert results[2][-1] == {"result": {"name": "c"}}
+        assert not rt.busy() and rt.queued == 0
+        return order
+
+    assert asyncio.run(main()) == ["start a", "end a", "start b", "end b", "start c", "end c"]
+
+
+def test_a_queued_operation_whose_client_left_is_cancelled_and_recorded():
+    async def main() -> None:
+        rt, recorded, ran = _runtime(), [], []
+        queue = Queue(lambda: False, lambda cfg, op: recorded.append((op.what, op.version,
+                                                                      op.performer)),
+                      lambda m: None)
+        await rt.lock.acquire()  # a running operation
+        gone = asyncio.Event()
+        op = Operation("deploy", "v3", "alice", gone)
+        stream = queue.submit(rt, op, lambda cfg, emit: ran.append(1) or {"result": {}})
+        while rt.queued != 1:
+            await asyncio.sleep(0.01)
+        gone.set()
+        items = await _collect(stream)
+        assert op.state == "cancelled" and recorded == [("deploy", "v3", "alice")]
+        assert rt.queued == 0 and rt.lock.locked()  # the running one still holds it
+        rt.lock.release()
+        await queue.drain()
+        assert ran == [] and not rt.lock.locked()
+        assert all("result" not in i for i in items)
+
+    asyncio.run(main())
+
+
+def test_a_started_operation_runs_to_the_end_when_its_client_leaves():
+    async def main() -> None:
+        rt = _runtime()
+        started, finish = threading.Event(), threading.Event()
+        queue = Queue(lambda: False, lambda cfg, op: None, lambda m: None)
+        gone = asyncio.Event()
+
+        def work(cfg, emit) -> dict:
+            started.set()
+            assert finish.wait(10)
+            return {"result": {"ok": True}}
+
+        op = Operation("deploy", "v2", "alice", gone)
+        queue.submit(rt, op, work)
+        await asyncio.to_thread(started.wait, 10)
+        gone.set()
+        finish.set()
+        await queue.drain()
+        assert op.state == "done" and not rt.lock.locked()
+
+    asyncio.run(main())
+
+
+def test_queued_operations_do_not_start_once_the_daemon_stops():
+    async def main() -> None:
+        rt, stopping = _runtime(), [False]
+        queue = Queue(lambda: stopping[0], lambda cfg, op: None, lambda m: None)
+        await rt.lock.acquire()
+        stream = queue.submit(rt, Operation("deploy", "v2", "a", asyncio.Event()),
+                              lambda cfg, emit: pytest.fail("must not run"))
+        while rt.queued != 1:
+            await asyncio.sleep(0.01)
+        stopping[0] = True
+        rt.lock.release()
+        items = await _collect(stream)
+        assert items[-1]["error"]["exit_code"] == 3
+
+    asyncio.run(main())
+
+
+def test_backoff_doubles_and_is_capped():
+    assert [backoff(n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
+    assert backoff(50) == supervise.MAX_BACKOFF
+
+
+def test_a_failing_task_is_logged_restarted_and_not_alive_while_waiting(monkeypatch):
+    monkeypatch.setattr(supervise, "FIRST_BACKOFF", 0.05)
+
+    async def main() -> None:
+        runs, logs, failures = [], [], []
+        hold = asyncio.Event()
+
+        async def body() -> None:
+            runs.append(1)
+            if len(runs) <= 2:
+                raise RuntimeError(f"boom {len(runs)}")
+            await hold.wait()
+
+        task = Supervised("watch web", body, logs.append, lambda e, d: failures.append(e))
+        task.start()
+        saw_backoff = False
+        while len(runs) < 3:
+            saw_backoff |= task.state == "backoff" and not task.alive
+            await asyncio.sleep(0)
+        assert saw_backoff
+        assert task.alive and task.state == "running" and task.restarts == 2
+        assert task.last_error == "RuntimeError: boom 2" and len(failures) == 2
+        assert "Traceback" in logs[0] and "boom 1" in logs[0]
+        hold.set()
+        await task.stop(5)
+        assert task.state == "finished" and task.alive
+
+    asyncio.run(main())
+
+
+def test_stop_cancels_a_task_that_does_not_end():
+    async def main() -> None:
+        task = Supervised("stuck", lambda: asyncio.Event().wait(), lambda m: None)
+        task.start()
+        await asyncio.sleep(0)
+        await task.stop(0.05)
+        assert task.state == "stopped" and not task.alive
+
+    asyncio.run(main())

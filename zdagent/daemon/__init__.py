@@ -1,0 +1,10 @@
+"""``zdagent daemon`` / ``zdagentd``: one process for every app in the config directory.
+
+``server`` runs the lifecycle (startup, main loop, shutdown, SIGHUP reload) and supervises one
+watch task per app; ``routes`` answers the control API; ``queue`` runs each app's operations
+one after the other; ``engines`` holds the one Docker client and calls the engine in threads.
+"""
+
+from zdagent.daemon.server import Daemon, main, run
+
+__all__ = ["Daemon", "main", "run"]

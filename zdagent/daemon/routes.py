@@ -1,0 +1,101 @@
+"""The control API's routes: validate strictly, then read, or queue an operation.
+
+Knows nothing about how deploys work: reads go to ``Engines`` in a thread, operations to the
+app's ``Queue``. Any zdagent error a handler raises is answered by the API layer with its exit
+code (Docker down: 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from zdagent import api
+from zdagent.config import AppConfig, GitSource, check_version
+from zdagent.daemon.queue import Operation
+from zdagent.errors import ConfigError
+from zdagent.gitsource import check_ref
+
+if TYPE_CHECKING:
+    from zdagent.daemon.server import Daemon
+
+MAX_HISTORY = 10000
+
+
+class Routes:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    async def handle(self, req: api.Request) -> api.Reply:
+        if req.path == "/v1/status":
+            _method(req, "GET")
+            return self.d.status()
+        m = api.ROUTE.match(req.path)
+        if not m:
+            raise api.ApiError(404, f"no such endpoint: {req.method} {req.path}")
+        name, what = m.groups()
+        rt = self.d.apps.get(name)
+        if rt is None:
+            bad = self.d.config_errors.get(name)
+            raise api.ApiError(404, f"unknown app {name!r}" + (f": {bad}" if bad else ""),
+                               hint="the daemon serves the apps in its config directory; "
+                                    "`systemctl reload zdagent` re-reads it")
+        if what == "status":
+            _method(req, "GET")
+            data = await asyncio.to_thread(self.d.engines.status, rt.cfg)
+            data["watchdog"] = self.d.app_status(name, rt)
+            data["daemon"] = self.d.status()["daemon"]
+            return data
+        if what == "history":
+            _method(req, "GET")
+            return {"history": await asyncio.to_thread(self.d.engines.history, rt.cfg,
+                                                       _limit(req.query))}
+        _method(req, "POST")
+        if self.d.stopping():
+            raise api.ApiError(503, "the daemon is stopping", exit_code=3,
+                               hint="retry once it is back")
+        args = validate(rt.cfg, what, req.body)
+        if args["no_wait"] and (rt.busy() or rt.queued):
+            raise api.ApiError(409, f"{name} is busy: another operation is running",
+                               exit_code=1, hint="retry later, or drop --no-wait to queue")
+        op = Operation(what, args.get("version") or args.get("to"), req.peer.user, req.gone)
+        return self.d.queue.submit(
+            rt, op, lambda cfg, emit: self.d.engines.operate(cfg, emit, what, args, op.performer))
+
+
+def _method(req: api.Request, want: str) -> None:
+    if req.method != want:
+        raise api.ApiError(405, f"{req.method} not allowed on {req.path}")
+
+
+def _limit(query: dict[str, list[str]]) -> int:
+    raw = query.get("limit", ["20"])[0]
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_HISTORY:
+        raise api.ApiError(400, f"limit must be an integer from 1 to {MAX_HISTORY}")
+    return int(raw)
+
+
+def validate(cfg: AppConfig, what: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The operation's arguments, checked as strictly as the CLI checks them."""
+    allowed = {"deploy": {"version", "no_wait"}, "rollback": {"to", "no_wait"}}[what]
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise api.ApiError(400, f"unknown field(s) for {what}: {', '.join(unknown)}")
+    no_wait = body.get("no_wait", False)
+    if not isinstance(no_wait, bool):
+        raise api.ApiError(400, "'no_wait' must be true or false")
+    try:
+        if what == "deploy":
+            version = body.get("version")
+            if not isinstance(version, str):
+                raise api.ApiError(400, "deploy needs a string 'version'")
+            (check_ref if isinstance(cfg.source, GitSource) else check_version)(version)
+            return {"version": version, "no_wait": no_wait}
+        to = body.get("to")
+        if to is not None and not isinstance(to, str):
+            raise api.ApiError(400, "'to' must be a string or null")
+        if to is not None:
+            check_version(to)
+        return {"to": to, "no_wait": no_wait}
+    except ConfigError as e:
+        raise api.ApiError(400, e.message) from None

@@ -1,0 +1,306 @@
+"""The daemon's lifecycle: startup, main loop, shutdown (after uvicorn's ``Server``).
+
+Startup loads the app directory (a bad app file is reported, the others run), reconciles every
+app (a crashed deploy is repaired before anything else), opens the control socket, tells
+systemd READY=1 and starts one supervised watch task per app. The main loop feeds systemd's
+watchdog only while every task is alive, and re-reads the app directory on SIGHUP. Shutdown
+stops accepting work, lets running deploys finish their phases (so Nginx never points at a
+dead slot) and exits. Signal handlers only set events; a second SIGTERM/SIGINT forces exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zdagent import __version__, api
+from zdagent.config import AppConfig, load_app_dir
+from zdagent.daemon.engines import Engines
+from zdagent.daemon.queue import AppRuntime, Operation, Queue
+from zdagent.daemon.routes import Routes
+from zdagent.daemon.supervise import Supervised
+from zdagent.errors import ZdError
+from zdagent.notify import Notifier
+from zdagent.watchdog import WatchHooks, async_client, watch
+
+STOP_WATCH_TIMEOUT = 30.0
+
+
+def log(message: str) -> None:
+    """One line to stderr: the journal under systemd."""
+    print(f"zdagent: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Watcher:
+    """An app's watch task and the event that ends it (on reload or shutdown)."""
+
+    task: Supervised
+    stop: asyncio.Event
+
+
+class Daemon:
+    def __init__(self, config_dir: Path, socket_path: Path, socket_group: str | None,
+                 limits: api.Limits | None = None) -> None:
+        self.config_dir = config_dir
+        self.socket_path = socket_path
+        self.socket_group = socket_group
+        self.limits = limits or api.Limits()
+        self.apps: dict[str, AppRuntime] = {}
+        self.config_errors: dict[str, str] = {}
+        self.watchers: dict[str, Watcher] = {}
+        self.stop = asyncio.Event()
+        self.hup = asyncio.Event()
+        self.started = time.time()
+        self.notifier = Notifier()
+        self.engines = Engines(log)
+        self.queue = Queue(self.stopping, self._record_cancelled, log)
+        self.routes = Routes(self)
+        self.api = api.Server(self.routes.handle, self.limits, log)
+        self.http: Any = None
+        self.reloads = 0
+        self.background: set[asyncio.Task[None]] = set()
+
+    def stopping(self) -> bool:
+        return self.stop.is_set()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._install_signals()
+        self.http = async_client()
+        try:
+            server = await self.startup()
+            await self.main_loop()
+            await self.shutdown(server)
+        finally:
+            await self.http.aclose()
+            self.engines.docker.close()
+
+    async def startup(self) -> asyncio.AbstractServer:
+        appdir = await asyncio.to_thread(load_app_dir, self.config_dir)  # no dir: exit 2
+        self._set_errors(appdir.errors)
+        self.apps = {name: AppRuntime(cfg) for name, cfg in appdir.apps.items()}
+        log(f"{len(self.apps)} app(s) in {self.config_dir}: {', '.join(self.apps) or 'none'}")
+        for rt in self.apps.values():
+            await asyncio.to_thread(self.engines.recover, rt.cfg)
+        server = await self._listen()
+        for name in self.apps:
+            self._start_watch(name)
+        self.notifier.ready(self.summary())
+        log(f"ready; control socket {self.socket_path}")
+        return server
+
+    async def main_loop(self) -> None:
+        ping = min(self.notifier.watchdog_interval or 5.0, 5.0)
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake(), timeout=ping)
+            if self.hup.is_set() and not self.stop.is_set():
+                self.hup.clear()
+                await self.reload()
+            # The loop being here proves it is not hung; every task must be alive too.
+            if self.all_alive():
+                self.notifier.watchdog()
+            self.notifier.status(self.summary())
+
+    async def _wake(self) -> None:
+        stop, hup = (asyncio.ensure_future(e.wait()) for e in (self.stop, self.hup))
+        try:
+            await asyncio.wait({stop, hup}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            hup.cancel()
+
+    async def shutdown(self, server: asyncio.AbstractServer) -> None:
+        self.notifier.stopping()
+        log("stopping: no new work; waiting for running deploys to finish")
+        server.close()
+        await self.queue.drain()  # running operations finish; queued ones end unstarted
+        await asyncio.gather(*self.background, return_exceptions=True)
+        await asyncio.gather(*(self._stop_watch(name) for name in list(self.watchers)))
+        self.socket_path.unlink(missing_ok=True)
+        log("stopped")
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, self.hup.set)
+
+    def _on_stop_signal(self) -> None:
+        if self.stop.is_set():  # the second one: do not wait (recovery repairs at start)
+            log("second stop signal: exiting now")
+            os._exit(1)
+        self.stop.set()
+
+    async def _listen(self) -> asyncio.AbstractServer:
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        old = os.umask(0o117)  # the socket is created 0660: never world-writable
+        try:
+            server = await asyncio.start_unix_server(
+                self.api, path=str(self.socket_path))
+        finally:
+            os.umask(old)
+        os.chmod(self.socket_path, 0o660)
+        if self.socket_group:
+            os.chown(self.socket_path, -1, grp.getgrnam(self.socket_group).gr_gid)
+        return server
+
+    # --- the app directory (SIGHUP) -----------------------------------------------------
+
+    async def reload(self) -> None:
+        """Re-read the app directory: added apps start, removed stop, changed take effect.
+
+        A running operation keeps the config it started with; queued ones get the new one.
+        """
+        self.reloads += 1
+        try:
+            appdir = await asyncio.to_thread(load_app_dir, self.config_dir)
+        except ZdError as e:
+            log(f"reload: {e.message}; keeping the apps as they are")
+            return
+        self._set_errors(appdir.errors)
+        old = set(self.apps)
+        for name in sorted(old - set(appdir.apps)):
+            await self._stop_watch(name)
+            self.apps.pop(name)
+            log(f"reload: {name} removed: no longer watched or served")
+        for name, cfg in appdir.apps.items():
+            rt = self.apps.get(name)
+            if rt is None:
+                self.apps[name] = AppRuntime(cfg)
+                task = asyncio.create_task(self._recover_then_watch(name))
+                self.background.add(task)
+                task.add_done_callback(self.background.discard)
+                log(f"reload: {name} added")
+            elif rt.cfg != cfg:
+                await self._stop_watch(name)
+                rt.cfg = cfg
+                self._start_watch(name)
+                log(f"reload: {name} changed: new config in effect"
+                    + (" for the next operation" if rt.busy() else ""))
+        log(f"reload done: {len(self.apps)} app(s)"
+            + (f", {len(self.config_errors)} bad file(s)" if self.config_errors else ""))
+
+    async def _recover_then_watch(self, name: str) -> None:
+        rt = self.apps[name]
+        async with rt.lock:  # an operation asked for meanwhile queues behind recovery
+            await asyncio.to_thread(self.engines.recover, rt.cfg)
+        if self.apps.get(name) is rt and not self.stop.is_set():
+            self._start_watch(name)
+
+    def _set_errors(self, errors: dict[str, str]) -> None:
+        for stem, message in errors.items():
+            if self.config_errors.get(stem) != message:
+                log(f"app file {stem}.toml is not served: {message}")
+        self.config_errors = dict(errors)
+
+    # --- watch tasks --------------------------------------------------------------------
+
+    def _start_watch(self, name: str) -> None:
+        rt = self.apps[name]
+        stop = asyncio.Event()
+        cfg = rt.cfg
+
+        def failed(error: str, delay: float) -> None:
+            rt.state.set("restarting", f"watch task failed ({error}); restarting in {delay:g}s")
+
+        task = Supervised(f"watch {name}", lambda: watch(cfg, rt.state, self._hooks(rt), stop,
+                                                         self.http), log, failed)
+        task.start()
+        self.watchers[name] = Watcher(task, stop)
+
+    async def _stop_watch(self, name: str) -> None:
+        watcher = self.watchers.pop(name, None)
+        if watcher is not None:
+            watcher.stop.set()
+            await watcher.task.stop(STOP_WATCH_TIMEOUT)
+
+    def all_alive(self) -> bool:
+        return all(w.task.alive for w in self.watchers.values())
+
+    def _hooks(self, rt: AppRuntime) -> WatchHooks:
+        async def revert(reason: str, expected_live: str | None = None) -> str | None:
+            return await self._watchdog_action(rt, "auto_revert", reason, expected_live)
+
+        async def restart(reason: str, expected_live: str | None = None) -> str | None:
+            return await self._watchdog_action(rt, "restart_live", reason, expected_live)
+
+        return WatchHooks(busy=rt.busy, revert=revert, restart=restart, log=log)
+
+    async def _watchdog_action(self, rt: AppRuntime, method: str, reason: str,
+                               expected_live: str | None) -> str | None:
+        """Take the app's lock (never wait for it), run the action; None or why not."""
+        if rt.busy() or rt.queued:
+            return "a deploy holds the app's lock"
+        try:
+            async with rt.lock:
+                return await asyncio.to_thread(self.engines.watchdog_action, rt.cfg, method,
+                                               reason, expected_live)
+        except Exception as e:  # the glue itself failing is a reason too, never a crash
+            log(f"{rt.cfg.name}: {method} glue failed: {type(e).__name__}: {e}")
+            return f"unexpected error: {type(e).__name__}: {e}"
+
+    # --- what status shows ----------------------------------------------------------------
+
+    def summary(self) -> str:
+        bad = [f"app {n} {rt.state.status}" for n, rt in self.apps.items()
+               if rt.state.status in ("degraded", "failing", "restarting")]
+        bad += [f"{stem}.toml invalid" for stem in self.config_errors]
+        return f"{len(self.apps)} apps, " + ("; ".join(bad) if bad else "all healthy")
+
+    def app_status(self, name: str, rt: AppRuntime) -> dict[str, Any]:
+        watcher = self.watchers.get(name)
+        return {**rt.state.to_dict(), "config": str(rt.cfg.path), "busy": rt.busy(),
+                "queued": rt.queued, "task": watcher.task.to_dict() if watcher else None}
+
+    def status(self) -> dict[str, Any]:
+        return {"daemon": {"pid": os.getpid(), "version": __version__, "since": self.started,
+                           "socket": str(self.socket_path), "summary": self.summary(),
+                           "config_dir": str(self.config_dir),
+                           "config_errors": dict(self.config_errors),
+                           "reloads": self.reloads, "tasks_alive": self.all_alive(),
+                           "connections": self.api.open},
+                "apps": {n: self.app_status(n, rt) for n, rt in self.apps.items()},
+                "config_errors": dict(self.config_errors)}
+
+    def _record_cancelled(self, cfg: AppConfig, op: Operation) -> None:
+        self.engines.record_cancelled(cfg, op.what, op.version, op.performer,
+                                      "cancelled: the client went away while it was queued")
+
+
+def run(config_dir: Path, socket_path: Path, socket_group: str | None) -> None:
+    asyncio.run(Daemon(config_dir, socket_path, socket_group).run())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``zdagentd``: the daemon without the CLI's UI libraries (what systemd runs)."""
+    import argparse
+
+    from zdagent.config import CONFIG_DIR_ENV, DEFAULT_CONFIG_DIR
+
+    ap = argparse.ArgumentParser(prog="zdagentd", description="zdagent's daemon: watchdog "
+                                 "and control socket for every app in the config directory. "
+                                 "SIGHUP re-reads the directory.")
+    ap.add_argument("--config-dir", type=Path,
+                    default=Path(os.environ.get(CONFIG_DIR_ENV) or DEFAULT_CONFIG_DIR))
+    ap.add_argument("--socket", type=Path,
+                    default=Path(os.environ.get("ZDAGENT_SOCKET") or api.DEFAULT_SOCKET))
+    ap.add_argument("--socket-group", default=None,
+                    help="group owning the control socket (mode 0660)")
+    args = ap.parse_args(argv)
+    try:
+        run(args.config_dir, args.socket, args.socket_group)
+    except ZdError as e:
+        print(f"error: {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""), file=sys.stderr)
+        sys.exit(e.exit_code)

@@ -1,0 +1,96 @@
+"""Supervised tasks: a long-running coroutine that is restarted when it fails.
+
+An unexpected exception is logged with its traceback, kept for ``status``, and the coroutine
+is started again after a backoff that doubles per consecutive failure (capped), so a bug that
+fails at once does not spin. While a task waits out its backoff it is not *alive*: the server
+feeds systemd's watchdog only while every task is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+STABLE_AFTER = 60.0  # a run this long resets the backoff
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row (1-based)."""
+    return min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** max(0, failures - 1))
+
+
+@dataclass
+class Supervised:
+    """One supervised coroutine: its state as ``status`` shows it."""
+
+    name: str
+    factory: Callable[[], Awaitable[None]]
+    log: Callable[[str], None]
+    on_failure: Callable[[str, float], None] = lambda _error, _delay: None
+    state: str = "starting"  # running | backoff | finished | stopped
+    restarts: int = 0
+    failures_in_row: int = 0
+    last_error: str | None = None
+    last_failure: float | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=self.name)
+
+    @property
+    def alive(self) -> bool:
+        """Running (or returned normally); False while crashed and waiting to restart."""
+        if self.state == "finished":
+            return True
+        return self.state == "running" and self.task is not None and not self.task.done()
+
+    async def _run(self) -> None:
+        while True:
+            self.state = "running"
+            started = time.monotonic()
+            try:
+                await self.factory()
+                self.state = "finished"
+                return
+            except asyncio.CancelledError:
+                self.state = "stopped"
+                raise
+            except Exception as e:
+                if time.monotonic() - started >= STABLE_AFTER:
+                    self.failures_in_row = 0
+                self.failures_in_row += 1
+                self.restarts += 1
+                self.last_failure = time.time()
+                self.last_error = f"{type(e).__name__}: {e}"
+                delay = backoff(self.failures_in_row)
+                self.state = "backoff"
+                self.log(f"{self.name} failed (restart {self.restarts} in {delay:g}s): "
+                         f"{self.last_error}\n{traceback.format_exc().rstrip()}")
+                with contextlib.suppress(Exception):
+                    self.on_failure(self.last_error, delay)
+                await asyncio.sleep(delay)
+
+    async def stop(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the task to end by itself, then cancel it."""
+        if self.task is None:
+            return
+        if self.state != "backoff":  # a task waiting out its backoff has nothing to finish
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self.task), timeout)
+        if not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        if self.state != "finished":
+            self.state = "stopped"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "alive": self.alive, "restarts": self.restarts,
+                "last_error": self.last_error, "last_failure": self.last_failure}
