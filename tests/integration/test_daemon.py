@@ -1,4 +1,6 @@
-"""The daemon: watchdog reverts, crash recovery, queueing, sd_notify, socket permissions."""
+"""The daemon: watchdog reverts, crash recovery, queueing, sd_notify, socket permissions,
+hostile API clients while a real deploy runs, Docker down, bad app files, SIGHUP reloads and
+supervised watch tasks."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.traffic import RequestLoop
+from zdagent.events import discard
+from zdagent.lock import app_lock
 from zdagent.store import Store
 
 FAST_WATCHDOG = """
@@ -262,26 +266,33 @@ def test_deploys_queue_per_app_and_apps_run_in_parallel(make_app, daemon_factory
     def run(app, version, out):
         out[version + app.name] = app.cli("deploy", version)
 
+    def apps_busy() -> tuple[bool, int]:
+        st = d.status()["apps"]
+        return st[a.name]["busy"], st[a.name]["queued"]
+
     results: dict = {}
     threads = [threading.Thread(target=run, args=(a, "v2", results)),
                threading.Thread(target=run, args=(a, "v3", results)),
                threading.Thread(target=run, args=(b, "v2", results))]
-    threads[0].start()
-    time.sleep(0.3)
-    threads[1].start()
-    threads[2].start()
+    # Order by state, never by a sleep: while the test holds a's deploy lock, a's v2 waits for
+    # it inside the daemon, v3 queues behind v2, and b's deploy runs to the end regardless.
+    with app_lock(a.config.parent / "state", a.name, "the test holds it", discard):
+        threads[0].start()
+        wait_for(lambda: apps_busy()[0], 60, "a's v2 to be taken")
+        threads[1].start()
+        wait_for(lambda: apps_busy()[1] == 1, 60, "a's v3 to queue")
+        threads[2].start()
+        threads[2].join(120)
+        assert results["v2" + b.name].returncode == 0, results["v2" + b.name].stderr
+        assert apps_busy()[0] and apps_busy()[1] == 1  # a's deploys still wait meanwhile
     for t in threads:
         t.join(120)
     assert all(p.returncode == 0 for p in results.values()), {
         k: p.stderr[-500:] for k, p in results.items()}
     assert "queued: another operation" in results["v3" + a.name].stderr
-    ha, hb = history(a), history(b)
+    ha = history(a)
     assert [h["version"] for h in ha[:2]] == ["v3", "v2"]  # in arrival order
     assert ha[1]["finished_at"] <= ha[0]["started_at"]  # one after the other
-    a_run = (ha[0]["started_at"], ha[0]["finished_at"])
-    b_run = (hb[0]["started_at"], hb[0]["finished_at"])
-    overlap = min(a_run[1], b_run[1]) - max(a_run[0], b_run[0])
-    assert overlap > 0, "the other app's deploy ran in parallel"
     assert a.served_version() == "v3" and b.served_version() == "v2"
     assert d.status()["apps"][a.name]["queued"] == 0
 
@@ -380,3 +391,231 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path):
     for key in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "NoNewPrivileges=yes",
                 "ProtectSystem=strict"):
         assert key in unit
+
+
+# --- the API under hostile clients; Docker down; the app directory; supervised tasks ---
+
+def raw(sock_path, data: bytes, timeout: float = 30) -> tuple[int, bytes]:
+    """Send ``data``, read the whole answer: (HTTP status, body)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock_path))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(data)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+def post(path: str, body: dict) -> bytes:
+    data = json.dumps(body).encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: zdagent\r\nContent-Length: {len(data)}\r\n\r\n"
+            ).encode() + data
+
+
+def cli_proc(app, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "zdagent", *args],
+                            env={**os.environ, **app.env, "ZDAGENT_CONFIG": str(app.config),
+                                 "NO_COLOR": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def hostile_batch(d, base: str) -> None:
+    """Garbage, oversize and malformed requests: each gets its error answer."""
+    assert raw(d.socket, b"\x16\x03\x01 garbage\r\n\r\n")[0] == 400
+    assert raw(d.socket, b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: z\r\n\r\n")[0] == 431
+    assert raw(d.socket, f"POST {base}/deploy HTTP/1.1\r\nHost: z\r\nContent-Length: "
+                          "10000000\r\n\r\n".encode())[0] == 413
+    assert raw(d.socket, f"POST {base}/deploy HTTP/1.1\r\nHost: z\r\nContent-Length: "
+                          "-1\r\n\r\n".encode())[0] == 400
+    deep = b"[" * 4000
+    status, body = raw(d.socket, f"POST {base}/deploy HTTP/1.1\r\nHost: z\r\n"
+                                 f"Content-Length: {len(deep)}\r\n\r\n".encode() + deep)
+    assert status == 400 and b"nested" in body
+    status, body = raw(d.socket, post(f"{base}/deploy", {"version": "v3; rm -rf /"}))
+    assert status == 400 and json.loads(body)["error"]["exit_code"] == 2
+
+
+def test_hostile_clients_while_a_real_deploy_runs_unharmed(make_app, daemon_factory):
+    app = make_app()
+    d = daemon_factory([app]).start()
+    app.ok("deploy", "v1")
+    base = f"/v1/apps/{app.name}"
+    with RequestLoop(app.url + "/cgi-bin/version", max_seconds=90) as loop:
+        # Held by the test, the app's lock keeps the daemon's deploy waiting (ordered by
+        # state) while the queue is probed; then the deploy runs its phases under fire.
+        with app_lock(app.config.parent / "state", app.name, "the test holds it", discard):
+            deploy = cli_proc(app, "deploy", "v2")
+            wait_for(lambda: d.status()["apps"][app.name]["busy"], 30, "the deploy to queue")
+
+            # A slow client: half a request line, then nothing. Answered 408 in the end.
+            slow = socket.socket(socket.AF_UNIX)
+            slow.settimeout(60)
+            slow.connect(str(d.socket))
+            slow.sendall(f"POST {base}/deploy HTTP/1.1\r\nHost: z".encode())
+
+            # --no-wait is honoured through the daemon: busy -> exit 1 at once.
+            busy = app.cli("deploy", "v3", "--no-wait")
+            assert busy.returncode == 1 and "busy" in busy.stderr, busy.stderr
+
+            # A client that queues a rollback and leaves: cancelled, recorded, never run.
+            with socket.socket(socket.AF_UNIX) as quitter:
+                quitter.settimeout(30)
+                quitter.connect(str(d.socket))
+                quitter.sendall(post(f"{base}/rollback", {"to": None}))
+                seen = b""
+                while b"queued: another operation" not in seen:
+                    chunk = quitter.recv(4096)
+                    assert chunk, seen
+                    seen += chunk
+            wait_for(lambda: any(h["outcome"] == "cancelled" for h in history(app)), 30,
+                     "the cancelled rollback in history")
+            hostile_batch(d, base)
+        batches = 0
+        while deploy.poll() is None and batches < 100:  # under fire through every phase
+            hostile_batch(d, base)
+            batches += 1
+        _out, err = deploy.communicate(timeout=120)
+        assert deploy.returncode == 0, err
+        answer = b""
+        while chunk := slow.recv(65536):
+            answer += chunk
+        slow.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert batches > 0
+    assert loop.failures == []
+    assert app.served_version() == "v2"
+    rows = history(app)
+    cancelled = next(h for h in rows if h["outcome"] == "cancelled")
+    assert cancelled["kind"] == "rollback" and cancelled["user"] == "root"
+    v2 = next(h for h in rows if h["version"] == "v2")
+    assert v2["outcome"] == "succeeded" and v2["user"] == "root"  # SO_PEERCRED: uid 0
+    assert not any(h["kind"] == "rollback" and h["outcome"] != "cancelled" for h in rows)
+    assert d.status()["apps"][app.name]["queued"] == 0
+    assert d.status()["daemon"]["connections"] == 1  # only this status request is open
+
+
+def test_a_client_leaving_mid_deploy_does_not_stop_it(make_app, daemon_factory):
+    app = make_app()
+    d = daemon_factory([app]).start()
+    app.ok("deploy", "v1")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(60)
+        s.connect(str(d.socket))
+        s.sendall(post(f"/v1/apps/{app.name}/deploy", {"version": "v2"}))
+        seen = b""
+        while b'"phase-start"' not in seen:
+            chunk = s.recv(4096)
+            assert chunk, seen
+            seen += chunk
+    wait_for(lambda: history(app)[0]["outcome"] != "running", 90, "the deploy to end")
+    assert history(app)[0]["outcome"] == "succeeded"
+    assert app.served_version() == "v2" and _phase(app) == "idle"
+
+
+def test_docker_down_is_exit_3_through_the_daemon(make_app, daemon_factory, tmp_path):
+    app = make_app()
+    app.ok("deploy", "v1")  # before the daemon: it must not need Docker to start
+    dead = tmp_path / "no-docker.sock"
+    d = daemon_factory([app], env={"DOCKER_HOST": f"unix://{dead}"}).start()
+    p = app.cli("status")
+    assert p.returncode == 3, p.stderr
+    assert "cannot reach the Docker engine" in p.stderr and "hint:" in p.stderr
+    assert "Traceback" not in p.stderr
+    p = app.cli("deploy", "v2")
+    assert p.returncode == 3, p.stderr
+    assert d.proc.poll() is None and d.answers()
+
+
+def _write_app(d, app, text: str | None = None) -> None:
+    (d.config_dir / f"{app.name}.toml").write_text(text or app.config.read_text())
+
+
+def test_a_bad_app_file_does_not_stop_the_others(make_app, daemon_factory):
+    app = make_app()
+    d = daemon_factory([app])
+    (d.config_dir / "broken.toml").write_text("[app\nname = ")
+    d.start()
+    st = d.status()
+    assert list(st["apps"]) == [app.name]
+    assert "broken" in st["config_errors"] and "not valid TOML" in st["config_errors"]["broken"]
+    assert "broken.toml invalid" in st["daemon"]["summary"]
+    assert "broken.toml is not served" in d.log.read_text()
+    app.ok("deploy", "v1")  # through the daemon
+    assert history(app)[0]["outcome"] == "succeeded"
+    data = json.loads(app.ok("status", "--json").stdout)
+    assert "broken" in data["daemon"]["config_errors"]
+
+
+def test_sighup_adds_removes_and_changes_apps_while_a_deploy_runs(make_app, daemon_factory):
+    a, b, c = make_app(extra=FAST_WATCHDOG), make_app(), make_app()
+    d = daemon_factory([a, b]).start()
+    a.ok("deploy", "v1")
+    assert d.status()["apps"][a.name]["status"] != "disabled"
+    with RequestLoop(a.url + "/cgi-bin/version", max_seconds=90) as loop:
+        deploy = cli_proc(a, "deploy", "v2")
+        wait_for(lambda: _phase(a) in ("start", "probe"), 30, "the deploy to run")
+        (d.config_dir / f"{b.name}.toml").unlink()  # removed
+        _write_app(d, c)  # added
+        (d.config_dir / "broken.toml").write_text("nonsense = [")  # bad
+        _write_app(d, a, a.config.read_text().replace("[watchdog]\n",
+                                                      "[watchdog]\nenabled = false\n"))  # changed
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: d.status()["daemon"]["reloads"] == 1, 30, "the reload")
+        st = d.status()
+        assert sorted(st["apps"]) == sorted([a.name, c.name])
+        assert "broken" in st["config_errors"]
+        wait_for(lambda: d.status()["apps"][a.name]["status"] == "disabled", 30,
+                 "a's new config")
+        assert d.status()["apps"][a.name]["busy"]  # the deploy went on meanwhile
+        _out, err = deploy.communicate(timeout=120)
+        assert deploy.returncode == 0, err
+    assert loop.failures == []
+    assert a.served_version() == "v2" and history(a)[0]["outcome"] == "succeeded"
+    c.ok("deploy", "v1")
+    assert c.served_version() == "v1"
+    assert d.status()["apps"][c.name]["queued"] == 0
+    gone = b.cli("status")  # b is no longer the daemon's: the CLI says so and runs locally
+    assert "does not manage" in gone.stderr
+    log = d.log.read_text()
+    assert f"{b.name} removed" in log and f"{c.name} added" in log and f"{a.name} changed" in log
+    _write_app(d, c, "[app]\nname = ")  # a bad edit of a served app: it keeps the last good one
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: d.status()["daemon"]["reloads"] == 2, 30, "the second reload")
+    st = d.status()
+    assert c.name in st["apps"] and c.name in st["config_errors"]
+    c.ok("deploy", "v2")
+    assert c.served_version() == "v2"
+
+
+def test_a_crashing_watch_task_is_restarted_and_shown(make_app, daemon_factory):
+    """Garbage (not UTF-8) in the upstream file makes the watch loop raise: supervised."""
+    app = make_app(extra=FAST_WATCHDOG)
+    d = daemon_factory([app]).start()
+    app.ok("deploy", "v1")
+    wait_for(lambda: d.status()["apps"][app.name]["status"] == "healthy", 30, "healthy")
+    upstream = app.nginx.prefix / "zdagent" / f"{app.name}.upstream.conf"
+    good = upstream.read_bytes()
+    try:
+        upstream.write_bytes(b"\xff\xfe\xfa not utf-8")
+        wait_for(lambda: (d.status()["apps"][app.name]["task"] or {}).get("restarts", 0) >= 2,
+                 30, "the task to fail and restart")
+        st = d.status()
+        task = st["apps"][app.name]["task"]
+        assert "UnicodeDecodeError" in task["last_error"]
+        assert "watch task failed" in (st["apps"][app.name]["last_reason"] or "")
+        wait_for(lambda: not d.status()["daemon"]["tasks_alive"], 30, "a task in backoff")
+    finally:
+        upstream.write_bytes(good)
+    wait_for(lambda: d.status()["apps"][app.name]["status"] == "healthy", 60,
+             "the restarted task to see the app healthy")
+    assert d.status()["daemon"]["tasks_alive"]
+    assert "Traceback" in d.log.read_text() and d.proc.poll() is None
+
+
+def test_daemon_package_entry_points():
+    p = subprocess.run([sys.executable, "-c", "from zdagent.daemon import main; "
+                        "main(['--help'])"], capture_output=True, text=True, check=False)
+    assert p.returncode == 0 and "SIGHUP" in p.stdout

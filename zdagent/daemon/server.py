@@ -170,12 +170,16 @@ class Daemon:
             log(f"reload: {e.message}; keeping the apps as they are")
             return
         self._set_errors(appdir.errors)
+        wanted = dict(appdir.apps)
+        for name in set(self.apps) & set(appdir.errors):  # a bad edit: keep the last good one
+            wanted[name] = self.apps[name].cfg
+            log(f"reload: {name} keeps its previous config until its file is fixed")
         old = set(self.apps)
-        for name in sorted(old - set(appdir.apps)):
+        for name in sorted(old - set(wanted)):
             await self._stop_watch(name)
             self.apps.pop(name)
             log(f"reload: {name} removed: no longer watched or served")
-        for name, cfg in appdir.apps.items():
+        for name, cfg in wanted.items():
             rt = self.apps.get(name)
             if rt is None:
                 self.apps[name] = AppRuntime(cfg)
