@@ -565,7 +565,7 @@ def test_sighup_adds_removes_and_changes_apps_while_a_deploy_runs(make_app, daem
         d.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: d.status()["daemon"]["reloads"] == 1, 30, "the reload")
         st = d.status()
-        assert sorted(st["apps"]) == sorted([a.name, c.name])
+        assert sorted(st["apps"]) == sorted([a.name, c.name]), (st, d.log.read_text())
         assert "broken" in st["config_errors"]
         wait_for(lambda: d.status()["apps"][a.name]["status"] == "disabled", 30,
                  "a's new config")

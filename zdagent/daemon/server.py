@@ -163,11 +163,11 @@ class Daemon:
 
         A running operation keeps the config it started with; queued ones get the new one.
         """
-        self.reloads += 1
         try:
             appdir = await asyncio.to_thread(load_app_dir, self.config_dir)
         except ZdError as e:
             log(f"reload: {e.message}; keeping the apps as they are")
+            self.reloads += 1
             return
         self._set_errors(appdir.errors)
         wanted = dict(appdir.apps)
@@ -193,6 +193,7 @@ class Daemon:
                 self._start_watch(name)
                 log(f"reload: {name} changed: new config in effect"
                     + (" for the next operation" if rt.busy() else ""))
+        self.reloads += 1  # counted once in effect: tests and operators wait for this
         log(f"reload done: {len(self.apps)} app(s)"
             + (f", {len(self.config_errors)} bad file(s)" if self.config_errors else ""))
 
