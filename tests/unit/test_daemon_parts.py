@@ -160,3 +160,40 @@ def test_stop_cancels_a_task_that_does_not_end():
         assert task.state == "stopped" and not task.alive
 
     asyncio.run(main())
+
+
+class _Engines:
+    """Stands in for the engine calls: the glue's own logic is what is tested here."""
+
+    def __init__(self, outcome: Any) -> None:
+        self.outcome = outcome
+        self.calls: list[tuple] = []
+
+    def watchdog_action(self, cfg, method, reason, expected_live):
+        self.calls.append((method, reason, expected_live))
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+def test_watchdog_glue_returns_none_or_the_reason(tmp_path):
+    from zdagent.daemon.server import Daemon
+
+    async def main() -> None:
+        d = Daemon(tmp_path, tmp_path / "s.sock", None)
+        rt = _runtime()
+        hooks = d._hooks(rt)
+        d.engines = _Engines(None)  # type: ignore[assignment]
+        assert await hooks.revert("green failed", "green") is None
+        assert d.engines.calls == [("auto_revert", "green failed", "green")]
+        d.engines = _Engines("the live slot is now blue, not green: nothing done")
+        assert "not green" in await hooks.restart("degraded", "green")
+        d.engines = _Engines(RuntimeError("glue broke"))
+        assert "glue broke" in await hooks.revert("x", "green")
+        assert not rt.busy()
+        await rt.lock.acquire()  # a deploy runs: refused at once, the engine is not called
+        d.engines = _Engines(None)
+        assert "lock" in await hooks.revert("x", "green") and d.engines.calls == []
+        rt.lock.release()
+
+    asyncio.run(main())

@@ -1,0 +1,5 @@
+"""Allow `python -m zdagent.daemon` (the same as `zdagentd`)."""
+
+from zdagent.daemon.server import main
+
+main()
