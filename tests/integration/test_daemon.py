@@ -542,7 +542,7 @@ def test_a_bad_app_file_does_not_stop_the_others(make_app, daemon_factory):
     assert list(st["apps"]) == [app.name]
     assert "broken" in st["config_errors"] and "not valid TOML" in st["config_errors"]["broken"]
     assert "broken.toml invalid" in st["daemon"]["summary"]
-    assert "broken.toml is not served" in d.log.read_text()
+    assert "app file broken.toml is invalid" in d.log.read_text()
     app.ok("deploy", "v1")  # through the daemon
     assert history(app)[0]["outcome"] == "succeeded"
     data = json.loads(app.ok("status", "--json").stdout)

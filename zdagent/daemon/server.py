@@ -31,7 +31,7 @@ from zdagent.errors import ZdError
 from zdagent.notify import Notifier
 from zdagent.watchdog import WatchHooks, async_client, watch
 
-STOP_WATCH_TIMEOUT = 30.0
+STOP_WATCH_TIMEOUT = 10.0  # short: the main loop (and systemd's watchdog) waits meanwhile
 
 
 def log(message: str) -> None:
@@ -207,7 +207,7 @@ class Daemon:
     def _set_errors(self, errors: dict[str, str]) -> None:
         for stem, message in errors.items():
             if self.config_errors.get(stem) != message:
-                log(f"app file {stem}.toml is not served: {message}")
+                log(f"app file {stem}.toml is invalid: {message}")
         self.config_errors = dict(errors)
 
     # --- watch tasks --------------------------------------------------------------------
