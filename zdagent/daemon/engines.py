@@ -21,6 +21,7 @@ from zdagent.events import Emit, Event
 from zdagent.store import Store
 
 WATCHDOG_PERFORMER = "zdagentd (watchdog)"
+POOL_SIZE = 2
 
 
 class DockerHandle:
@@ -35,7 +36,14 @@ class DockerHandle:
 
         with self._lock:
             if self._client is None:
-                self._client = connect()  # EnvironmentProblem when Docker is down
+                import docker
+
+                try:  # few kept connections: the daemon's descriptors stay flat
+                    client = docker.from_env(max_pool_size=POOL_SIZE)
+                    client.ping()
+                except Exception:
+                    client = connect()  # raises the usual EnvironmentProblem (exit 3)
+                self._client = client
                 return self._client
         try:
             self._client.ping()
