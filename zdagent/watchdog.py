@@ -39,7 +39,7 @@ class Action(StrEnum):
 
 # Every state the watchdog reports. ``last_reason`` always belongs to the current state.
 STATES = ("starting", "idle", "healthy", "failing", "reverted", "revert-failed", "degraded",
-          "paused", "disabled", "nginx-down")
+          "paused", "disabled", "nginx-down", "restarting")
 
 
 @dataclass

@@ -529,6 +529,14 @@ def test_docker_down_is_exit_3_through_the_daemon(make_app, daemon_factory, tmp_
     assert d.proc.poll() is None and d.answers()
 
 
+def unit_reload(pid: int) -> None:
+    """Run the shipped unit's ExecReload= for the daemon ``pid``, as systemd would."""
+    unit = Path(__file__).resolve().parents[2] / "systemd" / "zdagent.service"
+    line = next(ln for ln in unit.read_text().splitlines() if ln.startswith("ExecReload="))
+    argv = [a.replace("$MAINPID", str(pid)) for a in line.split("=", 1)[1].split()]
+    subprocess.run(argv, check=True, timeout=10)
+
+
 def _write_app(d, app, text: str | None = None) -> None:
     (d.config_dir / f"{app.name}.toml").write_text(text or app.config.read_text())
 
@@ -562,7 +570,7 @@ def test_sighup_adds_removes_and_changes_apps_while_a_deploy_runs(make_app, daem
         (d.config_dir / "broken.toml").write_text("nonsense = [")  # bad
         _write_app(d, a, a.config.read_text().replace("[watchdog]\n",
                                                       "[watchdog]\nenabled = false\n"))  # changed
-        d.proc.send_signal(signal.SIGHUP)
+        unit_reload(d.proc.pid)  # what `systemctl reload zdagent` runs
         wait_for(lambda: d.status()["daemon"]["reloads"] == 1, 30, "the reload")
         st = d.status()
         assert sorted(st["apps"]) == sorted([a.name, c.name]), (st, d.log.read_text())

@@ -260,7 +260,8 @@ class Daemon:
 
     def summary(self) -> str:
         bad = [f"app {n} {rt.state.status}" for n, rt in self.apps.items()
-               if rt.state.status in ("degraded", "failing", "restarting")]
+               if rt.state.status in ("degraded", "failing", "restarting", "revert-failed",
+                                     "nginx-down")]
         bad += [f"{stem}.toml invalid" for stem in self.config_errors]
         return f"{len(self.apps)} apps, " + ("; ".join(bad) if bad else "all healthy")
 
