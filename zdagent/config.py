@@ -729,24 +729,29 @@ class _Claims:
 
 
 def _conflict(cfg: AppConfig, claims: _Claims) -> str | None:
-    """The first clash of ``cfg`` with an already accepted app: '<key>: <why> (app X)'."""
+    """The first clash of ``cfg`` with another accepted app: '<key>: <why> (app X)'.
+
+    Items ``cfg``'s own app holds already (its running config) are no clash."""
+    def other(owners: Mapping[Any, str], item: Any) -> str | None:
+        owner = owners.get(item)
+        return owner if owner not in (None, cfg.name) else None
+
     for key in ("blue_port", "green_port"):
         port = getattr(cfg.slots, key)
-        if port in claims.slot_ports:
-            return f"slots.{key}: port {port} is also a slot port of app {claims.slot_ports[port]}"
-        if port in claims.listen_ports:
-            return (f"slots.{key}: port {port} is Nginx's listen port of app "
-                    f"{claims.listen_ports[port]}")
+        if owner := other(claims.slot_ports, port):
+            return f"slots.{key}: port {port} is also a slot port of app {owner}"
+        if owner := other(claims.listen_ports, port):
+            return f"slots.{key}: port {port} is Nginx's listen port of app {owner}"
     listen = cfg.nginx.listen_port
-    if listen in claims.slot_ports:
-        return f"nginx.listen: port {listen} is a slot port of app {claims.slot_ports[listen]}"
+    if owner := other(claims.slot_ports, listen):
+        return f"nginx.listen: port {listen} is a slot port of app {owner}"
     for key, path in (("upstream_file", cfg.nginx.upstream_file),
                       ("upstream_file", cfg.nginx.active_file)):
-        if path in claims.files:
-            return f"nginx.{key}: {path} is also used by app {claims.files[path]}"
+        if owner := other(claims.files, path):
+            return f"nginx.{key}: {path} is also used by app {owner}"
     for name in sorted(nginx_names(cfg.name)):
-        if name in claims.names:
-            return f"app.name: Nginx name {name} is also used by app {claims.names[name]}"
+        if owner := other(claims.names, name):
+            return f"app.name: Nginx name {name} is also used by app {owner}"
     return None
 
 
@@ -757,24 +762,20 @@ def _claim(cfg: AppConfig, claims: _Claims) -> None:
     claims.names.update(dict.fromkeys(nginx_names(cfg.name), cfg.name))
 
 
-def _age(path: Path) -> tuple[float, str]:
-    try:
-        return path.stat().st_mtime, path.name
-    except OSError:
-        return float("inf"), path.name
-
-
-def load_app_dir(directory: Path) -> AppDir:
+def load_app_dir(directory: Path, running: Mapping[str, AppConfig] | None = None) -> AppDir:
     """Load every ``*.toml`` in ``directory`` and check the apps against each other.
 
     One bad file never hides the others: it lands in ``errors`` with one line. On a clash
     (shared slot port, a slot port that is an Nginx listen port, a shared upstream/active
-    file) the app whose file is older keeps the resource and the newer one is reported,
-    so adding or editing a file never takes a running app away.
+    file or Nginx name) an app in ``running`` (the daemon's current apps, on a reload) keeps
+    what its running config holds, so adding or editing a file never takes a running app
+    away; otherwise the app whose name sorts first wins. Never file times: touching a file
+    must not change the verdict.
     """
+    running = running or {}
     loaded: list[AppConfig] = []
     errors: dict[str, str] = {}
-    for path in sorted(Path(directory).glob("*.toml"), key=_age):
+    for path in sorted(Path(directory).glob("*.toml")):
         try:
             cfg = load_config(path)
         except ConfigError as e:
@@ -786,8 +787,12 @@ def load_app_dir(directory: Path) -> AppDir:
             continue
         loaded.append(cfg)
     claims = _Claims({}, {}, {}, {})
+    present = {cfg.name for cfg in loaded} | set(errors)
+    for name, cfg in sorted(running.items()):
+        if name in present:  # its running config holds its resources until replaced
+            _claim(cfg, claims)
     apps: dict[str, AppConfig] = {}
-    for cfg in loaded:
+    for cfg in sorted(loaded, key=lambda c: (c.name not in running, c.name)):
         clash = _conflict(cfg, claims)
         if clash:
             errors[cfg.name] = f"{cfg.path}: {clash}"

@@ -252,15 +252,35 @@ def test_app_dir_loads_every_app_and_reports_bad_files_one_line_each(tmp_path):
     ({"blue": 18008, "green": 18009, "upstream": "web.upstream.conf.active"},
      "nginx.upstream_file: {dir}/web.upstream.conf.active is also used by app web"),
 ])
-def test_a_clash_reports_the_newer_app_naming_the_older(tmp_path, newer, fragment):
+def test_a_clash_reports_the_later_app_naming_the_first(tmp_path, newer, fragment):
     from zdagent.config import load_app_dir
 
-    app_file(tmp_path, "web", 18001, 18002, listen="127.0.0.1:8080", mtime=1_000_000)
-    path = app_file(tmp_path, "aaa", newer["blue"], newer["green"], newer.get("upstream"),
-                    newer.get("listen", "8080"), mtime=2_000_000)
+    app_file(tmp_path, "web", 18001, 18002, listen="127.0.0.1:8080", mtime=2_000_000)
+    path = app_file(tmp_path, "zzz", newer["blue"], newer["green"], newer.get("upstream"),
+                    newer.get("listen", "8080"), mtime=1_000_000)  # older: times don't count
     d = load_app_dir(tmp_path)
     assert list(d.apps) == ["web"]
-    assert d.errors == {"aaa": f"{path.resolve()}: {fragment.format(dir=tmp_path.resolve())}"}
+    assert d.errors == {"zzz": f"{path.resolve()}: {fragment.format(dir=tmp_path.resolve())}"}
+
+
+def test_a_running_app_keeps_its_resources_whatever_the_file_times(tmp_path):
+    """Touching or editing files never moves a port from a running app to another."""
+    from zdagent.config import load_app_dir, load_config
+
+    web = app_file(tmp_path, "web", 18001, 18002)
+    app_file(tmp_path, "api", 18001, 18002, upstream="api.upstream.conf")
+    first = load_app_dir(tmp_path)
+    assert list(first.apps) == ["api"] and "web" in first.errors  # by name, nothing running
+    running = {"web": load_config(web)}
+    for mtime in (1_000_000, 3_000_000):
+        os.utime(web, (mtime, mtime))
+        d = load_app_dir(tmp_path, running=running)
+        assert list(d.apps) == ["web"], d.errors
+        assert "slot port of app web" in d.errors["api"]
+    # web's own edit to new ports is no clash with what its running config holds
+    app_file(tmp_path, "web", 18001, 18005)
+    d = load_app_dir(tmp_path, running=running)
+    assert d.apps["web"].slots.green_port == 18005 and "api" in d.errors
 
 
 def test_apps_may_share_an_nginx_listen_port(tmp_path):
@@ -280,8 +300,8 @@ def test_config_check_all_prints_each_app_and_exits_2_on_any_error(tmp_path):
     import subprocess
     import sys
 
-    app_file(tmp_path, "web", 18001, 18002, mtime=1_000_000)
-    app_file(tmp_path, "api", 18002, 18003, mtime=2_000_000)
+    app_file(tmp_path, "web", 18001, 18002)
+    app_file(tmp_path, "www", 18002, 18003)
 
     def check(*extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "zdagent", "config", "check", "--all",
@@ -292,10 +312,10 @@ def test_config_check_all_prints_each_app_and_exits_2_on_any_error(tmp_path):
     p = check()
     assert p.returncode == 2, p.stderr
     lines = p.stdout.splitlines()
-    assert lines[0].startswith("error api: ") and "slot port of app web" in lines[0]
-    assert lines[1].startswith("ok    web: ")
+    assert lines[0].startswith("ok    web: ")
+    assert lines[1].startswith("error www: ") and "slot port of app web" in lines[1]
     data = json.loads(check("--json").stdout)
-    assert data["apps"]["web"]["ok"] is True and data["apps"]["api"]["ok"] is False
-    (tmp_path / "api.toml").unlink()
+    assert data["apps"]["web"]["ok"] is True and data["apps"]["www"]["ok"] is False
+    (tmp_path / "www.toml").unlink()
     p = check()
     assert p.returncode == 0 and p.stdout.startswith("ok    web: ")
