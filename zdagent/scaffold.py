@@ -227,13 +227,13 @@ def unit_text(executable: str, group: str = DEFAULT_GROUP) -> str:
 
 
 def git_dropin(repo: str) -> str:
-    """Lets the sandboxed daemon (ProtectSystem=strict) fetch into a git source's repo, and
-    trusts that repo although another user owns it (git's safe.directory)."""
+    """Lets the sandboxed daemon (ProtectSystem=strict) fetch into a git source's repo.
+    (Git trusts the repo through zdagent's own ``-c safe.directory``: an Environment= line
+    per app would be overridden by the next app's drop-in.)"""
     return f"""\
 # Written by `zdagent init` for a [source.git] app: `deploy <ref>` fetches into this repo.
 [Service]
 ReadWritePaths={repo}
-Environment=GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0={repo}
 """
 
 

@@ -83,3 +83,30 @@ def test_after_a_fetch_a_branch_is_the_remotes_branch_in_a_clone_and_a_mirror(ma
     assert app.get("/content.txt").text == "newest\n"
     for commit in (new, newest):
         docker_client.images.remove(f"zdtest-git:{commit[:12]}", force=True)
+
+
+def test_a_repository_owned_by_another_user_is_trusted(tmp_path):
+    """The configured repo may belong to a `git` user: git's ownership check must not stop
+    zdagent (root, the daemon or --local), which names exactly that repo."""
+    import os
+    import shutil
+
+    from zdagent import gitsource
+
+    repo = tmp_path / "owned"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "Dockerfile").write_text("FROM scratch\n")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "one")
+    head = git(repo, "rev-parse", "HEAD")
+    for path in [repo, *repo.rglob("*")]:
+        os.lchown(path, 65534, 65534)  # nobody
+    plain = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                           text=True, check=False)
+    assert plain.returncode != 0 and "dubious ownership" in plain.stderr  # the check is real
+    gitsource.fetch(repo)
+    assert gitsource.resolve(repo, "main") == head
+    gitsource.export(repo, head, tmp_path / "export")
+    assert (tmp_path / "export" / "Dockerfile").read_text() == "FROM scratch\n"
+    shutil.rmtree(tmp_path / "export")
