@@ -342,7 +342,8 @@ def ssh_gate(
         "--apps", help="Comma-separated apps this key may use (default: every app).")] = None,
     verbs: Annotated[str | None, typer.Option(
         "--verbs", help="Comma-separated verbs this key may run, e.g. status,history for a "
-                        "read-only key (default: all four).")] = None,
+                        "read-only key (default: deploy,rollback,status,history; logs and "
+                        "exec only when named here).")] = None,
     socket: SocketOpt = None,
 ) -> None:
     """Forced command for a deploy key: run only what SSH_ORIGINAL_COMMAND allows.
@@ -352,6 +353,8 @@ def ssh_gate(
       command="zdagent ssh-gate --apps web",restrict ssh-ed25519 AAAA... github-actions
     Allowed: deploy <app> <ref-or-version> | rollback <app> [--to VERSION]
              status <app> [--json] | history <app> [--json]
+             logs <app> [--slot S] [-f] [--since D] [--tail N] | exec <app> CMD [ARG...]
+             (logs and exec only for a key with --verbs naming them)
     --apps / --verbs narrow the key. Anything else (shell syntax, an unknown or out-of-scope
     verb or app, an interactive session) is refused with exit code 2 and logged to
     /var/log/zdagent/ssh-gate.log ($ZDAGENT_GATE_LOG). A user who cannot read the app
@@ -379,9 +382,10 @@ def ssh_gate(
             _fail(f"refused: {e}", "", 2)
         gate.log_verdict(original, "allowed")
         path = app_config_path(directory, cmd.app)
-        argv = [cmd.verb, *cmd.args, "--config", str(path)]
-        if socket:
+        argv = [cmd.verb, "--config", str(path)]
+        if socket and cmd.verb in gate.DEFAULT_VERBS:
             argv += ["--socket", socket]
+        argv += cmd.args  # last: exec's command follows its `--`
         code = _run_in_process(argv)
         gate.log_verdict(original, f"exit={code}")
         raise typer.Exit(code)
@@ -603,6 +607,104 @@ def doctor(
             counts = {s: sum(r.status == s for r in results) for s in colors}
             err.print(f"{counts['ok']} ok, {counts['warn']} warn, {counts['fail']} fail")
         raise typer.Exit(doctor_mod.exit_code(results))
+
+
+@app.command()
+def logs(
+    slot: Annotated[str, typer.Option(
+        "--slot", help="live, standby, blue or green.")] = "live",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming new lines.")
+                      ] = False,
+    since: Annotated[str | None, typer.Option(
+        help="Only lines newer than this: 10m, 90s, 2h, 1d or an ISO time.")] = None,
+    tail: Annotated[int | None, typer.Option(
+        min=0, max=1_000_000, help="Only the last N lines (default: all).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print a slot container's output (stdout and stderr), from Docker."""
+    from zdagent import oneoff
+
+    with _guard():
+        cfg = _load(config)
+        since_ts = oneoff.parse_since(since) if since else None
+        if slot not in oneoff.SLOT_CHOICES:
+            raise UsageError(f"--slot must be one of {', '.join(oneoff.SLOT_CHOICES)}, "
+                             f"got {slot!r}")
+
+        def show(engine: Any) -> None:
+            target = oneoff.resolve_slot(slot, engine.live_slot())
+            oneoff.stream_logs(engine.slots, target, sys.stdout.buffer, follow=follow,
+                               since=since_ts, tail=tail)
+
+        try:
+            _with_engine(cfg, show)
+        except (KeyboardInterrupt, BrokenPipeError):
+            raise typer.Exit(0) from None  # Ctrl-C ends -f; `| head` closes the pipe
+
+
+@app.command("exec", context_settings={"allow_interspersed_args": False})
+def exec_(
+    command: Annotated[list[str], typer.Argument(
+        metavar="CMD...", help="The command and its arguments (argv, no shell).")],
+    tty: Annotated[bool, typer.Option(
+        "--tty", "-t", help="Interactive: attach this terminal (e.g. a console).")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Run a command in a NEW container of the live slot's image, then remove it.
+
+    \b
+    The container gets the app's env (container.env + env_file, read now), network and
+    ZDAGENT_VERSION, no published port, and labels marking it a one-off. Exits with the
+    command's exit code. Example:  zdagent exec -- bin/migrate --check
+    """
+    from zdagent import oneoff
+
+    with _guard():
+        cfg = _load(config)
+        code = _with_engine(cfg, lambda e: oneoff.run_oneoff(
+            e.slots, e.live_slot(), command, tty=tty, stdout=sys.stdout.buffer,
+            stderr=sys.stderr.buffer))
+    raise typer.Exit(code)
+
+
+@app.command()
+def prune(
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Show what would go; remove nothing.")] = False,
+    config: ConfigOpt = None,
+    no_wait: NoWaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove this app's images beyond app.retain (as after every deploy), and the bytes
+    freed. Never the live's, the standby's, or an image any container uses."""
+    from zdagent import retention
+    from zdagent.lock import app_lock
+
+    with _guard():
+        cfg = _load(config)
+
+        def run(engine: Any) -> Any:
+            with app_lock(cfg.state_dir, cfg.name, "prune", engine.emit, wait=not no_wait):
+                return retention.run(cfg, engine.slots, engine.store, engine.live_slot(),
+                                     engine.emit, dry_run=dry_run)
+
+        plan = _with_engine(cfg, run)
+        if as_json:
+            out.print_json(json.dumps({"dry_run": dry_run, **plan.to_dict()}))
+            return
+        for c in plan.remove:
+            out.print(f"{'would remove' if dry_run else 'removed'}  {c.image_id[7:19]}  "
+                      f"{', '.join(c.versions) or '-'}  {retention.human_bytes(c.size)}  "
+                      f"({c.reason})", markup=False)
+        for c in plan.keep:
+            out.print(f"kept          {c.image_id[7:19]}  {', '.join(c.versions) or '-'}  "
+                      f"({c.reason})", markup=False)
+        for d in plan.builds_remove:
+            out.print(f"{'would remove' if dry_run else 'removed'}  build dir {d}",
+                      markup=False)
+        verb = "would free" if dry_run else "freed"
+        err.print(f"{len(plan.remove)} image(s), {verb} "
+                  f"{retention.human_bytes(plan.bytes_freed)} (retain = {cfg.retain})")
 
 
 def _version_callback(value: bool) -> None:

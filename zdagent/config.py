@@ -165,6 +165,7 @@ class AppConfig:
     health: HealthConfig
     nginx: NginxConfig
     watchdog: WatchdogConfig
+    retain: int = 5  # image versions kept per app (zdagent.retention)
 
     def slot_port(self, slot: str) -> int:
         return self.slots.blue_port if slot == "blue" else self.slots.green_port
@@ -324,6 +325,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "app": {
         "name": Key(REQUIRED, _str(APP_NAME_RE, "lowercase letters, digits and '-' (max 40)")),
         "state_dir": Key("/var/lib/zdagent", _str()),
+        "retain": Key(5, _int(1, 1000)),
     },
     "source": {
         "image": Key(None, _image_repo),
@@ -547,6 +549,7 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
             cooldown=float(wd["cooldown"]), max_reverts=wd["max_reverts"],
             window=float(wd["window"]),
         ),
+        retain=app["retain"],
     )
 
 

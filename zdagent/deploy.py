@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from zdagent import gitsource
+from zdagent import gitsource, retention
 from zdagent.config import AppConfig, BuildSource, GitSource, check_version
 from zdagent.errors import DeployFailed, ZdError
 from zdagent.events import Emit, Event
@@ -124,13 +124,16 @@ class Engine:
                       wait=wait):
             self.reconcile()
             if not isinstance(src, GitSource):
-                return self._deploy_locked("deploy", version, image=None)
-            if src.fetch:
-                gitsource.fetch(src.repo)
-            commit = gitsource.resolve(src.repo, version)  # fails before anything starts
-            self.emit(Event("info", f"git ref {version} is commit {commit}"))
-            return self._deploy_locked("deploy", commit[:gitsource.SHORT], image=None,
-                                       commit=commit, ref=version)
+                result = self._deploy_locked("deploy", version, image=None)
+            else:
+                if src.fetch:
+                    gitsource.fetch(src.repo)
+                commit = gitsource.resolve(src.repo, version)  # fails before anything starts
+                self.emit(Event("info", f"git ref {version} is commit {commit}"))
+                result = self._deploy_locked("deploy", commit[:gitsource.SHORT], image=None,
+                                             commit=commit, ref=version)
+            retention.after_deploy(self)  # never fails the deploy
+            return result
 
     def rollback(self, *, to: str | None = None, wait: bool = True) -> Result:
         """Switch back to the standby, or redeploy ``to`` from history."""
@@ -143,9 +146,13 @@ class Engine:
             if to is not None:
                 rec = self.store.last_success_of(self.cfg.name, to)
                 if rec is None or not rec.image_id or not self.slots.has_image(rec.image_id):
+                    pruned = retention.pruned_hint(self.cfg, to)
                     raise DeployFailed(
-                        f"no deployable image of version {to!r} in history",
-                        hint="`zdagent history` lists versions; deploy it again to rebuild",
+                        f"no deployable image of version {to!r} in history"
+                        + (f": {pruned}" if pruned else ""),
+                        hint=f"deploy it again (`zdagent deploy {to}`) to rebuild or pull it"
+                        if pruned else
+                        "`zdagent history` lists versions; deploy it again to rebuild",
                     )
                 return self._deploy_locked("rollback", to, image=(rec.image, rec.image_id))
             return self._rollback_to_standby()
@@ -282,8 +289,7 @@ class Engine:
         if isinstance(src, GitSource):
             assert commit is not None
             dest = self.cfg.state_dir / "builds" / self.cfg.name / commit
-            gitsource.export(src.repo, commit, dest)
-            gitsource.prune(dest.parent)
+            gitsource.export(src.repo, commit, dest)  # old ones: zdagent.retention
             line(f"exported {commit[:gitsource.SHORT]} from {src.repo} into {dest}")
             return self.slots.build(version, dest / src.subdir if src.subdir else dest, line)
         ref = self.slots.image_ref(version)

@@ -8,9 +8,13 @@ reads ``SSH_ORIGINAL_COMMAND`` and allows exactly::
     rollback <app> [--to VERSION]
     status <app> [--json]
     history <app> [--json]
+    logs <app> [--slot S] [-f] [--since 10m] [--tail N]   only with --verbs naming logs
+    exec <app> CMD [ARG...]                                only with --verbs naming exec
 
 ``--apps`` and ``--verbs`` (comma-separated) narrow one key to some apps and verbs, e.g. a
-read-only key for a dashboard. Without them a key may run every verb on every app.
+read-only key for a dashboard. Without them a key may run the four deploy verbs on every app;
+``logs`` and ``exec`` (which read the app's output or run code with its secrets) need a key
+scoped for them explicitly (``--verbs logs,exec``).
 
 Parsing is pure (``parse``) and strict: a small character set, length limits, a known app, and
 per-argument patterns. Anything else is refused with one line and exit code 2, before anything
@@ -33,7 +37,9 @@ from zdagent.gitsource import check_ref
 
 MAX_COMMAND = 256
 ALLOWED_CHARS = re.compile(r"^[A-Za-z0-9 ._/@:=-]*$")
-VERBS = ("deploy", "rollback", "status", "history")
+DEFAULT_VERBS = ("deploy", "rollback", "status", "history")
+EXPLICIT_VERBS = ("logs", "exec")  # only for a key whose --verbs names them
+VERBS = DEFAULT_VERBS + EXPLICIT_VERBS
 DEFAULT_LOG = Path("/var/log/zdagent/ssh-gate.log")
 LOG_ENV = "ZDAGENT_GATE_LOG"
 
@@ -95,9 +101,12 @@ def parse(original: str | None, load_app: Callable[[str], AppConfig | None],
     verb, rest = words[0], words[1:]
     if verb not in VERBS:
         raise GateRefused(f"unknown command {verb[:32]!r}; allowed: {', '.join(VERBS)}")
-    if scope.verbs is not None and verb not in scope.verbs:
+    allowed = scope.verbs if scope.verbs is not None else frozenset(DEFAULT_VERBS)
+    if verb not in allowed:
+        hint = (" (logs and exec need a key scoped for them: ssh-gate --verbs ...,"
+                f"{verb})" if verb in EXPLICIT_VERBS else "")
         raise GateRefused(f"this key may not run {verb!r}; allowed: "
-                          f"{', '.join(sorted(scope.verbs))}")
+                          f"{', '.join(sorted(allowed))}{hint}")
     if not rest:
         raise GateRefused(f"usage: {verb} <app> …")
     app = rest[0]
@@ -128,9 +137,40 @@ def _arguments(verb: str, args: list[str], cfg: AppConfig) -> tuple[str, ...]:
         if len(args) == 2 and args[0] == "--to" and VERSION_RE.fullmatch(args[1]):
             return ("--to", args[1])
         raise GateRefused("usage: rollback <app> [--to VERSION]")
+    if verb == "logs":
+        return _logs_arguments(args)
+    if verb == "exec":
+        if args[:1] == ["--"]:
+            args = args[1:]
+        if not args or args[0].startswith("-"):
+            raise GateRefused("usage: exec <app> CMD [ARG...]")
+        return ("--", *args)  # argv of a new container: no shell here, none there
     if args in ([], ["--json"]):
         return tuple(args)
     raise GateRefused(f"usage: {verb} <app> [--json]")
+
+
+_LOGS_VALUES = {
+    "--slot": re.compile(r"^(live|standby|blue|green)$"),
+    "--since": re.compile(r"^(\d{1,9}[smhd]|\d{4}-\d{2}-\d{2}(T[0-9:]{2,8})?)$"),
+    "--tail": re.compile(r"^\d{1,6}$"),
+}
+
+
+def _logs_arguments(args: list[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    it = iter(args)
+    for a in it:
+        if a in ("-f", "--follow") and "-f" not in out:
+            out.append("-f")
+            continue
+        pattern = _LOGS_VALUES.get(a)
+        value = next(it, "") if pattern else ""
+        if pattern is None or a in out or not pattern.fullmatch(value):
+            raise GateRefused("usage: logs <app> [--slot live|standby|blue|green] [-f] "
+                              "[--since 10m] [--tail N]")
+        out += [a, value]
+    return tuple(out)
 
 
 def log_verdict(original: str | None, verdict: str) -> None:

@@ -1,0 +1,204 @@
+"""``zdagent logs`` and ``zdagent exec``: read a slot's logs, run a one-off command.
+
+Both go through the Docker SDK (never the docker CLI). A one-off container runs the live
+slot's image with the app's env (container.env + env_file, read at that moment only),
+network and version, without published ports, labelled ``zdagent.oneoff`` and without a
+``zdagent.slot`` label so no slot lookup ever takes it for a slot; it is removed afterwards
+whatever happens, and its exit code is passed through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import select
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any, BinaryIO
+
+import docker.errors
+
+from zdagent.config import read_env_file
+from zdagent.errors import DeployFailed, UsageError
+from zdagent.slots import LABEL, SLOTS, Slots, other
+
+SLOT_CHOICES = ("live", "standby", *SLOTS)
+_DURATION = re.compile(r"^(\d{1,9})([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(value: str, now: float | None = None) -> int:
+    """``10m`` / ``90s`` / ``2h`` / ``1d`` ago, or an ISO time, as a Unix timestamp."""
+    m = _DURATION.fullmatch(value.strip())
+    if m:
+        return int((now if now is not None else time.time())
+                   - int(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        return int(datetime.fromisoformat(value).timestamp())
+    except ValueError:
+        raise UsageError(f"--since {value!r} is neither a duration nor a time",
+                         hint="e.g. --since 10m, 90s, 2h, 1d or 2026-01-31T12:00") from None
+
+
+def resolve_slot(which: str, live: str | None) -> str:
+    """live/standby to blue/green, by the slot Nginx routes to."""
+    if which not in SLOT_CHOICES:
+        raise UsageError(f"--slot must be one of {', '.join(SLOT_CHOICES)}, got {which!r}")
+    if which in SLOTS:
+        return which
+    if live is None:
+        raise DeployFailed("nothing is deployed yet, so there is no live or standby slot",
+                           hint="pass --slot blue or --slot green, or deploy first")
+    return live if which == "live" else other(live)
+
+
+def stream_logs(slots: Slots, slot: str, out: BinaryIO, *, follow: bool,
+                since: int | None, tail: int | None) -> None:
+    """Copy the slot container's stdout+stderr to ``out`` as Docker delivers it."""
+    c = slots._container(slot)
+    if c is None:
+        raise DeployFailed(f"the {slot} slot has no container",
+                           hint="`zdagent status` shows both slots")
+    kwargs: dict[str, Any] = {"stdout": True, "stderr": True, "stream": True,
+                              "follow": follow, "tail": tail if tail is not None else "all"}
+    if since is not None:
+        kwargs["since"] = since
+    for chunk in c.logs(**kwargs):
+        out.write(chunk)
+        out.flush()
+
+
+# --- exec ---------------------------------------------------------------------------------
+
+
+def oneoff_labels(app: str, version: str | None) -> dict[str, str]:
+    """Ours (zdagent.app, for cleanup and audits) but never a slot: no zdagent.slot."""
+    return {f"{LABEL}.app": app, f"{LABEL}.oneoff": "1",
+            f"{LABEL}.version": version or "", f"{LABEL}.started-at": f"{time.time():.3f}"}
+
+
+def oneoff_kwargs(slots: Slots, image_id: str, version: str | None, argv: Sequence[str],
+                  *, tty: bool) -> dict[str, Any]:
+    """The arguments of ``containers.create`` (env read from env_file now)."""
+    cfg = slots.cfg
+    env = dict(cfg.container.env)
+    if cfg.container.env_file:
+        env.update(read_env_file(cfg.container.env_file))
+    env.update({"ZDAGENT_VERSION": version or "", "ZDAGENT_SLOT": "oneoff"})
+    kwargs: dict[str, Any] = {
+        "image": image_id, "command": list(argv),
+        "name": f"{cfg.name}-oneoff-{uuid.uuid4().hex[:8]}",
+        "labels": oneoff_labels(cfg.name, version), "environment": env,
+        "tty": tty, "stdin_open": tty, "detach": True,
+    }
+    if cfg.container.network:
+        kwargs["network"] = cfg.container.network
+    return kwargs
+
+
+@contextlib.contextmanager
+def oneoff_container(slots: Slots, kwargs: dict[str, Any]) -> Iterator[Any]:
+    """Create the one-off container and always remove it, also on Ctrl-C."""
+    try:
+        c = slots.client.containers.create(**kwargs)
+    except docker.errors.ImageNotFound:
+        raise DeployFailed("the live slot's image is gone",
+                           hint="deploy again; `zdagent prune --dry-run` shows what is kept"
+                           ) from None
+    except docker.errors.APIError as e:
+        raise DeployFailed(f"Docker refused the one-off container: {e.explanation or e}",
+                           hint="check the command and `container.network`") from None
+    try:
+        yield c
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            c.remove(force=True)
+
+
+def run_oneoff(slots: Slots, live: str | None, argv: Sequence[str], *, tty: bool,
+               stdout: BinaryIO, stderr: BinaryIO) -> int:
+    """Run ``argv`` in a new container of the live slot's image; return its exit code."""
+    if not argv:
+        raise UsageError("no command given", hint="zdagent exec -- CMD [ARG...]")
+    if live is None:
+        raise DeployFailed("nothing is deployed yet, so there is no live image to run",
+                           hint="deploy a version first")
+    info = slots.info(live)
+    if not info.image_id:
+        raise DeployFailed(f"the live slot {live} has no image", hint="deploy again")
+    kwargs = oneoff_kwargs(slots, info.image_id, info.version, argv, tty=tty)
+    with oneoff_container(slots, kwargs) as c:
+        if tty:
+            return _interactive(slots, c)
+        stream = slots.client.api.attach(c.id, stdout=True, stderr=True, stream=True,
+                                         logs=True, demux=True)
+        c.start()
+        for out_chunk, err_chunk in stream:
+            if out_chunk:
+                stdout.write(out_chunk)
+                stdout.flush()
+            if err_chunk:
+                stderr.write(err_chunk)
+                stderr.flush()
+        return int(c.wait().get("StatusCode", 1))
+
+
+def _interactive(slots: Slots, c: Any) -> int:
+    """A console: the local terminal in raw mode, bytes both ways over the attach socket."""
+    import termios
+    import tty as tty_mod
+
+    api = slots.client.api
+    sock = api.attach_socket(c.id, params={"stdin": 1, "stdout": 1, "stderr": 1,
+                                           "stream": 1})
+    raw_sock = getattr(sock, "_sock", sock)
+    c.start()
+    fd = sys.stdin.fileno()
+    interactive = os.isatty(fd)
+
+    def resize(*_: object) -> None:
+        with contextlib.suppress(OSError, docker.errors.APIError):
+            size = os.get_terminal_size(fd)
+            api.resize(c.id, height=size.lines, width=size.columns)
+
+    saved = termios.tcgetattr(fd) if interactive else None
+    old_handler = signal.signal(signal.SIGWINCH, resize) if interactive else None
+    try:
+        if interactive:
+            resize()
+            tty_mod.setraw(fd)
+        _pump(fd, raw_sock, sys.stdout.fileno())
+    finally:
+        if saved is not None:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        if old_handler is not None:
+            signal.signal(signal.SIGWINCH, old_handler)
+        with contextlib.suppress(OSError):
+            sock.close()
+    return int(c.wait().get("StatusCode", 1))
+
+
+def _pump(in_fd: int, sock: Any, out_fd: int) -> None:
+    """Copy the terminal to the container and back until the container closes its end."""
+    stdin_open = True
+    while True:
+        readers = [sock, in_fd] if stdin_open else [sock]
+        ready, _, _ = select.select(readers, [], [], 1.0)
+        if sock in ready:
+            data = sock.recv(65536)
+            if not data:
+                return
+            os.write(out_fd, data)
+        if in_fd in ready:
+            data = os.read(in_fd, 65536)
+            if data:
+                sock.sendall(data)
+            else:
+                stdin_open = False
+                with contextlib.suppress(OSError):
+                    sock.shutdown(1)  # SHUT_WR: the container sees EOF
