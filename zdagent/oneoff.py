@@ -171,7 +171,7 @@ def _interactive(slots: Slots, c: Any) -> int:
     try:
         if interactive:
             resize()
-            tty_mod.setraw(fd)
+            tty_mod.setraw(fd, termios.TCSANOW)  # keep what was typed ahead
         _pump(fd, raw_sock, sys.stdout.fileno())
     finally:
         if saved is not None:

@@ -187,3 +187,36 @@ def test_gate_refuses_logs_and_exec_unless_scoped(live_app, tmp_path):
     assert "starting on :8080" in p.stdout
     p = gate(f"exec {live_app.name} /bin/busybox sh -c exit", "--verbs", "exec")
     assert p.returncode == 0, p.stderr
+
+
+def test_exec_tty_gives_an_interactive_console(live_app, docker_client):
+    """A local terminal (a pty here) drives a shell in the one-off container."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "ZDAGENT_CONFIG": str(live_app.config)}
+    proc = subprocess.Popen([sys.executable, "-m", "zdagent", "exec", "--tty", "--",
+                             "/bin/busybox", "sh"], env=env, stdin=slave, stdout=slave,
+                            stderr=slave, start_new_session=True)
+    os.close(slave)
+    seen = b""
+    try:
+        os.write(master, b"echo tty-$((6*7)); exit 3\n")
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            import select
+
+            if select.select([master], [], [], 0.5)[0]:
+                with contextlib.suppress(OSError):
+                    seen += os.read(master, 4096)
+        assert proc.poll() is not None, f"exec --tty still runs after 20s; it showed {seen!r}"
+        assert proc.wait(timeout=10) == 3, seen
+        assert b"tty-42" in seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    left = docker_client.containers.list(
+        all=True, filters={"label": ["zdagent.oneoff=1", f"zdagent.app={live_app.name}"]})
+    assert left == []

@@ -126,3 +126,11 @@ def test_gate_allows_logs_and_exec_for_a_scoped_key(cmd, expected):
 def test_gate_logs_and_exec_arguments_are_strict(cmd):
     with pytest.raises(GateRefused, match="usage"):
         parse(cmd, APPS.get, parse_scope(None, "logs,exec"))
+
+
+@pytest.mark.parametrize("argv", [["logs", "-f"], ["logs", "--tail", "5"],
+                                  ["exec", "--", "sh"], ["prune", "--dry-run"]])
+def test_the_fast_path_hands_these_verbs_to_the_full_cli(argv):
+    from zdagent.thin import parse as thin_parse
+
+    assert thin_parse(argv) is None
