@@ -7,7 +7,8 @@ it chose. Rules, in order:
 
 * an image any container uses (running or stopped, any app) is never removed;
 * the live slot's and the standby's images are always kept and count among ``retain``;
-* the newest other versions (by their last deploy, else their build time) fill ``retain``;
+* the newest other versions (by their last successful deploy; never-live ones, such as a
+  failed candidate's, after all of those) fill ``retain``;
 * an image that also carries a tag outside this app's repository is left alone;
 * with an image source and ``pull = "never"`` the images are the operator's: never pruned.
 
@@ -103,8 +104,9 @@ def choose(deployed: Sequence[Deployed], images: Sequence[ImageFacts],
         if d.succeeded:
             last[d.image_id] = max(last.get(d.image_id, 0.0), d.at)
 
-    def when(img: ImageFacts) -> float:
-        return last.get(img.id, img.created)
+    def when(img: ImageFacts) -> tuple[bool, float]:
+        """Rollback targets first (a version that never went live is no target)."""
+        return img.id in last, last.get(img.id, img.created)
 
     def choice(img: ImageFacts, reason: str) -> Choice:
         vs = list(versions.get(img.id, []))

@@ -56,6 +56,12 @@ def test_order_is_by_last_successful_deploy_not_build_time():
     assert ids(plan.keep) == [1]  # redeployed last; v2's later attempt failed
 
 
+def test_a_version_that_never_went_live_goes_before_older_good_ones():
+    history = [*deployed(1, 2), *deployed(3, ok=False)]  # v3's candidate failed
+    plan = choose(history, [img(1), img(2), img(3)], {}, {"sha256:2": "live"}, retain=2)
+    assert ids(plan.keep) == [1, 2] and ids(plan.remove) == [3]
+
+
 def test_images_with_a_foreign_tag_are_left_alone():
     plan = choose([], [img(1, foreign=("other:latest",)), img(2), img(3)], {}, {}, retain=1)
     assert ids(plan.remove) == [2]
