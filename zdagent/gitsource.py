@@ -94,10 +94,3 @@ def export(repo: Path, commit: str, dest: Path) -> Path:
         tar.extractall(dest, filter="data")
     return dest
 
-
-def prune(builds: Path, keep: int = 3) -> None:
-    """Keep only the ``keep`` newest per-commit build directories."""
-    dirs = sorted((d for d in builds.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime,
-                  reverse=True)
-    for old in dirs[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
