@@ -184,7 +184,7 @@ class Engine:
         Refuses (DeployFailed) when the live slot is no longer ``expected_live``, or when
         Nginx is not running (a dead edge is not the app's fault).
         """
-        self.nginx.preflight()
+        self.nginx.preflight(switch=False)  # no switch: the files' njs names do not matter
         with app_lock(self.cfg.state_dir, self.cfg.name, "restart", self.emit, wait=False):
             live = self._expect_live(expected_live)
             info = self.slots.info(live)

@@ -29,7 +29,7 @@ import psutil
 
 from zdagent import config as _config
 from zdagent.config import MANAGED_RE, AppConfig, managed_header
-from zdagent.errors import EnvironmentProblem, NginxError
+from zdagent.errors import EnvironmentProblem, NginxError, ZdError
 from zdagent.events import Emit, Event
 from zdagent.probe import http_client
 
@@ -162,7 +162,7 @@ def served_by(client: httpx.Client, url: str, timeout: float = 2.0,
     """
     try:
         r = client.get(url, timeout=timeout, headers={**(headers or {}), "Connection": "close"})
-    except httpx.HTTPError:
+    except (httpx.HTTPError, httpx.InvalidURL):  # InvalidURL is no HTTPError
         return None
     return answering_upstream(r.headers.get(UPSTREAM_HEADER, ""))
 
@@ -189,13 +189,16 @@ class Nginx:
 
     # --- inspection ---------------------------------------------------------------------
 
-    def preflight(self) -> None:
-        """Fail with exit 3 before touching anything if Nginx cannot be driven."""
+    def preflight(self, *, switch: bool = True) -> None:
+        """Fail with exit 3 before touching anything if Nginx cannot be driven (with
+        ``switch``: or the switcher cannot switch the files on disk, e.g. legacy names)."""
         for argv in (self.cfg.nginx.test_command, self.cfg.nginx.reload_command):
             if shutil.which(argv[0]) is None:
                 raise EnvironmentProblem(f"nginx command not found: {argv[0]}",
                                          hint="install nginx or fix nginx.test_command")
         self.master()
+        if switch:
+            self.switcher.preflight()
 
     def master(self) -> psutil.Process:
         pid_file = self.cfg.nginx.pid_file
@@ -318,25 +321,40 @@ class Nginx:
                 return len(open_)
             time.sleep(0.1)
 
-    def restore_upstream(self, previous: str | None, *, reload: bool) -> None:
-        """Put the previous upstream file back; with ``reload``, reload and verify the slot
-        the restored files route to."""
-        if previous is None:
-            self.file.unlink(missing_ok=True)
-        else:
-            atomic_write(self.file, previous)
-        if not reload:
-            return
+    def restore_upstream(self, previous: str | None, *, reload: bool) -> bool:
+        """After a failed switch: put the previous upstream file back, then confirm the slot
+        the restored files route to (``reload``: the failed switch may have reloaded, so
+        reload again). Never raises, since the caller re-raises the switch's error; False if
+        the file could not be put back."""
+        try:
+            if previous is None:
+                self.file.unlink(missing_ok=True)
+            else:
+                atomic_write(self.file, previous)
+        except OSError as e:
+            self.emit(Event("warn", f"could not put back the previous {self.file}: {e}"))
+            return False
+        self._confirm_restored(reload=reload)
+        return True
+
+    def _confirm_restored(self, *, reload: bool) -> None:
         slot = self.switcher.routed_slot()
         try:
-            if slot:
+            if reload and slot:
                 self.reload_verified(slot, self.workers())
-            else:
-                self.run_command(self.cfg.nginx.reload_command, "nginx reload")
-            self.emit(Event("warn", f"restored the previous upstream ({slot or 'none'})"))
-        except NginxError as e:
-            self.emit(Event("warn", f"restoring the previous upstream could not be verified: "
-                                    f"{e.message}"))
+            elif reload:
+                problem = self.run_command(self.cfg.nginx.reload_command, "nginx reload")
+                if problem:
+                    raise NginxError(f"nginx reload failed: {problem}")
+            elif slot:  # nothing reloaded, but njs routes by the file at once: check it
+                self.master()
+                self.verify_serving(slot, time.monotonic() + self.cfg.nginx.reload_timeout)
+        except Exception as e:  # any: a failed check must not hide the switch's error
+            why = e.message if isinstance(e, ZdError) else f"{type(e).__name__}: {e}"
+            self.emit(Event("warn", f"the restored routing ({slot or 'none'}) could not be "
+                                    f"verified: {why}"))
+            return
+        self.emit(Event("warn", f"restored the previous routing ({slot or 'none'})"))
 
     def wait_workers_gone(self, pids: frozenset[int], timeout: float) -> set[int]:
         """Wait until the pre-reload workers exited (their requests done); return leftovers."""

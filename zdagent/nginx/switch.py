@@ -14,12 +14,15 @@ any failure) and knows how the old slot drains:
 
 from __future__ import annotations
 
+import copy
+import re
 import time
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from zdagent.config import AppConfig
-from zdagent.errors import NginxError
+from zdagent.errors import EnvironmentProblem, NginxError, ZdError
 from zdagent.events import Event
 from zdagent.nginx import (
     NJS_KEEPALIVE_S,
@@ -30,6 +33,7 @@ from zdagent.nginx import (
     render_template,
     template_names,
     templates_dir,
+    upstream_name,
 )
 
 if TYPE_CHECKING:
@@ -59,6 +63,10 @@ class Switcher(ABC):
     @abstractmethod
     def switch(self, nginx: Nginx, live_slot: str, standby_slot: str | None) -> SwitchResult:
         """Route to ``live_slot``, verified through Nginx; on failure restore and raise."""
+
+    def preflight(self) -> None:
+        """Raise (before anything is touched) if the files on disk cannot be switched."""
+        return None  # reload mode: any upstream file zdagent wrote can be rewritten
 
     def wait_old_connections(self, nginx: Nginx, port: int, timeout: float) -> int:
         """After the switch: wait until nothing is in flight to the old slot on ``port``;
@@ -94,24 +102,22 @@ class ReloadSwitcher(Switcher):
     def switch(self, nginx: Nginx, live_slot: str, standby_slot: str | None) -> SwitchResult:
         start = time.monotonic()
         previous = nginx.current_text()
-        atomic_write(nginx.file, nginx.render_upstream(live_slot, standby_slot))
-        problem = nginx.run_command(self.cfg.nginx.test_command, "nginx -t")
-        if problem:
-            nginx.restore_upstream(previous, reload=False)
-            raise NginxError(
-                f"nginx -t failed: {problem}",
-                hint=f"the previous {nginx.file.name} was restored and the live slot kept "
-                "serving; fix the template (nginx.upstream_template)",
-            )
-        old = nginx.workers()
+        text = nginx.render_upstream(live_slot, standby_slot)  # a template error: no write
+        old: frozenset[int] = frozenset()
+        reloaded = False
         try:
+            atomic_write(nginx.file, text)
+            problem = nginx.run_command(self.cfg.nginx.test_command, "nginx -t")
+            if problem:
+                raise NginxError(f"nginx -t failed: {problem}",
+                                 hint="fix the template (nginx.upstream_template)")
+            old = nginx.workers()
+            reloaded = True
             nginx.reload_verified(live_slot, old)
-        except NginxError as e:
-            nginx.restore_upstream(previous, reload=True)
-            raise NginxError(
-                f"{e.message}; the previous upstream was restored",
-                hint=e.hint or "check Nginx's error log",
-            ) from None
+        except Exception as e:
+            restored = nginx.restore_upstream(previous, reload=reloaded)
+            raise restored_error(e, restored, "the previous upstream",
+                                 fallback_hint="check Nginx's error log") from _cause(e)
         return SwitchResult(old_workers=old, seconds=time.monotonic() - start)
 
 
@@ -133,55 +139,138 @@ class NjsSwitcher(Switcher):
         return _site(self.cfg, "site_njs.conf.j2")
 
     def routed_slot(self) -> str | None:
+        """The active file's slot; before the njs names changed it was the legacy file."""
+        for path in (self.cfg.nginx.active_file, self.legacy_active_file):
+            try:
+                name = path.read_text().strip()
+            except OSError:
+                continue
+            return next((s for s in ("blue", "green")
+                         if name in (pool_name(self.cfg, s), self._legacy_pool(s))), None)
+        return None
+
+    # --- installs from before the njs names changed -------------------------------------
+
+    @property
+    def legacy_active_file(self) -> Path:
+        """Where the active file was (``<stem>.active``) before it followed the file name."""
+        f = self.cfg.nginx.upstream_file
+        return f.with_name(f.name.split(".")[0] + ".active")
+
+    def _legacy_pool(self, slot: str) -> str:
+        return f"{upstream_name(self.cfg.name)}_{slot}"  # now pool_name(): zdagent__<slot>_<app>
+
+    def legacy_problem(self) -> str | None:
+        """What on disk still has the pre-upgrade njs names (None if nothing).
+
+        An old site block proxies to ``$zdagent_<app>_pool`` and reads ``<stem>.active``:
+        a switch would fail at ``nginx -t`` (unknown variable) or route nowhere.
+        """
+        nginx, old = self.cfg.nginx, upstream_name(self.cfg.name)
         try:
-            name = self.cfg.nginx.active_file.read_text().strip()
+            text = nginx.upstream_file.read_text()
         except OSError:
-            return None
-        return next((s for s in ("blue", "green") if name == pool_name(self.cfg, s)), None)
+            text = ""
+        if re.search(rf"^\s*upstream\s+{old}_(?:blue|green)\s*\{{|\${old}_pool\b", text,
+                     re.M):
+            return f"{nginx.upstream_file} uses the pre-upgrade njs names (${old}_pool)"
+        try:
+            name = nginx.active_file.read_text().strip()
+        except OSError:
+            name = None
+        if name in (self._legacy_pool("blue"), self._legacy_pool("green")):
+            return f"{nginx.active_file} names the pre-upgrade pool {name}"
+        legacy = self.legacy_active_file
+        if name is None and legacy != nginx.active_file and legacy.exists():
+            return f"{legacy} is the pre-upgrade active file and {nginx.active_file} is missing"
+        return None
+
+    def preflight(self) -> None:
+        problem = self.legacy_problem()
+        if problem is None:
+            return
+        nginx, slot = self.cfg.nginx, self.routed_slot()
+        render = f"zdagent nginx render -c {self.cfg.path}"
+        activate = (f"echo {pool_name(self.cfg, slot)} > {nginx.active_file} && "
+                    if slot else "")
+        raise EnvironmentProblem(
+            f"{problem}: this zdagent renamed them, so the site block must be re-rendered",
+            hint=f"re-render the site block: {render} --site > <site file> and "
+                 f"{render} > {nginx.upstream_file}; then {activate}"
+                 "nginx -t && nginx -s reload (nothing was changed)")
+
+    # --- the switch ---------------------------------------------------------------------
 
     def switch(self, nginx: Nginx, live_slot: str, standby_slot: str | None) -> SwitchResult:
         """Reload only when the upstream file itself must change (first use, new ports)."""
         start = time.monotonic()
+        self.preflight()
         active = self.cfg.nginx.active_file
+        wanted = nginx.render_upstream(live_slot, None)  # a template error: no write
         prev_active = active.read_text() if active.exists() else None
         prev_upstream = nginx.current_text()
-        atomic_write(active, pool_name(self.cfg, live_slot) + "\n")
-        wanted = nginx.render_upstream(live_slot, None)
+        changed = wanted != prev_upstream
         old: frozenset[int] = frozenset()
         try:
-            if wanted != prev_upstream:
+            if changed:
                 atomic_write(nginx.file, wanted)
                 problem = nginx.run_command(self.cfg.nginx.test_command, "nginx -t")
                 if problem:
                     raise NginxError(f"nginx -t failed: {problem}",
                                      hint="is the njs module loaded (libnginx-mod-http-js)?")
+            atomic_write(active, pool_name(self.cfg, live_slot) + "\n")
+            if changed:
                 old = nginx.workers()
                 nginx.reload_verified(live_slot, old)
             else:
                 nginx.verify_serving(live_slot, time.monotonic() + self.cfg.nginx.reload_timeout)
-        except NginxError as e:
-            self._restore(nginx, prev_active, prev_upstream, reload=wanted != prev_upstream)
-            raise NginxError(
-                f"{e.message}; the previous routing was restored",
-                hint=f"{e.hint}; in njs mode Nginx's workers must be able to read "
-                     f"{active} (look for 'zdagent: cannot read' in its error log)") from None
+        except Exception as e:
+            restored = self._restore(nginx, prev_active, prev_upstream, reload=changed)
+            hint = (f"in njs mode Nginx's workers must be able to read {active} "
+                    "(look for 'zdagent: cannot read' in its error log)")
+            raise restored_error(e, restored, "the previous routing", hint=hint) from _cause(e)
         return SwitchResult(old_workers=old, seconds=time.monotonic() - start)
 
     def _restore(self, nginx: Nginx, prev_active: str | None, prev_upstream: str | None, *,
-                 reload: bool) -> None:
+                 reload: bool) -> bool:
+        """Put both files back (never raises); False if one could not be put back."""
         active = self.cfg.nginx.active_file
-        if prev_active is None:
-            active.unlink(missing_ok=True)
-        else:
-            atomic_write(active, prev_active)
-        if reload:
-            nginx.restore_upstream(prev_upstream, reload=True)
-        else:
-            nginx.emit(Event("warn", "restored the previous active slot"))
+        try:
+            if prev_active is None:
+                active.unlink(missing_ok=True)
+            else:
+                atomic_write(active, prev_active)
+        except OSError as e:
+            nginx.emit(Event("warn", f"could not put back the previous {active}: {e}"))
+            return False
+        return nginx.restore_upstream(prev_upstream, reload=reload)
 
     def wait_old_connections(self, nginx: Nginx, port: int, timeout: float) -> int:
         # No worker exits in njs mode: wait for Nginx's connections to the old slot.
         return nginx.wait_connections_closed(port, timeout)
+
+
+def restored_error(e: Exception, restored: bool, what: str, *, hint: str = "",
+                   fallback_hint: str = "") -> ZdError:
+    """The switch's error, saying whether the restore worked; zdagent's errors keep their
+    class (exit code), anything else becomes an NginxError naming it. ``hint`` is added to
+    the error's own hint, ``fallback_hint`` used only if it has none."""
+    note = (f"{what} was restored" if restored
+            else f"{what} could NOT be put back: check which slot Nginx routes to")
+    own = e.hint if isinstance(e, ZdError) else ""
+    full_hint = "; ".join(h for h in (own or fallback_hint, hint) if h)
+    if not isinstance(e, ZdError):
+        return NginxError(f"switch failed: {type(e).__name__}: {e}; {note}", hint=full_hint)
+    err = copy.copy(e)  # same class, so the same exit code
+    err.message = f"{e.message}; {note}"
+    err.args = (err.message,)
+    err.hint = full_hint
+    return err
+
+
+def _cause(e: Exception) -> Exception | None:
+    """Chain only what zdagent did not explain itself (its messages carry the cause)."""
+    return None if isinstance(e, ZdError) else e
 
 
 def _site(cfg: AppConfig, template: str) -> str:
