@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from zdagent.errors import ConfigError
 
@@ -279,7 +280,18 @@ def _path(v: Any) -> str | None:
 
 
 def _url(v: Any) -> str | None:
-    return _str(re.compile(r"^https?://[^\s/]+(/[^\s]*)?$"), "an http(s):// URL")(v)
+    """An http(s) URL whose port (if any) is a number from 1 to 65535: the watchdog probes it
+    every tick, so a bad port must be refused here, not fail there."""
+    problem = _str(re.compile(r"^https?://[^\s/]+(/[^\s]*)?$"), "an http(s):// URL")(v)
+    if problem:
+        return problem
+    try:
+        port = urlsplit(v).port
+    except ValueError:
+        return f"must have a numeric port from 1 to 65535, got {v!r}"
+    if port == 0:
+        return f"must have a port from 1 to 65535, got {v!r}"
+    return None
 
 
 def _image_repo(v: Any) -> str | None:

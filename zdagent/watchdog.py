@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -39,7 +40,7 @@ class Action(StrEnum):
 
 # Every state the watchdog reports. ``last_reason`` always belongs to the current state.
 STATES = ("starting", "idle", "healthy", "failing", "reverted", "revert-failed", "degraded",
-          "paused", "disabled", "nginx-down", "restarting")
+          "paused", "disabled", "nginx-down", "restarting", "error")
 
 
 @dataclass
@@ -224,15 +225,33 @@ async def watch(cfg: AppConfig, state: WatchState, hooks: WatchHooks, stop: asyn
     routed = RoutedSlot(cfg)
     edge = KeptAlive(cfg.verify_url, UPSTREAM_HEADER, cfg.verify_headers.get("Host"))
     stopped = asyncio.ensure_future(stop.wait())  # one waiter for the whole loop, not per tick
+    last_error: str | None = None
     try:
         while not stop.is_set():
             await asyncio.wait((stopped,), timeout=policy.interval)
             if stop.is_set():
                 return
-            await tick(cfg, state, hooks, routed, edge)
+            try:
+                await tick(cfg, state, hooks, routed, edge)
+                last_error = None
+            except Exception as e:  # one app's bug or bad value must not stop its loop
+                last_error = _tick_failed(cfg, state, hooks, e, last_error)
     finally:
         stopped.cancel()
         edge.close()
+
+
+def _tick_failed(cfg: AppConfig, state: WatchState, hooks: WatchHooks, e: Exception,
+                 last_error: str | None) -> str:
+    """Report a tick that raised as state ``error``; log it once per distinct error (a tick
+    failing every interval would flood the journal). Returns the error's text."""
+    text = f"{type(e).__name__}: {e}"
+    if text != last_error:
+        hooks.log(f"{cfg.name}: watchdog check failed: {text}\n"
+                  + traceback.format_exc().rstrip())
+    state.consecutive = 0
+    state.set("error", f"the watchdog's check failed: {text}")
+    return text
 
 
 async def probe_slot(cfg: AppConfig, slot: str) -> Answer:

@@ -66,18 +66,18 @@ class DaemonProc:
         return self
 
     def answers(self) -> bool:
-        from zdagent.api import Client
+        from zdagent.client import DaemonClient
 
         try:
-            Client(self.socket, timeout=2).get("/v1/status")
+            DaemonClient(str(self.socket), timeout=2).get("/v1/status")
             return True
         except (OSError, ValueError):
             return False
 
     def status(self) -> dict:
-        from zdagent.api import Client
+        from zdagent.client import DaemonClient
 
-        return Client(self.socket, timeout=10).get("/v1/status")
+        return DaemonClient(str(self.socket), timeout=10).get("/v1/status")
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -598,29 +598,59 @@ def test_sighup_adds_removes_and_changes_apps_while_a_deploy_runs(make_app, daem
     assert c.served_version() == "v2"
 
 
-def test_a_crashing_watch_task_is_restarted_and_shown(make_app, daemon_factory):
-    """Garbage (not UTF-8) in the upstream file makes the watch loop raise: supervised."""
-    app = make_app(extra=FAST_WATCHDOG)
-    d = daemon_factory([app]).start()
-    app.ok("deploy", "v1")
-    wait_for(lambda: d.status()["apps"][app.name]["status"] == "healthy", 30, "healthy")
-    upstream = app.nginx.prefix / "zdagent" / f"{app.name}.upstream.conf"
-    good = upstream.read_bytes()
+def _notify_socket() -> tuple[socket.socket, str]:
+    path = f"/tmp/zdn-{uuid.uuid4().hex[:8]}.sock"  # AF_UNIX paths are short
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.2)
+    return sock, path
+
+
+def _drain(sock: socket.socket) -> list[str]:
+    seen = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            seen.append(sock.recv(4096).decode())
+    return seen
+
+
+def test_a_tick_that_always_raises_is_shown_while_others_deploy_and_pings_go_on(
+        make_app, daemon_factory):
+    """Garbage (not UTF-8, in an Nginx comment) in a's upstream file makes every tick of a's
+    watch loop raise: a shows ``error``, logged once; b deploys; WATCHDOG=1 keeps coming."""
+    a, b = make_app(extra=FAST_WATCHDOG), make_app()
+    sock, path = _notify_socket()
     try:
-        upstream.write_bytes(b"\xff\xfe\xfa not utf-8")
-        wait_for(lambda: (d.status()["apps"][app.name]["task"] or {}).get("restarts", 0) >= 2,
-                 30, "the task to fail and restart")
-        st = d.status()
-        task = st["apps"][app.name]["task"]
-        assert "UnicodeDecodeError" in task["last_error"]
-        assert "watch task failed" in (st["apps"][app.name]["last_reason"] or "")
-        wait_for(lambda: not d.status()["daemon"]["tasks_alive"], 30, "a task in backoff")
+        d = daemon_factory([a, b], env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+        d.start()
+        a.ok("deploy", "v1")
+        b.ok("deploy", "v1")
+        wait_for(lambda: d.status()["apps"][a.name]["status"] == "healthy", 30, "healthy")
+        upstream = a.nginx.prefix / "zdagent" / f"{a.name}.upstream.conf"
+        good = upstream.read_bytes()
+        try:
+            upstream.write_bytes(good + b"\n# \xff\xfe\xfa not utf-8\n")
+            wait_for(lambda: d.status()["apps"][a.name]["status"] == "error", 30, "error")
+            checks = d.status()["apps"][a.name]["checks"]
+            _drain(sock)
+            b.ok("deploy", "v2")  # the other app is not disturbed
+            assert b.served_version() == "v2"
+            st = d.status()
+            app = st["apps"][a.name]
+            assert app["status"] == "error" and "UnicodeDecodeError" in app["last_reason"]
+            assert app["task"]["alive"] and app["task"]["restarts"] == 0
+            assert st["daemon"]["tasks_alive"] and "error" in st["daemon"]["summary"]
+            wait_for(lambda: "WATCHDOG=1" in "".join(_drain(sock)), 15, "pings after")
+            assert d.log.read_text().count("watchdog check failed") == 1  # once per error
+            assert checks == d.status()["apps"][a.name]["checks"]  # no probe counted
+        finally:
+            upstream.write_bytes(good)
+        wait_for(lambda: d.status()["apps"][a.name]["status"] == "healthy", 60,
+                 "a healthy again")
+        assert d.proc.poll() is None
     finally:
-        upstream.write_bytes(good)
-    wait_for(lambda: d.status()["apps"][app.name]["status"] == "healthy", 60,
-             "the restarted task to see the app healthy")
-    assert d.status()["daemon"]["tasks_alive"]
-    assert "Traceback" in d.log.read_text() and d.proc.poll() is None
+        sock.close()
+        os.unlink(path)
 
 
 def test_daemon_package_entry_points():

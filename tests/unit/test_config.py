@@ -319,3 +319,21 @@ def test_config_check_all_prints_each_app_and_exits_2_on_any_error(tmp_path):
     (tmp_path / "www.toml").unlink()
     p = check()
     assert p.returncode == 0 and p.stdout.startswith("ok    web: ")
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8o80/", "http://127.0.0.1:99999/",
+                                 "http://127.0.0.1:0/", "http://[::1/"])
+def test_public_url_port_must_be_1_to_65535(url):
+    """A port urlsplit cannot read would fail every watchdog tick: refused at load."""
+    from zdagent.config import _url
+
+    assert _url(url) is not None
+    assert _url(url.replace("http://", "https://")) is not None
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1/", "http://127.0.0.1:8080/",
+                                 "https://example.com:65535/x", "http://[::1]:80/"])
+def test_good_public_urls(url):
+    from zdagent.config import _url
+
+    assert _url(url) is None

@@ -343,3 +343,43 @@ def test_probe_sends_the_apps_verify_host():
     request = _target("http://127.0.0.1:8080/health", "", "example.com")[3]
     assert request.startswith(b"GET /health HTTP/1.1\r\nHost: example.com\r\n")
     assert b"Host: 127.0.0.1:8080\r\n" in _target("http://127.0.0.1:8080/health", "")[3]
+
+
+def test_a_tick_that_raises_is_state_error_logged_once_and_the_loop_goes_on(tmp_path):
+    """An unreadable upstream file makes each tick raise: ``watch`` reports it and continues."""
+    from zdagent.watchdog import STATES, watch
+
+    async def main():
+        blue = await Slot(200).start()
+        green = await Slot(200).start()
+        edge = await Slot(200).start()
+        pid = tmp_path / "nginx.pid"
+        pid.write_text(str(os.getpid()))
+        cfg = app_cfg(tmp_path, blue.port, green.port, edge.port, pid)
+        edge.upstream = f"127.0.0.1:{green.port}"
+        good = cfg.nginx.upstream_file.read_bytes()
+        cfg.nginx.upstream_file.write_bytes(good + b"\n# \xff\xfe not utf-8\n")
+        hooks, state, stop = Hooks([]), WatchState(), asyncio.Event()
+        ticks = []  # busy() is the first thing each tick asks: it counts the ticks
+        wh = hooks.make()
+        wh.busy = lambda: bool(ticks.append(1))
+        loop = asyncio.create_task(watch(cfg, state, wh, stop))
+        for _ in range(500):  # bounded: 0.1 s interval, at least four failing ticks
+            await asyncio.sleep(0.02)
+            if len(ticks) >= 4 or loop.done():
+                break
+        assert state.status == "error" and "UnicodeDecodeError" in state.last_reason
+        assert "error" in STATES and not loop.done()
+        assert len(hooks.lines) == 1 and "watchdog check failed" in hooks.lines[0]
+        cfg.nginx.upstream_file.write_bytes(good)
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if state.status == "healthy":
+                break
+        assert state.status == "healthy" and state.checks >= 1
+        stop.set()
+        await asyncio.wait_for(loop, 5)
+        for s in (blue, green, edge):
+            await s.stop()
+
+    asyncio.run(main())

@@ -3,7 +3,8 @@
 Startup loads the app directory (a bad app file is reported, the others run), reconciles every
 app (a crashed deploy is repaired before anything else), opens the control socket, tells
 systemd READY=1 and starts one supervised watch task per app. The main loop feeds systemd's
-watchdog only while every task is alive, and re-reads the app directory on SIGHUP. Shutdown
+watchdog while every task is alive or restarting after a bounded backoff, and re-reads the
+app directory on SIGHUP. Shutdown
 stops accepting work, lets running deploys finish their phases (so Nginx never points at a
 dead slot) and exits. Signal handlers only set events; a second SIGTERM/SIGINT forces exit.
 """
@@ -107,8 +108,12 @@ class Daemon:
             if self.hup.is_set() and not self.stop.is_set():
                 self.hup.clear()
                 await self.reload()
-            # The loop being here proves it is not hung; every task must be alive too.
-            if self.all_alive():
+            # WATCHDOG=1 says "the daemon works": the loop being here proves it is not hung,
+            # and every watch task must be running or restarting after a bounded backoff
+            # (Supervised.supervised). A task that raises is restarted by its supervisor and
+            # shows in status; it must not get systemd to kill the daemon and interrupt other
+            # apps' deploys. Only a task that is gone (dead) stops the pings.
+            if self.tasks_supervised():
                 self.notifier.watchdog()
             self.notifier.status(self.summary())
 
@@ -234,6 +239,9 @@ class Daemon:
     def all_alive(self) -> bool:
         return all(w.task.alive for w in self.watchers.values())
 
+    def tasks_supervised(self) -> bool:
+        return all(w.task.supervised for w in self.watchers.values())
+
     def _hooks(self, rt: AppRuntime) -> WatchHooks:
         async def revert(reason: str, expected_live: str | None = None) -> str | None:
             return await self._watchdog_action(rt, "auto_revert", reason, expected_live)
@@ -261,7 +269,7 @@ class Daemon:
     def summary(self) -> str:
         bad = [f"app {n} {rt.state.status}" for n, rt in self.apps.items()
                if rt.state.status in ("degraded", "failing", "restarting", "revert-failed",
-                                     "nginx-down")]
+                                     "nginx-down", "error")]
         bad += [f"{stem}.toml invalid" for stem in self.config_errors]
         return f"{len(self.apps)} apps, " + ("; ".join(bad) if bad else "all healthy")
 

@@ -2,8 +2,10 @@
 
 An unexpected exception is logged with its traceback, kept for ``status``, and the coroutine
 is started again after a backoff that doubles per consecutive failure (capped), so a bug that
-fails at once does not spin. While a task waits out its backoff it is not *alive*: the server
-feeds systemd's watchdog only while every task is alive.
+fails at once does not spin. While a task waits out its backoff it is not *alive* (status
+shows it) but it is still *supervised*: its restart is scheduled at most ``MAX_BACKOFF`` away.
+The server feeds systemd's watchdog while every task is supervised, so one app's failing
+task never gets the whole daemon (and the other apps' deploys) killed.
 """
 
 from __future__ import annotations
@@ -50,6 +52,15 @@ class Supervised:
         if self.state == "finished":
             return True
         return self.state == "running" and self.task is not None and not self.task.done()
+
+    @property
+    def supervised(self) -> bool:
+        """Alive, or waiting out a bounded backoff before its restart; False once the task
+        ended without finishing (stopped, or dead through a bug in this class)."""
+        if self.state == "finished":
+            return True
+        return self.state in ("running", "backoff") and self.task is not None \
+            and not self.task.done()
 
     async def _run(self) -> None:
         while True:
