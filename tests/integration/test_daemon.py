@@ -653,6 +653,39 @@ def test_a_tick_that_always_raises_is_shown_while_others_deploy_and_pings_go_on(
         os.unlink(path)
 
 
+def _daemon_run(d: DaemonProc, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "zdagent", "daemon", "--config-dir",
+                           str(d.config_dir), "--socket", str(d.socket), *extra],
+                          env=d.env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_an_unknown_socket_group_is_exit_3_before_any_app_is_touched(daemon_factory):
+    d = daemon_factory([])
+    p = _daemon_run(d, "--socket-group", f"zdnogroup{uuid.uuid4().hex[:6]}")
+    assert p.returncode == 3, p.stderr
+    assert "unknown group" in p.stderr and "hint:" in p.stderr
+    assert "Traceback" not in p.stderr and "app(s) in" not in p.stderr  # nothing loaded
+    assert not d.socket.exists()
+
+
+def test_a_second_daemon_on_a_live_socket_refuses_to_start(daemon_factory):
+    first = daemon_factory([]).start()
+    p = _daemon_run(first)
+    assert p.returncode == 3, p.stderr
+    assert "already serving" in p.stderr and "hint:" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert first.answers() and first.proc.poll() is None  # the first one keeps its socket
+    first.proc.terminate()
+    assert first.proc.wait(30) == 0
+    second = daemon_factory([])
+    second.config_dir, second.socket = first.config_dir, first.socket
+    stale = socket.socket(socket.AF_UNIX)  # a socket file nothing answers on: replaced
+    stale.bind(str(first.socket))
+    stale.close()
+    second.start()
+    assert second.answers()
+
+
 def test_daemon_package_entry_points():
     p = subprocess.run([sys.executable, "-c", "from zdagent.daemon import main; "
                         "main(['--help'])"], capture_output=True, text=True, check=False)

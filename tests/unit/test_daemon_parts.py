@@ -198,3 +198,123 @@ def test_watchdog_glue_returns_none_or_the_reason(tmp_path):
         rt.lock.release()
 
     asyncio.run(main())
+
+
+def test_operations_fill_their_pool_yet_watchdog_actions_and_reads_still_run():
+    """Long deploys on every operation thread do not starve a revert or a status read."""
+    from zdagent.daemon.pools import MIN_OPERATIONS, Pools
+
+    async def main() -> None:
+        pools = Pools(apps=7)
+        assert pools.size(pools.operations) == 7 and pools.size(pools.watchdog) == 7
+        release = threading.Event()
+        long_ops = [pools.submit(pools.operations, release.wait, 30) for _ in range(7)]
+        try:
+            assert await asyncio.wait_for(pools.run(pools.watchdog, lambda: "reverted"), 5) \
+                == "reverted"
+            assert await asyncio.wait_for(pools.run(pools.reads, lambda: "status"), 5) \
+                == "status"
+        finally:
+            release.set()
+            await asyncio.gather(*long_ops)
+        pools.fit(9)
+        assert pools.size(pools.operations) == 9
+        pools.fit(2)  # never shrinks
+        assert pools.size(pools.operations) == 9
+        assert Pools().size(Pools().operations) == MIN_OPERATIONS
+        pools.shutdown()
+
+    asyncio.run(main())
+
+
+def test_a_watch_task_stopped_mid_action_keeps_the_lock_until_the_thread_ends(tmp_path):
+    from zdagent.daemon.server import Daemon
+
+    class Blocking(_Engines):
+        def __init__(self) -> None:
+            super().__init__(None)
+            self.started, self.release, self.ended = (threading.Event() for _ in range(3))
+
+        def watchdog_action(self, cfg, method, reason, expected_live):
+            self.started.set()
+            self.release.wait(30)
+            self.ended.set()
+
+    async def main() -> None:
+        d = Daemon(tmp_path, tmp_path / "s.sock", None)
+        engines = Blocking()
+        d.engines = engines  # type: ignore[assignment]
+        rt = _runtime()
+        task = asyncio.create_task(d._hooks(rt).revert("green failed", "green"))
+        while not engines.started.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()  # a reload or shutdown stops the watch task mid-revert
+        for _ in range(5):
+            await asyncio.sleep(0.02)
+            assert rt.busy() and not task.done()  # the engine still switches: lock held
+        engines.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert engines.ended.is_set() and not rt.busy()
+        d.pools.shutdown()
+
+    asyncio.run(main())
+
+
+APP = """
+[app]
+name = "{name}"
+state_dir = "state"
+[source]
+image = "registry.local/{name}"
+[container]
+port = 8080
+[slots]
+blue_port = {blue}
+green_port = {green}
+[nginx]
+upstream_file = "{name}.upstream.conf"
+[watchdog]
+enabled = {enabled}
+"""
+
+
+def test_two_reloads_while_an_added_app_recovers_start_one_watcher(tmp_path):
+    from zdagent.daemon.server import Daemon
+
+    class SlowRecovery:
+        def __init__(self) -> None:
+            self.started, self.release = threading.Event(), threading.Event()
+
+        def recover(self, cfg) -> None:
+            self.started.set()
+            self.release.wait(30)
+
+    def write(enabled: str) -> None:
+        (tmp_path / "web.toml").write_text(
+            APP.format(name="web", blue=18101, green=18102, enabled=enabled))
+
+    async def main() -> None:
+        d = Daemon(tmp_path, tmp_path / "s.sock", None)
+        engines = SlowRecovery()
+        d.engines = engines  # type: ignore[assignment]
+        starts: list[str] = []
+        start = d._start_watch
+        d._start_watch = lambda name: (starts.append(name), start(name))[1]  # type: ignore
+        write("false")
+        await d.reload()  # added: recovery starts in the background
+        while not engines.started.is_set():
+            await asyncio.sleep(0.01)
+        write("true")
+        await d.reload()  # changed while recovering
+        write("false")
+        await d.reload()
+        engines.release.set()
+        while d.background:
+            await asyncio.gather(*list(d.background))
+        assert starts == ["web"] and list(d.watchers) == ["web"]
+        assert d.apps["web"].cfg.watchdog.enabled is False  # the newest config is watched
+        await d._stop_watch("web")
+        d.pools.shutdown()
+
+    asyncio.run(main())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,10 +55,11 @@ class Queue:
 
     def __init__(self, stopping: Callable[[], bool],
                  cancelled: Callable[[AppConfig, Operation], None],
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], executor: Executor | None = None) -> None:
         self.stopping = stopping
         self.record_cancelled = cancelled
         self.log = log
+        self.executor = executor  # operations' own threads (None: asyncio's default)
         self.tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, rt: AppRuntime, op: Operation, work: Work) -> AsyncIterator[Item]:
@@ -92,7 +94,7 @@ class Queue:
                     return
                 op.state = "running"
                 cfg = rt.cfg  # a reload after this point does not change a running operation
-                outcome = await asyncio.to_thread(work, cfg, emit)
+                outcome = await loop.run_in_executor(self.executor, work, cfg, emit)
                 # Events emitted from the thread are scheduled before this line runs.
                 await asyncio.sleep(0)
                 self.log(f"{cfg.name}: {op.what} by {op.performer} "

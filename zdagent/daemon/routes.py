@@ -7,7 +7,6 @@ code (Docker down: 3).
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from zdagent import api
@@ -42,14 +41,16 @@ class Routes:
                                     "`systemctl reload zdagent` re-reads it")
         if what == "status":
             _method(req, "GET")
-            data = await asyncio.to_thread(self.d.engines.status, rt.cfg)
+            pools = self.d.pools
+            data = await pools.run(pools.reads, self.d.engines.status, rt.cfg)
             data["watchdog"] = self.d.app_status(name, rt)
             data["daemon"] = self.d.status()["daemon"]
             return data
         if what == "history":
             _method(req, "GET")
-            return {"history": await asyncio.to_thread(self.d.engines.history, rt.cfg,
-                                                       _limit(req.query))}
+            pools = self.d.pools
+            return {"history": await pools.run(pools.reads, self.d.engines.history, rt.cfg,
+                                               _limit(req.query))}
         _method(req, "POST")
         if self.d.stopping():
             raise api.ApiError(503, "the daemon is stopping", exit_code=3,

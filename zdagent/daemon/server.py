@@ -25,10 +25,11 @@ from typing import Any
 from zdagent import __version__, api
 from zdagent.config import AppConfig, load_app_dir
 from zdagent.daemon.engines import Engines
+from zdagent.daemon.pools import Pools
 from zdagent.daemon.queue import AppRuntime, Operation, Queue
 from zdagent.daemon.routes import Routes
 from zdagent.daemon.supervise import Supervised
-from zdagent.errors import ZdError
+from zdagent.errors import EnvironmentProblem, ZdError
 from zdagent.notify import Notifier
 from zdagent.watchdog import WatchHooks, async_client, watch
 
@@ -63,12 +64,14 @@ class Daemon:
         self.started = time.time()
         self.notifier = Notifier()
         self.engines = Engines(log)
-        self.queue = Queue(self.stopping, self._record_cancelled, log)
+        self.pools = Pools()
+        self.queue = Queue(self.stopping, self._record_cancelled, log, self.pools.operations)
         self.routes = Routes(self)
         self.api = api.Server(self.routes.handle, self.limits, log)
         self.http: Any = None
         self.reloads = 0
         self.background: set[asyncio.Task[None]] = set()
+        self.recovering: set[str] = set()  # added on SIGHUP, not watched until recovered
 
     def stopping(self) -> bool:
         return self.stop.is_set()
@@ -87,13 +90,18 @@ class Daemon:
             self.engines.docker.close()
 
     async def startup(self) -> asyncio.AbstractServer:
-        appdir = await asyncio.to_thread(load_app_dir, self.config_dir)  # no dir: exit 2
+        # What would make the start fail is checked before recovery touches any app.
+        gid = self._socket_gid()
+        await self._refuse_live_socket()
+        appdir = await self.pools.run(self.pools.reads, load_app_dir,
+                                      self.config_dir)  # no dir: exit 2
         self._set_errors(appdir.errors)
         self.apps = {name: AppRuntime(cfg) for name, cfg in appdir.apps.items()}
+        self._fit_pools()
         log(f"{len(self.apps)} app(s) in {self.config_dir}: {', '.join(self.apps) or 'none'}")
         for rt in self.apps.values():
-            await asyncio.to_thread(self.engines.recover, rt.cfg)
-        server = await self._listen()
+            await self.pools.run(self.pools.operations, self.engines.recover, rt.cfg)
+        server = await self._listen(gid)
         for name in self.apps:
             self._start_watch(name)
         self.notifier.ready(self.summary())
@@ -132,6 +140,9 @@ class Daemon:
         await self.queue.drain()  # running operations finish; queued ones end unstarted
         await asyncio.gather(*self.background, return_exceptions=True)
         await asyncio.gather(*(self._stop_watch(name) for name in list(self.watchers)))
+        # A watch task stopped mid-action ends once its engine call does (it holds the lock).
+        await asyncio.gather(*self.background, return_exceptions=True)
+        self.pools.shutdown()
         self.socket_path.unlink(missing_ok=True)
         log("stopped")
 
@@ -147,7 +158,34 @@ class Daemon:
             os._exit(1)
         self.stop.set()
 
-    async def _listen(self) -> asyncio.AbstractServer:
+    def _socket_gid(self) -> int | None:
+        """The ``--socket-group``'s id; an unknown group is an environment problem."""
+        if not self.socket_group:
+            return None
+        try:
+            return grp.getgrnam(self.socket_group).gr_gid
+        except KeyError:
+            raise EnvironmentProblem(
+                f"unknown group {self.socket_group!r} for the control socket",
+                hint=f"create it (`groupadd {self.socket_group}`) or change --socket-group"
+            ) from None
+
+    async def _refuse_live_socket(self) -> None:
+        """Another daemon answering on our socket: refuse to start rather than take it over
+        (a stale socket file, which nothing answers, is replaced)."""
+        try:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(self.socket_path)), 5)
+        except (OSError, TimeoutError):
+            return
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        raise EnvironmentProblem(
+            f"another zdagent daemon is already serving on {self.socket_path}",
+            hint="stop it first (`systemctl stop zdagent`), or pass another --socket")
+
+    async def _listen(self, gid: int | None) -> asyncio.AbstractServer:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
         old = os.umask(0o117)  # the socket is created 0660: never world-writable
@@ -157,8 +195,8 @@ class Daemon:
         finally:
             os.umask(old)
         os.chmod(self.socket_path, 0o660)
-        if self.socket_group:
-            os.chown(self.socket_path, -1, grp.getgrnam(self.socket_group).gr_gid)
+        if gid is not None:
+            os.chown(self.socket_path, -1, gid)
         return server
 
     # --- the app directory (SIGHUP) -----------------------------------------------------
@@ -169,7 +207,7 @@ class Daemon:
         A running operation keeps the config it started with; queued ones get the new one.
         """
         try:
-            appdir = await asyncio.to_thread(load_app_dir, self.config_dir)
+            appdir = await self.pools.run(self.pools.reads, load_app_dir, self.config_dir)
         except ZdError as e:
             log(f"reload: {e.message}; keeping the apps as they are")
             self.reloads += 1
@@ -188,26 +226,37 @@ class Daemon:
             rt = self.apps.get(name)
             if rt is None:
                 self.apps[name] = AppRuntime(cfg)
-                task = asyncio.create_task(self._recover_then_watch(name))
-                self.background.add(task)
-                task.add_done_callback(self.background.discard)
+                self.recovering.add(name)
+                self._track(self._recover_then_watch(name))
                 log(f"reload: {name} added")
+            elif rt.cfg != cfg and name in self.recovering:
+                rt.cfg = cfg  # its watcher starts with this config once recovery is done
+                log(f"reload: {name} changed while it is recovering: new config in effect")
             elif rt.cfg != cfg:
                 await self._stop_watch(name)
                 rt.cfg = cfg
                 self._start_watch(name)
                 log(f"reload: {name} changed: new config in effect"
                     + (" for the next operation" if rt.busy() else ""))
+        self._fit_pools()
         self.reloads += 1  # counted once in effect: tests and operators wait for this
         log(f"reload done: {len(self.apps)} app(s)"
             + (f", {len(self.config_errors)} bad file(s)" if self.config_errors else ""))
 
     async def _recover_then_watch(self, name: str) -> None:
         rt = self.apps[name]
-        async with rt.lock:  # an operation asked for meanwhile queues behind recovery
-            await asyncio.to_thread(self.engines.recover, rt.cfg)
-        if self.apps.get(name) is rt and not self.stop.is_set():
+        try:
+            async with rt.lock:  # an operation asked for meanwhile queues behind recovery
+                await self.pools.run(self.pools.operations, self.engines.recover, rt.cfg)
+        finally:
+            if self.apps.get(name) is rt:
+                self.recovering.discard(name)
+        if self.apps.get(name) is rt and not self.stop.is_set() and name not in self.watchers:
             self._start_watch(name)
+
+    def _fit_pools(self) -> None:
+        self.pools.fit(len(self.apps))
+        self.queue.executor = self.pools.operations
 
     def _set_errors(self, errors: dict[str, str]) -> None:
         for stem, message in errors.items():
@@ -218,6 +267,9 @@ class Daemon:
     # --- watch tasks --------------------------------------------------------------------
 
     def _start_watch(self, name: str) -> None:
+        """Start ``name``'s watcher; one already registered is stopped first (never two)."""
+        if name in self.watchers:
+            self._track(self._stop_watch(name))
         rt = self.apps[name]
         stop = asyncio.Event()
         cfg = rt.cfg
@@ -235,6 +287,16 @@ class Daemon:
         if watcher is not None:
             watcher.stop.set()
             await watcher.task.stop(STOP_WATCH_TIMEOUT)
+            task = watcher.task.task
+            if task is not None and not task.done():  # mid-action: it ends with its thread
+                log(f"watch {name}: stopped; its running engine call finishes first")
+                self._track(task)
+
+    def _track(self, aw: Any) -> None:
+        """Keep a background awaitable until it ends; shutdown waits for them all."""
+        task = asyncio.ensure_future(aw)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     def all_alive(self) -> bool:
         return all(w.task.alive for w in self.watchers.values())
@@ -258,8 +320,9 @@ class Daemon:
             return "a deploy holds the app's lock"
         try:
             async with rt.lock:
-                return await asyncio.to_thread(self.engines.watchdog_action, rt.cfg, method,
-                                               reason, expected_live)
+                return await _until_done(self.pools.submit(
+                    self.pools.watchdog, self.engines.watchdog_action, rt.cfg, method, reason,
+                    expected_live))
         except Exception as e:  # the glue itself failing is a reason too, never a crash
             log(f"{rt.cfg.name}: {method} glue failed: {type(e).__name__}: {e}")
             return f"unexpected error: {type(e).__name__}: {e}"
@@ -291,6 +354,24 @@ class Daemon:
     def _record_cancelled(self, cfg: AppConfig, op: Operation) -> None:
         self.engines.record_cancelled(cfg, op.what, op.version, op.performer,
                                       "cancelled: the client went away while it was queued")
+
+
+async def _until_done(fut: asyncio.Future[Any]) -> Any:
+    """Await a thread's future; cancelled meanwhile, still wait for the thread to end, then
+    re-raise: the caller's ``async with lock`` must not let go while the engine still works
+    (a deploy would otherwise start in the middle of a revert)."""
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(fut)
+            break
+        except asyncio.CancelledError:
+            if fut.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
 
 
 def run(config_dir: Path, socket_path: Path, socket_group: str | None) -> None:

@@ -88,17 +88,20 @@ class Supervised:
                     self.on_failure(self.last_error, delay)
                 await asyncio.sleep(delay)
 
-    async def stop(self, timeout: float) -> None:
-        """Wait up to ``timeout`` for the task to end by itself, then cancel it."""
+    async def stop(self, timeout: float, after_cancel: float = 1.0) -> None:
+        """Wait up to ``timeout`` for the task to end by itself, then cancel it and wait up
+        to ``after_cancel`` more. A task that holds on (it waits for an engine thread to end
+        before it lets go of the app's lock) is left to end on its own: ``task`` is still
+        there for the caller to await."""
         if self.task is None:
             return
         if self.state != "backoff":  # a task waiting out its backoff has nothing to finish
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self.task), timeout)
+            await asyncio.wait({self.task}, timeout=timeout)
         if not self.task.done():
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+            await asyncio.wait({self.task}, timeout=after_cancel)
+        if self.task.done() and not self.task.cancelled():
+            self.task.exception()  # retrieved: never "exception was never retrieved"
         if self.state != "finished":
             self.state = "stopped"
 
