@@ -172,6 +172,28 @@ def _daemon(cfg: AppConfig, socket: str | None, local: bool, quiet: bool = False
     return client
 
 
+@contextmanager
+def _daemon_link() -> Iterator[None]:
+    """The daemon going away (or garbling) mid-request: exit 3 with a hint, not a bug."""
+    from zdagent.client import LOST_HINT
+
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        from zdagent.errors import EnvironmentProblem
+
+        raise EnvironmentProblem(f"lost the connection to the daemon: "
+                                 f"{e or type(e).__name__}", LOST_HINT) from None
+
+
+def _ask(client: Any, url: str) -> Any:
+    """A read from the daemon, with the same timeout as the thin client's."""
+    from zdagent.client import READ_TIMEOUT
+
+    with _daemon_link():
+        return client.get(url, timeout=READ_TIMEOUT)
+
+
 def _stream(client: Any, url: str, body: dict[str, Any]) -> dict[str, Any]:
     """Render a daemon operation's events live; return its result (a dict) or raise."""
     from zdagent.client import DaemonError
@@ -179,14 +201,15 @@ def _stream(client: Any, url: str, body: dict[str, Any]) -> dict[str, Any]:
 
     renderer = ProgressRenderer(err)
     try:
-        for item in client.stream(url, body):
-            if "event" in item:
-                ev = item["event"]
-                renderer(Event(ev["kind"], ev["message"], ev.get("phase")))
-            elif "result" in item:
-                return dict(item["result"])
-            elif "error" in item:
-                raise DaemonError.from_reply(item["error"])
+        with _daemon_link():
+            for item in client.stream(url, body):
+                if "event" in item:
+                    ev = item["event"]
+                    renderer(Event(ev["kind"], ev["message"], ev.get("phase")))
+                elif "result" in item:
+                    return dict(item["result"])
+                elif "error" in item:
+                    raise DaemonError.from_reply(item["error"])
     finally:
         renderer.close()
     raise DeployFailed("the daemon closed the connection without a result",
@@ -264,7 +287,7 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, local: LocalOpt =
         cfg = _load(config)
         client = _daemon(cfg, socket, local, quiet=as_json)
         if client is not None:
-            data = client.get(f"/v1/apps/{cfg.name}/status")
+            data = _ask(client, f"/v1/apps/{cfg.name}/status")
         else:
             from zdagent.status import collect  # the engine: only when run in-process
 
@@ -297,7 +320,7 @@ def history(
         cfg = _load(config)
         client = _daemon(cfg, socket, local, quiet=True)
         if client is not None:
-            records = client.get(f"/v1/apps/{cfg.name}/history?limit={limit}")["history"]
+            records = _ask(client, f"/v1/apps/{cfg.name}/history?limit={limit}")["history"]
         else:
             records = _history_local(cfg, limit)
         if as_json:

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any
 
-DEFAULT_SOCKET = "/run/zdagent/zdagent.sock"  # the same as zdagent.api.DEFAULT_SOCKET (tested)
+DEFAULT_SOCKET = "/run/zdagent/zdagent.sock"  # the one definition (thin CLI: no api)
+READ_TIMEOUT = 30.0  # a status read collects Docker's and Nginx's facts: may take seconds
+LOST_HINT = "check the daemon's log (journalctl -u zdagent)"
 MAX_HEAD = 64 * 1024
 MAX_LINE = 16 * 1024 * 1024  # one NDJSON line (an event or a result)
 

@@ -69,7 +69,18 @@ def parse(argv: list[str]) -> Call | None:
 
 
 def main() -> None:
-    """``zdagent``: the fast path when it applies, otherwise the full Typer CLI."""
+    """``zdagent``: the fast path when it applies, otherwise the full Typer CLI.
+
+    Ctrl-C anywhere (even before the full CLI's own handler is set up) is one line, 130."""
+    try:
+        _main()
+    except KeyboardInterrupt:
+        _error("interrupted", "the daemon finishes an operation it has started; "
+                              "`zdagent status` shows the outcome")
+        sys.exit(130)
+
+
+def _main() -> None:
     argv = sys.argv[1:]
     if argv == ["--version"]:
         from zdagent import __version__
@@ -110,8 +121,9 @@ def serve(call: Call) -> int | None:
         _error(e.message, e.hint)
         return int(e.exit_code)
     except (OSError, ValueError) as e:
-        _error(f"lost the connection to the daemon: {e}",
-               "check the daemon's log (journalctl -u zdagent)")
+        from zdagent.client import LOST_HINT
+
+        _error(f"lost the connection to the daemon: {e}", LOST_HINT)
         return 3
     except Exception as e:  # a bug: one line, the traceback in a log
         return _bug(e)
@@ -143,7 +155,9 @@ def _run(client: DaemonClient, call: Call, name: str) -> int:
 
     as_json = bool(call.opts.get("json"))
     if call.verb == "status":
-        data = client.get(f"/v1/apps/{name}/status", timeout=30)
+        from zdagent.client import READ_TIMEOUT
+
+        data = client.get(f"/v1/apps/{name}/status", timeout=READ_TIMEOUT)
         if as_json:
             sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         else:

@@ -318,3 +318,13 @@ def test_two_reloads_while_an_added_app_recovers_start_one_watcher(tmp_path):
         d.pools.shutdown()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("raw", ["²", "٣", "1e3", "", "0", "10001", "-1", " 5"])
+def test_history_limit_is_ascii_digits_in_range(raw):
+    from zdagent import api
+    from zdagent.daemon.routes import _limit
+
+    with pytest.raises(api.ApiError):
+        _limit({"limit": [raw]})
+    assert _limit({"limit": ["10000"]}) == 10000 and _limit({}) == 20

@@ -103,3 +103,81 @@ def test_version_imports_neither_typer_nor_rich():
     assert "zdagent.thin" in modules
     assert not modules & {"typer", "rich", "click", "zdagent.cli", "zdagent.config", "json",
                           "socket"}
+
+
+def test_ctrl_c_while_waiting_for_the_daemon_is_one_line_and_130(tmp_path):
+    """The fast path's first request hangs (the daemon never answers); SIGINT meanwhile."""
+    import signal
+
+    path = str(tmp_path / "s.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    srv.settimeout(30)
+    p = subprocess.Popen([sys.executable, "-m", "zdagent", "status", "--socket", path],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        conn, _ = srv.accept()  # the client is inside its request: interrupt it there
+        with conn:
+            conn.recv(4096)
+            p.send_signal(signal.SIGINT)
+            _out, err = p.communicate(timeout=30)
+    finally:
+        srv.close()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+
+
+APP = """
+[app]
+name = "web"
+state_dir = "state"
+[source]
+image = "registry.local/web"
+[container]
+port = 8080
+[slots]
+blue_port = 18001
+green_port = 18002
+[nginx]
+upstream_file = "up.conf"
+"""
+
+
+def test_the_full_cli_losing_the_daemon_mid_status_is_exit_3_with_a_hint(tmp_path):
+    """`status --json` through the full CLI (the SSH gate's path): the daemon answers who it
+    manages, then drops the status request: exit 3, one line, a hint at its log."""
+    cfg = tmp_path / "web.toml"
+    cfg.write_text(APP)
+    path = str(tmp_path / "s.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(2)
+    srv.settimeout(30)
+    body = json.dumps({"apps": {"web": {"config": "/elsewhere.toml"}}}).encode()
+
+    def run() -> None:
+        with srv:
+            for reply in (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+                          b""):  # the second request: closed without a reply
+                conn, _ = srv.accept()
+                with conn:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        data += conn.recv(4096)
+                    conn.sendall(reply)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    code = ("import sys; from zdagent.cli import main; "
+            f"sys.argv = ['zdagent', 'status', '-c', {str(cfg)!r}, '--socket', {path!r}]; "
+            "main()")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, check=False)
+    t.join(30)
+    assert p.returncode == 3, p.stderr
+    assert "lost the connection to the daemon" in p.stderr and "journalctl -u zdagent" in p.stderr
+    assert "Traceback" not in p.stderr

@@ -7,6 +7,7 @@ code (Docker down: 3).
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from zdagent import api
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from zdagent.daemon.server import Daemon
 
 MAX_HISTORY = 10000
+LIMIT_RE = re.compile(r"[0-9]{1,5}")  # ASCII digits only
 
 
 class Routes:
@@ -71,7 +73,7 @@ def _method(req: api.Request, want: str) -> None:
 
 def _limit(query: dict[str, list[str]]) -> int:
     raw = query.get("limit", ["20"])[0]
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_HISTORY:
+    if not LIMIT_RE.fullmatch(raw) or not 0 < int(raw) <= MAX_HISTORY:  # not isdigit: '²'
         raise api.ApiError(400, f"limit must be an integer from 1 to {MAX_HISTORY}")
     return int(raw)
 
