@@ -38,7 +38,7 @@ import docker
 
 from benchmarks.harness import NginxServer, app_config, free_port
 from benchmarks.zero_downtime import REPO, build_images
-from zdagent.api import Client
+from zdagent.client import DaemonClient
 from zdagent.nginx import UPSTREAM_HEADER, answering_upstream, render_site, render_upstream
 
 SETTLE_S = 0.5  # keep polling this long after the command exited
@@ -195,7 +195,7 @@ class Setup:
         deadline = time.monotonic() + 60
         while True:
             try:
-                Client(self.socket, timeout=2).get("/v1/status")
+                DaemonClient(str(self.socket), timeout=2).get("/v1/status")
                 break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -211,7 +211,7 @@ class Setup:
         return f"127.0.0.1:{self.blue if slot == 'blue' else self.green}"
 
     def live(self) -> str:
-        text = Client(self.socket, timeout=30).get(f"/v1/apps/{self.name}/status")
+        text = DaemonClient(str(self.socket), timeout=30).get(f"/v1/apps/{self.name}/status")
         return str(text["live_slot"])
 
     def close(self) -> None:
@@ -275,14 +275,14 @@ def measure_mode(workdir: Path, mode: str, runs: int, bindir: Path,
         for _ in range(runs):
             rollbacks.append(rollback_run(s, env))
             time.sleep(1.0)  # let a reload's old workers exit before the next switch
-        history = Client(s.socket, timeout=30).get(
+        history = DaemonClient(str(s.socket), timeout=30).get(
             f"/v1/apps/{s.name}/history?limit={runs}")["history"]
         engine = [h["finished_at"] - h["started_at"] for h in history
                   if h["kind"] == "rollback"]
         status = [timed(s.cli("status"), env) for _ in range(runs)]
         full = [sys.executable, "-c", FULL_CLI, *s.cli("status")[1:]]
         status_full = [timed(full, env) for _ in range(runs)]
-        canned_status = Client(s.socket, timeout=30).get(f"/v1/apps/{s.name}/status")
+        canned_status = DaemonClient(str(s.socket), timeout=30).get(f"/v1/apps/{s.name}/status")
         canned_result = history[0] if history else {}
     finally:
         s.close()

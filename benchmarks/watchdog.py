@@ -38,7 +38,7 @@ import psutil
 
 from benchmarks.harness import NginxServer, app_config
 from benchmarks.zero_downtime import REPO, build_images
-from zdagent.api import Client
+from zdagent.client import DaemonClient
 from zdagent.config import load_config
 from zdagent.nginx import render_site, render_upstream, served_by
 from zdagent.slots import container_kwargs
@@ -102,7 +102,7 @@ class Setup:
         deadline = time.monotonic() + 30
         while True:
             try:
-                Client(self.socket).get("/v1/status")
+                DaemonClient(str(self.socket)).get("/v1/status")
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -118,12 +118,12 @@ class Setup:
         self.nginx.reload()
 
     def status(self, name: str) -> str:
-        return str(Client(self.socket).get("/v1/status")["apps"][name]["status"])
+        return str(DaemonClient(str(self.socket)).get("/v1/status")["apps"][name]["status"])
 
     def wait_all(self, status: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            apps = Client(self.socket).get("/v1/status")["apps"]
+            apps = DaemonClient(str(self.socket)).get("/v1/status")["apps"]
             if all(a["status"] == status for a in apps.values()):
                 return
             if time.monotonic() > deadline:
@@ -133,7 +133,7 @@ class Setup:
             time.sleep(0.5)
 
     def deploy(self, name: str, version: str) -> None:
-        for item in Client(self.socket).stream(f"/v1/apps/{name}/deploy",
+        for item in DaemonClient(str(self.socket)).stream(f"/v1/apps/{name}/deploy",
                                                {"version": version}):
             if "error" in item:
                 raise RuntimeError(item["error"]["message"])
@@ -243,7 +243,7 @@ def footprint(workdir: Path, apps: int, seconds: float) -> dict[str, Any]:
 
 
 def _checks(s: Setup) -> int:
-    apps = Client(s.socket).get("/v1/status")["apps"]
+    apps = DaemonClient(str(s.socket)).get("/v1/status")["apps"]
     return sum(int(a.get("checks", 0)) for a in apps.values())
 
 

@@ -29,9 +29,8 @@ import socket
 import struct
 import sys
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -40,7 +39,6 @@ import h11
 from zdagent.errors import ZdError
 
 ROUTE = re.compile(r"^/v1/apps/([a-z0-9][a-z0-9-]{0,39})/(status|history|deploy|rollback)$")
-DEFAULT_SOCKET = Path("/run/zdagent/zdagent.sock")
 
 
 @dataclass(frozen=True)
@@ -337,57 +335,3 @@ async def _watch_gone(reader: asyncio.StreamReader, gone: asyncio.Event) -> None
         while await reader.read(4096):
             pass
     gone.set()
-
-
-# --- the client ---------------------------------------------------------------------------
-
-class RemoteError(ZdError):
-    """An error the daemon answered with; carries the daemon's exit code."""
-
-    def __init__(self, message: str, hint: str = "", exit_code: int = 1) -> None:
-        super().__init__(message, hint)
-        self.exit_code = exit_code
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(str(self.socket_path))
-        self.sock = sock
-
-
-class Client:
-    """The CLI's side: plain requests and streamed NDJSON, over the unix socket."""
-
-    def __init__(self, path: Path, timeout: float | None = 5.0) -> None:
-        self.path = path
-        self.timeout = timeout
-
-    def _open(self, method: str, url: str, body: dict[str, Any] | None,
-              timeout: float | None) -> http.client.HTTPResponse:
-        conn = _UnixConnection(self.path, timeout)
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data else {}
-        conn.request(method, url, body=data, headers=headers)
-        return conn.getresponse()
-
-    def get(self, url: str) -> dict[str, Any]:
-        """The JSON answer; a RemoteError (with the daemon's exit code) for an error answer."""
-        r = self._open("GET", url, None, self.timeout)
-        data = json.loads(r.read() or b"{}")
-        if r.status >= 400 and isinstance(data, dict) and isinstance(data.get("error"), dict):
-            e = data["error"]
-            raise RemoteError(str(e.get("message", "")), str(e.get("hint") or ""),
-                              int(e.get("exit_code", 1)))
-        return data
-
-    def stream(self, url: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        r = self._open("POST", url, body, None)  # a deploy may take long: no read timeout
-        for line in r:
-            if line.strip():
-                yield json.loads(line)

@@ -437,13 +437,13 @@ def daemon(
     Meant for systemd (Type=notify, see systemd/zdagent.service): READY=1 once every app
     was reconciled, STATUS= kept current, WATCHDOG=1 from the main loop.
     """
-    from zdagent import api
     from zdagent import daemon as daemon_mod
+    from zdagent.client import DEFAULT_SOCKET
     from zdagent.config import DEFAULT_CONFIG_DIR
 
     with _guard():
         daemon_mod.run(Path(config_dir) if config_dir else DEFAULT_CONFIG_DIR,
-                       Path(socket) if socket else api.DEFAULT_SOCKET, socket_group)
+                       Path(socket or DEFAULT_SOCKET), socket_group)
 
 
 @app.command()

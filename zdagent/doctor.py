@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from zdagent import config as config_mod
+from zdagent.client import DEFAULT_SOCKET
 from zdagent.config import DEFAULT_CONFIG_DIR, AppConfig
 from zdagent.errors import ZdError
 
@@ -31,7 +32,6 @@ GIB = 1 << 30
 MIN_FREE_BYTES = 2 * GIB
 MIN_FREE_FRACTION = 0.10
 DEFAULT_GROUP = "zdagent"
-DEFAULT_SOCKET = Path("/run/zdagent/zdagent.sock")
 DEFAULT_PID_FILE = Path("/run/nginx.pid")
 NJS_MODULE_NAME = "ngx_http_js_module.so"
 NJS_MODULE_DIRS = (Path("/usr/lib/nginx/modules"), Path("/usr/share/nginx/modules"),
@@ -638,14 +638,14 @@ def socket_facts(path: Path, group: str) -> SocketFacts:
 
 
 def _reach(path: Path) -> tuple[str | None, bool]:
-    from zdagent import api
+    from zdagent.client import DaemonClient
 
     try:
-        api.Client(path, timeout=5).get("/v1/status")
+        DaemonClient(str(path), timeout=5).get("/v1/status")
         return None, False
     except PermissionError as e:
         return _short(e), True
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ZdError) as e:
         return _short(e) or type(e).__name__, False
 
 
@@ -748,7 +748,7 @@ def run(opts: Options) -> list[Result]:
             port_verdict(cfg.name, slot, port_facts(cfg.slot_port(slot), docker))
             for slot in ("blue", "green")])
     group = opts.socket_group or unit.socket_group or DEFAULT_GROUP
-    path = opts.socket or (Path(unit.socket) if unit.socket else DEFAULT_SOCKET)
+    path = opts.socket or Path(unit.socket or DEFAULT_SOCKET)
     results += _guarded("socket", lambda: socket_verdicts(socket_facts(path, group)))
     for state_dir in sorted({cfg.state_dir for cfg in apps.configs.values()}):
         results += _guarded(f"state-dir:{state_dir}",

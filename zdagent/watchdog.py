@@ -202,22 +202,9 @@ class WatchHooks:
     log: Callable[[str], None]
 
 
-class _NoClient:
-    """Kept so the daemon's current call site works; the watchdog needs no HTTP client."""
-
-    async def aclose(self) -> None:
-        return None
-
-
-def async_client() -> _NoClient:
-    """Deprecated: ``watch`` no longer takes a client (its probes are plain asyncio GETs)."""
-    return _NoClient()
-
-
-async def watch(cfg: AppConfig, state: WatchState, hooks: WatchHooks, stop: asyncio.Event,
-                client: object = None) -> None:
+async def watch(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
+                stop: asyncio.Event) -> None:
     """Probe the live slot every interval until ``stop``; act per ``choose``."""
-    del client  # accepted for the daemon's current call site
     policy = cfg.watchdog
     if not policy.enabled:
         state.set("disabled")

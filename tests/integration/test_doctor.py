@@ -63,12 +63,12 @@ class Daemon:
             [sys.executable, "-m", "zdagent", "daemon", "--config-dir", str(config_dir),
              "--socket", str(sock), "--socket-group", group],
             stdout=subprocess.DEVNULL, stderr=log.open("a"))
-        from zdagent.api import Client
+        from zdagent.client import DaemonClient
 
         deadline = time.monotonic() + 30
         while True:
             try:
-                Client(sock, timeout=2).get("/v1/status")
+                DaemonClient(str(sock), timeout=2).get("/v1/status")
                 return
             except (OSError, ValueError):
                 assert self.proc.poll() is None, log.read_text()

@@ -235,9 +235,11 @@ def test_wrong_method_gets_405(server):
 
 
 def test_the_client_raises_the_daemons_error_with_its_exit_code(server):
-    client = api.Client(server.path)
+    from zdagent.client import DaemonClient, DaemonError
+
+    client = DaemonClient(str(server.path))
     assert client.get("/echo")["method"] == "GET"
-    with pytest.raises(api.RemoteError) as e:
+    with pytest.raises(DaemonError) as e:
         client.get("/docker-down")
     assert e.value.exit_code == 3 and e.value.hint == "start dockerd"
 

@@ -39,7 +39,13 @@ def test_parse_leaves_everything_else_to_the_full_cli(argv):
 
 
 def test_defaults_agree_with_the_full_cli():
-    assert str(api.DEFAULT_SOCKET) == client.DEFAULT_SOCKET
+    from zdagent import cli, doctor
+    from zdagent.daemon import server
+
+    # One definition (client.py, stdlib-only); the others import it.
+    assert not hasattr(api, "DEFAULT_SOCKET")
+    assert doctor.DEFAULT_SOCKET is server.DEFAULT_SOCKET is client.DEFAULT_SOCKET
+    assert cli.app is not None
     assert str(config.DEFAULT_CONFIG_PATH) == thin.DEFAULT_CONFIG
     assert (thin.CONFIG_ENV, thin.SOCKET_ENV) == (config.CONFIG_ENV, "ZDAGENT_SOCKET")
 

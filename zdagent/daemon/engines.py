@@ -1,80 +1,39 @@
-"""The daemon's side of the engine: one long-lived Docker client, engine calls in threads.
+"""The daemon's side of the engine: an Engine per call, run in the daemon's threads.
 
-Every Engine the daemon makes borrows the same Docker client (the Engine never closes a client
-it was given), so a status read costs no new connection to Docker. A dead engine is found by
-one ping per operation and answered as the usual environment error (exit 3), exactly as the
-CLI without a daemon would.
+Each Engine opens its own Docker client and closes it when done. A long-lived client shared
+by every call was tried: in the soak the daemon's descriptors grew with each operation
+(7 -> 16 fds over 20 operations), because a streamed Docker response left unread keeps one
+of the shared client's pooled connections open for the daemon's lifetime. A client per call
+costs a connection, and nothing leaks. Docker being down is found by the Engine as it
+connects and answered as the usual environment error (exit 3), exactly as the CLI without a
+daemon would.
 """
 
 from __future__ import annotations
 
 import inspect
-import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from zdagent.config import AppConfig
 from zdagent.deploy import Engine
-from zdagent.errors import EnvironmentProblem, ZdError
+from zdagent.errors import ZdError
 from zdagent.events import Emit, Event
 from zdagent.store import Store
 
 WATCHDOG_PERFORMER = "zdagentd (watchdog)"
-POOL_SIZE = 2
-SHARE_CLIENT = False  # True: status reads borrow the daemon's one Docker client
-
-
-class DockerHandle:
-    """Connects on first use, then hands out the same client (pinged first)."""
-
-    def __init__(self) -> None:
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    def get(self) -> Any:
-        from zdagent.slots import connect
-
-        with self._lock:
-            if self._client is None:
-                import docker
-
-                try:  # few kept connections: the daemon's descriptors stay flat
-                    client = docker.from_env(max_pool_size=POOL_SIZE)
-                    client.ping()
-                except Exception:
-                    client = connect()  # raises the usual EnvironmentProblem (exit 3)
-                self._client = client
-                return self._client
-        try:
-            self._client.ping()
-        except Exception as e:  # requests' connection errors as well as Docker's own
-            raise EnvironmentProblem(
-                f"cannot reach the Docker engine: {type(e).__name__}",
-                hint="is dockerd running (`systemctl start docker`)?") from None
-        return self._client
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
 
 
 class Engines:
-    """Makes Engines for the daemon: shared Docker client, the caller as performer."""
+    """Makes Engines for the daemon, with the caller as performer."""
 
     def __init__(self, log: Callable[[str], None]) -> None:
-        self.docker = DockerHandle()
         self.log = log
 
-    def engine(self, cfg: AppConfig, emit: Emit, performer: str | None = None,
-               *, shared: bool = False) -> Engine:
-        """``shared``: borrow the long-lived client (reads). Operations get their own client,
-        closed after: a streamed Docker response left unclosed (slots.py) would otherwise
-        keep a connection of the shared client open for the daemon's lifetime."""
-        if shared:
-            return Engine(cfg, emit, docker_client=self.docker.get(), performer=performer)
+    @staticmethod
+    def engine(cfg: AppConfig, emit: Emit, performer: str | None = None) -> Engine:
+        """A fresh Engine with its own Docker client (closed on exit): see the module doc."""
         return Engine(cfg, emit, performer=performer)
 
     def journal(self, cfg: AppConfig) -> Emit:
@@ -151,9 +110,7 @@ class Engines:
     def status(self, cfg: AppConfig) -> dict[str, Any]:
         from zdagent.status import collect
 
-        # Not shared yet: with one long-lived client the soak saw the daemon's Docker
-        # connections grow (7 -> 16 fds over 20 operations); see the integrator's note.
-        with self.engine(cfg, _discard, shared=SHARE_CLIENT) as engine:
+        with self.engine(cfg, _discard) as engine:
             return collect(engine)
 
     @staticmethod

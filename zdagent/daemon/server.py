@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from zdagent import __version__, api
+from zdagent.client import DEFAULT_SOCKET
 from zdagent.config import AppConfig, load_app_dir
 from zdagent.daemon.engines import Engines
 from zdagent.daemon.pools import Pools
@@ -31,7 +32,7 @@ from zdagent.daemon.routes import Routes
 from zdagent.daemon.supervise import Supervised
 from zdagent.errors import EnvironmentProblem, ZdError
 from zdagent.notify import Notifier
-from zdagent.watchdog import WatchHooks, async_client, watch
+from zdagent.watchdog import WatchHooks, watch
 
 STOP_WATCH_TIMEOUT = 10.0  # short: the main loop (and systemd's watchdog) waits meanwhile
 
@@ -68,7 +69,6 @@ class Daemon:
         self.queue = Queue(self.stopping, self._record_cancelled, log, self.pools.operations)
         self.routes = Routes(self)
         self.api = api.Server(self.routes.handle, self.limits, log)
-        self.http: Any = None
         self.reloads = 0
         self.background: set[asyncio.Task[None]] = set()
         self.recovering: set[str] = set()  # added on SIGHUP, not watched until recovered
@@ -80,14 +80,12 @@ class Daemon:
 
     async def run(self) -> None:
         self._install_signals()
-        self.http = async_client()
         try:
             server = await self.startup()
             await self.main_loop()
             await self.shutdown(server)
         finally:
-            await self.http.aclose()
-            self.engines.docker.close()
+            self.pools.shutdown()
 
     async def startup(self) -> asyncio.AbstractServer:
         # What would make the start fail is checked before recovery touches any app.
@@ -277,8 +275,8 @@ class Daemon:
         def failed(error: str, delay: float) -> None:
             rt.state.set("restarting", f"watch task failed ({error}); restarting in {delay:g}s")
 
-        task = Supervised(f"watch {name}", lambda: watch(cfg, rt.state, self._hooks(rt), stop,
-                                                         self.http), log, failed)
+        task = Supervised(f"watch {name}", lambda: watch(cfg, rt.state, self._hooks(rt), stop),
+                          log, failed)
         task.start()
         self.watchers[name] = Watcher(task, stop)
 
@@ -390,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--config-dir", type=Path,
                     default=Path(os.environ.get(CONFIG_DIR_ENV) or DEFAULT_CONFIG_DIR))
     ap.add_argument("--socket", type=Path,
-                    default=Path(os.environ.get("ZDAGENT_SOCKET") or api.DEFAULT_SOCKET))
+                    default=Path(os.environ.get("ZDAGENT_SOCKET") or DEFAULT_SOCKET))
     ap.add_argument("--socket-group", default=None,
                     help="group owning the control socket (mode 0660)")
     args = ap.parse_args(argv)
