@@ -328,3 +328,24 @@ def test_history_limit_is_ascii_digits_in_range(raw):
     with pytest.raises(api.ApiError):
         _limit({"limit": [raw]})
     assert _limit({"limit": ["10000"]}) == 10000 and _limit({}) == 20
+
+
+def test_starting_a_watcher_stops_the_one_already_registered(tmp_path):
+    from zdagent.daemon.server import Daemon
+
+    async def main() -> None:
+        d = Daemon(tmp_path, tmp_path / "s.sock", None)
+        cfg = SimpleNamespace(name="web", watchdog=SimpleNamespace(enabled=False))
+        d.apps["web"] = AppRuntime(cfg)  # type: ignore[arg-type]
+        d._start_watch("web")
+        first = d.watchers["web"]
+        d._start_watch("web")
+        second = d.watchers["web"]
+        assert second is not first and first.stop.is_set() and not second.stop.is_set()
+        while d.background:
+            await asyncio.gather(*list(d.background))
+        assert d.watchers == {"web": second} and first.task.state != "running"
+        await d._stop_watch("web")
+        d.pools.shutdown()
+
+    asyncio.run(main())

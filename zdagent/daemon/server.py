@@ -140,7 +140,6 @@ class Daemon:
         await asyncio.gather(*(self._stop_watch(name) for name in list(self.watchers)))
         # A watch task stopped mid-action ends once its engine call does (it holds the lock).
         await asyncio.gather(*self.background, return_exceptions=True)
-        self.pools.shutdown()
         self.socket_path.unlink(missing_ok=True)
         log("stopped")
 
@@ -266,8 +265,10 @@ class Daemon:
 
     def _start_watch(self, name: str) -> None:
         """Start ``name``'s watcher; one already registered is stopped first (never two)."""
-        if name in self.watchers:
-            self._track(self._stop_watch(name))
+        old = self.watchers.pop(name, None)
+        if old is not None:
+            old.stop.set()  # at once: it starts no new tick
+            self._track(self._stop_watcher(name, old))
         rt = self.apps[name]
         stop = asyncio.Event()
         cfg = rt.cfg
@@ -283,12 +284,15 @@ class Daemon:
     async def _stop_watch(self, name: str) -> None:
         watcher = self.watchers.pop(name, None)
         if watcher is not None:
-            watcher.stop.set()
-            await watcher.task.stop(STOP_WATCH_TIMEOUT)
-            task = watcher.task.task
-            if task is not None and not task.done():  # mid-action: it ends with its thread
-                log(f"watch {name}: stopped; its running engine call finishes first")
-                self._track(task)
+            await self._stop_watcher(name, watcher)
+
+    async def _stop_watcher(self, name: str, watcher: Watcher) -> None:
+        watcher.stop.set()
+        await watcher.task.stop(STOP_WATCH_TIMEOUT)
+        task = watcher.task.task
+        if task is not None and not task.done():  # mid-action: it ends with its thread
+            log(f"watch {name}: stopped; its running engine call finishes first")
+            self._track(task)
 
     def _track(self, aw: Any) -> None:
         """Keep a background awaitable until it ends; shutdown waits for them all."""
