@@ -590,10 +590,17 @@ def test_sighup_adds_removes_and_changes_apps_while_a_deploy_runs(make_app, daem
     log = d.log.read_text()
     assert f"{b.name} removed" in log and f"{c.name} added" in log and f"{a.name} changed" in log
     _write_app(d, c, "[app]\nname = ")  # a bad edit of a served app: it keeps the last good one
+    # A new app whose name sorts first, on a's slot ports: the running a keeps them.
+    rival = "zda" + a.name[3:]
+    (d.config_dir / f"{rival}.toml").write_text(
+        a.config.read_text().replace(f'name = "{a.name}"', f'name = "{rival}"')
+        .replace(f"{a.name}.upstream.conf", f"{rival}.upstream.conf"))
     d.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: d.status()["daemon"]["reloads"] == 2, 30, "the second reload")
     st = d.status()
     assert c.name in st["apps"] and c.name in st["config_errors"]
+    assert a.name in st["apps"] and rival not in st["apps"], st
+    assert f"slot port of app {a.name}" in st["config_errors"][rival]
     c.ok("deploy", "v2")
     assert c.served_version() == "v2"
 

@@ -204,7 +204,9 @@ class Daemon:
         A running operation keeps the config it started with; queued ones get the new one.
         """
         try:
-            appdir = await self.pools.run(self.pools.reads, load_app_dir, self.config_dir)
+            running = {name: rt.cfg for name, rt in self.apps.items()}  # they keep what they hold
+            appdir = await self.pools.run(self.pools.reads, load_app_dir, self.config_dir,
+                                          running)
         except ZdError as e:
             log(f"reload: {e.message}; keeping the apps as they are")
             self.reloads += 1
