@@ -330,13 +330,9 @@ def history(
 
 
 def _history_local(cfg: AppConfig, limit: int) -> list[dict[str, Any]]:
-    from zdagent.store import Store
+    from zdagent.store import read_history
 
-    store = Store(cfg.state_dir)
-    try:
-        return [r.to_dict() for r in store.history(cfg.name, limit)]
-    finally:
-        store.close()
+    return read_history(cfg.state_dir, cfg.name, limit)
 
 
 def _render_history(name: str, records: list[dict[str, Any]]) -> None:

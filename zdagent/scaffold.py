@@ -303,18 +303,7 @@ def _own(path: Path, gid: int, mode: int) -> None:
 
 def write_group_file(path: Path, text: str, gid: int) -> None:
     """Atomically write a root-owned file the group may read (0640)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        _own(Path(tmp), gid, 0o640)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text, mode=0o640, group=gid)
 
 
 def write(o: InitOptions, executable: str) -> list[str]:

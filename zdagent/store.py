@@ -246,3 +246,12 @@ class Store:
                 (app, live_slot, phase, deploy_id, candidate_slot, time.time(),
                  candidate_kind),
             )
+
+
+def read_history(state_dir: Path, app: str, limit: int) -> list[dict[str, Any]]:
+    """``app``'s newest ``limit`` records as JSON-ready dicts (the CLI and the daemon)."""
+    store = Store(state_dir)
+    try:
+        return [r.to_dict() for r in store.history(app, limit)]
+    finally:
+        store.close()

@@ -20,7 +20,7 @@ from zdagent.config import AppConfig
 from zdagent.deploy import Engine
 from zdagent.errors import ZdError
 from zdagent.events import Emit, Event
-from zdagent.store import Store
+from zdagent.store import Store, read_history
 
 WATCHDOG_PERFORMER = "zdagentd (watchdog)"
 
@@ -115,11 +115,7 @@ class Engines:
 
     @staticmethod
     def history(cfg: AppConfig, limit: int) -> list[dict[str, Any]]:
-        store = Store(cfg.state_dir)
-        try:
-            return [r.to_dict() for r in store.history(cfg.name, limit)]
-        finally:
-            store.close()
+        return read_history(cfg.state_dir, cfg.name, limit)
 
 
 def _discard(_event: Event) -> None:

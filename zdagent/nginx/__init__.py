@@ -123,8 +123,11 @@ def routed_slot(cfg: AppConfig) -> str | None:
     return switcher_for(cfg).routed_slot()
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory, fsync, rename: never a half file."""
+def atomic_write(path: Path, text: str, *, mode: int = 0o644, group: int | None = None) -> None:
+    """Write via a temp file in the same directory, fsync, rename: never a half file.
+
+    ``group``: the file is root's (when we are root) and that group's, set before the rename
+    so it is never visible with the wrong owner."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -132,7 +135,9 @@ def atomic_write(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        if group is not None:
+            os.chown(tmp, 0 if os.geteuid() == 0 else -1, group)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
