@@ -211,6 +211,14 @@ def _phase(app) -> str:
         store.close()
 
 
+def _proxied_to(port: int) -> bool:
+    """Nginx holds an open connection to 127.0.0.1:``port`` (a request is in flight)."""
+    import psutil
+
+    return any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+               for c in psutil.net_connections(kind="tcp"))
+
+
 @pytest.mark.parametrize("phase", ["probe", "switch", "drain"])
 def test_kill_9_during_a_deploy_then_restart_recovers(make_app, daemon_factory, docker_client,
                                                        phase):
@@ -235,11 +243,17 @@ def test_kill_9_during_a_deploy_then_restart_recovers(make_app, daemon_factory, 
     if phase == "drain":  # an in-flight request keeps the old worker (and the drain) busy
         holder = threading.Thread(target=lambda: app.get("/cgi-bin/slow?20"), daemon=True)
         holder.start()
-        time.sleep(0.5)
+        wait_for(lambda: _proxied_to(app.blue_port), 30, "the slow request to reach blue")
     client = subprocess.Popen([sys.executable, "-m", "zdagent", "deploy", image],
                               env={**os.environ, **app.env, "ZDAGENT_CONFIG": str(app.config)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: _phase(app) == phase, 30, f"phase {phase}")
+    if phase == "switch":  # killed once the new upstream is written, while the reload waits
+        from zdagent.config import load_config
+        from zdagent.nginx import routed_slot
+
+        cfg = load_config(app.config)
+        wait_for(lambda: routed_slot(cfg) == "green", 30, "the new upstream file")
     d.kill9()
     client.wait(30)
     d.start()  # reconciles before it answers
