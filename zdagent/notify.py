@@ -22,6 +22,10 @@ class Notifier:
         if not self.address:
             return False
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            # Never block (as libsystemd's MSG_DONTWAIT): this runs on the event loop, and a
+            # datagram socket whose reader lags (a queue of 10 by default) would stall the
+            # whole daemon. A message that does not fit is dropped; the next one follows.
+            s.setblocking(False)
             try:
                 s.sendto("\n".join(lines).encode(), self.address)
                 return True

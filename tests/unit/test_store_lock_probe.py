@@ -132,3 +132,23 @@ def test_wait_healthy_times_out_on_a_dead_port():
     with pytest.raises(HealthCheckFailed, match="not healthy within"):
         wait_healthy("http://127.0.0.1:9/", health(startup_deadline=0.5), None,
                      lambda e: None, exit_reason=lambda: None, logs=lambda: [])
+
+
+def test_sd_notify_never_blocks_on_a_full_socket(tmp_path, monkeypatch):
+    """A reader that lags (systemd busy, a test that drains late) must not stall the daemon:
+    with the receive queue full, send returns False at once instead of blocking."""
+    import socket
+
+    from zdagent.notify import Notifier
+
+    path = f"/tmp/zdn-unit-{os.getpid()}.sock"
+    reader = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    reader.bind(path)
+    try:
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        n = Notifier()
+        sent = [n.send("WATCHDOG=1") for _ in range(2000)]  # far past the queue's length
+        assert sent[0] and not all(sent)  # some were queued, the rest dropped, none blocked
+    finally:
+        reader.close()
+        os.unlink(path)
