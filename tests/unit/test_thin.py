@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from tests.unit.test_config import MINIMAL
 from zdagent import api, client, config, thin
 from zdagent.client import DaemonClient, DaemonError
 
@@ -137,27 +138,11 @@ def test_ctrl_c_while_waiting_for_the_daemon_is_one_line_and_130(tmp_path):
     assert "interrupted" in err and "Traceback" not in err
 
 
-APP = """
-[app]
-name = "web"
-state_dir = "state"
-[source]
-image = "registry.local/web"
-[container]
-port = 8080
-[slots]
-blue_port = 18001
-green_port = 18002
-[nginx]
-upstream_file = "up.conf"
-"""
-
-
 def test_the_full_cli_losing_the_daemon_mid_status_is_exit_3_with_a_hint(tmp_path):
     """`status --json` through the full CLI (the SSH gate's path): the daemon answers who it
     manages, then drops the status request: exit 3, one line, a hint at its log."""
     cfg = tmp_path / "web.toml"
-    cfg.write_text(APP)
+    cfg.write_text(MINIMAL)
     path = str(tmp_path / "s.sock")
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
