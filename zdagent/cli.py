@@ -672,9 +672,9 @@ def exec_(
     """Run a command in a NEW container of the live slot's image, then remove it.
 
     \b
-    The container gets the app's env (container.env + env_file, read now), network and
-    ZDAGENT_VERSION, no published port, and labels marking it a one-off. Exits with the
-    command's exit code. Example:  zdagent exec -- bin/migrate --check
+    The container gets the app's env (container.env + env_file, read now), network,
+    volumes, user, memory and cpus, ZDAGENT_VERSION, no published port, and labels marking
+    it a one-off. Exits with the command's exit code. Example:  zdagent exec -- bin/migrate
     """
     from zdagent import oneoff
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import difflib
 import os
+import posixpath
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +32,17 @@ ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HEADER_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 IMAGE_REF_RE = re.compile(r"^[a-z0-9][a-z0-9._/:-]{0,254}$")
 LISTEN_RE = re.compile(r"^(?:(\[[0-9a-fA-F:]+\]|[0-9.]+|\*|localhost):)?(\d{1,5})$")
+# Docker's own grammar for volume names; host and container paths take a conservative set.
+VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]+$")
+MOUNT_PATH_RE = re.compile(r"^/[A-Za-z0-9_.@+=~/-]*$")
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
+LOG_OPTION_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+LOG_DRIVER_RE = re.compile(r"^[a-z0-9][a-z0-9_./:-]{0,127}$")
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}"
+USER_RE = re.compile(rf"^{_NAME}(?::{_NAME})?$")
+MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)b?$", re.IGNORECASE)
+MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+MIN_MEMORY = 6 * 1024**2  # Docker refuses a smaller limit
 # The first line of every upstream file zdagent writes (and of the bundled templates): the
 # only proof that a file at nginx.upstream_file is ours to overwrite.
 MANAGED_RE = re.compile(r'^# Managed by zdagent for app "([a-z0-9-]+)"')
@@ -72,12 +84,39 @@ class ImageSource:
 
 
 @dataclass(frozen=True)
+class Volume:
+    """One ``container.volumes`` entry: a named volume or an absolute host path."""
+
+    source: str
+    target: str
+    mode: str  # ro | rw
+
+    @property
+    def named(self) -> bool:
+        return not self.source.startswith("/")
+
+    @property
+    def bind(self) -> str:
+        """Docker's ``source:target:mode`` form (the SDK's ``volumes`` list)."""
+        return f"{self.source}:{self.target}:{self.mode}"
+
+
+@dataclass(frozen=True)
 class ContainerConfig:
     port: int
     env: Mapping[str, str]
     env_file: Path | None
     stop_timeout: int
     network: str | None
+    volumes: tuple[Volume, ...] = ()
+    command: tuple[str, ...] = ()  # empty: the image's CMD
+    entrypoint: tuple[str, ...] = ()  # empty: the image's ENTRYPOINT
+    memory: int | None = None  # bytes
+    cpus: float | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    user: str | None = None
+    log_driver: str | None = None  # None: the daemon's default driver
+    log_options: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -256,15 +295,110 @@ def _argv(v: Any) -> str | None:
     return None
 
 
-def _str_map(v: Any) -> str | None:
-    if not isinstance(v, dict):
-        return f"must be a table of strings, got {v!r}"
-    for k, val in v.items():
-        if not ENV_KEY_RE.fullmatch(k):
-            return f"key {k!r} is not a valid variable name"
-        if not isinstance(val, str | int | float) or isinstance(val, bool):
-            return f"value of {k!r} must be a string or number"
+def _optional_argv(v: Any) -> str | None:
+    """An argv list, or ``[]`` for "what the image says"."""
+    if v == []:
+        return None
+    if isinstance(v, str):
+        return f"must be a list of strings (argv, no shell), e.g. {v.split()!r}; got {v!r}"
+    return _argv(v)
+
+
+def _map(key_re: re.Pattern[str], what: str, reserved: str | None = None) -> Check:
+    """A table of strings (numbers allowed, kept as text) whose keys match ``key_re``."""
+    def check(v: Any) -> str | None:
+        if not isinstance(v, dict):
+            return f"must be a table of strings, got {v!r}"
+        for k, val in v.items():
+            if not key_re.fullmatch(k):
+                return f"key {k!r} is not {what}"
+            if reserved and (k.lower() == reserved or k.lower().startswith(reserved + ".")):
+                return f"key {k!r}: {reserved}.* labels are zdagent's own; use another prefix"
+            if not isinstance(val, str | int | float) or isinstance(val, bool):
+                return f"value of {k!r} must be a string or number"
+        return None
+
+    return check
+
+
+_str_map = _map(ENV_KEY_RE, "a valid variable name")
+
+
+def parse_volume(spec: str) -> Volume:
+    """``name:/path[:ro|rw]`` or ``/host/path:/path[:ro|rw]``; ValueError says what is wrong."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"{spec!r} must be SOURCE:/container/path or "
+                         f"SOURCE:/container/path:ro (or :rw)")
+    source, target, mode = parts if len(parts) == 3 else (*parts, "rw")
+    if mode not in ("ro", "rw"):
+        raise ValueError(f"{spec!r}: the mode must be ro or rw, got {mode!r}")
+    if source.startswith("/"):
+        _check_mount_path(spec, source, "host path")
+    elif source.startswith((".", "~")) or "/" in source:
+        raise ValueError(f"{spec!r}: the host path {source!r} is relative; write it absolute "
+                         f"(a relative path would depend on the daemon's directory)")
+    elif not VOLUME_NAME_RE.fullmatch(source):
+        raise ValueError(f"{spec!r}: {source!r} is neither an absolute host path nor a volume "
+                         f"name (letters, digits, '_', '.', '-'; at least 2 characters)")
+    _check_mount_path(spec, target, "container path")
+    if target == "/":
+        raise ValueError(f"{spec!r}: the container path must not be /")
+    return Volume(source, target, mode)
+
+
+def _check_mount_path(spec: str, path: str, what: str) -> None:
+    if not path.startswith("/"):
+        raise ValueError(f"{spec!r}: the {what} must be absolute, got {path!r}")
+    if not MOUNT_PATH_RE.fullmatch(path) or "//" in path or \
+            posixpath.normpath(path) != path:
+        raise ValueError(f"{spec!r}: the {what} {path!r} is not a plain absolute path "
+                         f"(no '..', '.', '//', trailing '/', spaces or special characters)")
+
+
+def _volumes(v: Any) -> str | None:
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        return f"must be a list of strings like \"data:/var/lib/app\", got {v!r}"
+    targets: set[str] = set()
+    for spec in v:
+        try:
+            volume = parse_volume(spec)
+        except ValueError as e:
+            return str(e)
+        if volume.target in targets:
+            return f"{volume.target} is mounted twice"
+        targets.add(volume.target)
     return None
+
+
+def parse_memory(v: str | int) -> int:
+    """``"512m"``, ``"1g"``, ``"1.5g"`` or a number of bytes, as bytes (k = 1024)."""
+    if isinstance(v, int):
+        return v
+    m = MEMORY_RE.fullmatch(v.strip())
+    if m is None:
+        raise ValueError(v)
+    return int(float(m.group(1)) * MEMORY_UNITS[m.group(2).lower()])
+
+
+def _memory(v: Any) -> str | None:
+    if v == "":
+        return None
+    if isinstance(v, bool) or not isinstance(v, str | int):
+        return f"must be a size like \"512m\" or \"1g\", got {v!r}"
+    try:
+        size = parse_memory(v)
+    except ValueError:
+        return f"must be a size like \"512m\" or \"1g\" (units b, k, m, g), got {v!r}"
+    return None if size >= MIN_MEMORY else f"must be at least 6m (Docker's minimum), got {v!r}"
+
+
+def _cpus(v: Any) -> str | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return f"must be a number of CPUs like 0.5 or 2, got {v!r}"
+    if v == 0 or 0.01 <= v <= 1024:
+        return None
+    return f"must be 0 (no limit) or between 0.01 and 1024, got {v}"
 
 
 def _statuses(v: Any) -> str | None:
@@ -365,6 +499,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "stop_timeout": Key(10, _int(0, 3600)),
         "network": Key("", _str(re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"), "a network name",
                                  empty=True)),
+        "volumes": Key([], _volumes),
+        "command": Key([], _optional_argv),
+        "entrypoint": Key([], _optional_argv),
+        "memory": Key("", _memory),
+        "cpus": Key(0, _cpus),
+        "labels": Key({}, _map(LABEL_KEY_RE, "a label key (letters, digits, '.', '-', '_', '/')",
+                               reserved="zdagent")),
+        "user": Key("", _str(USER_RE, "a user or uid, optionally :group (e.g. 1000:1000, app)",
+                             empty=True)),
+        "log_driver": Key("", _str(LOG_DRIVER_RE, "a Docker logging driver name (e.g. local)",
+                                   empty=True)),
+        "log_options": Key({}, _map(LOG_OPTION_RE, "a log option name (e.g. max-size)")),
     },
     "slots": {
         "blue_port": Key(REQUIRED, PORT),
@@ -525,6 +671,15 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
             env_file=env_file,
             stop_timeout=cont["stop_timeout"],
             network=cont["network"] or None,
+            volumes=tuple(parse_volume(v) for v in cont["volumes"]),
+            command=tuple(cont["command"]),
+            entrypoint=tuple(cont["entrypoint"]),
+            memory=parse_memory(cont["memory"]) if cont["memory"] != "" else None,
+            cpus=float(cont["cpus"]) or None,
+            labels=_string_map(cont["labels"]),
+            user=cont["user"] or None,
+            log_driver=cont["log_driver"] or None,
+            log_options=_string_map(cont["log_options"]),
         ),
         slots=SlotsConfig(
             blue_port=slots["blue_port"],

@@ -2,9 +2,9 @@
 
 Both go through the Docker SDK (never the docker CLI). A one-off container runs the live
 slot's image with the app's env (container.env + env_file, read at that moment only),
-network and version, without published ports, labelled ``zdagent.oneoff`` and without a
-``zdagent.slot`` label so no slot lookup ever takes it for a slot; it is removed afterwards
-whatever happens, and its exit code is passed through.
+network, volumes, user, resource limits and version, without published ports, labelled
+``zdagent.oneoff`` and without a ``zdagent.slot`` label so no slot lookup ever takes it for a
+slot; it is removed afterwards whatever happens, and its exit code is passed through.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import docker.errors
 
 from zdagent.config import read_env_file
 from zdagent.errors import DeployFailed, UsageError
-from zdagent.slots import LABEL, SLOTS, Slots, other
+from zdagent.slots import LABEL, SLOTS, Slots, other, runtime_kwargs
 
 SLOT_CHOICES = ("live", "standby", *SLOTS)
 _DURATION = re.compile(r"^(\d{1,9})([smhd])$")
@@ -95,9 +95,10 @@ def oneoff_kwargs(slots: Slots, image_id: str, version: str | None, argv: Sequen
         "name": f"{cfg.name}-oneoff-{uuid.uuid4().hex[:8]}",
         "labels": oneoff_labels(cfg.name, version), "environment": env,
         "tty": tty, "stdin_open": tty, "detach": True,
+        # network, volumes, user and limits as the slots; not the slots' command, entrypoint,
+        # labels or log settings: the one-off runs argv and its output streams back here.
+        **runtime_kwargs(cfg.container),
     }
-    if cfg.container.network:
-        kwargs["network"] = cfg.container.network
     return kwargs
 
 
@@ -112,7 +113,8 @@ def oneoff_container(slots: Slots, kwargs: dict[str, Any]) -> Iterator[Any]:
                            ) from None
     except docker.errors.APIError as e:
         raise DeployFailed(f"Docker refused the one-off container: {e.explanation or e}",
-                           hint="check the command and `container.network`") from None
+                           hint="check the command and the [container] settings (network, "
+                                "volumes, user, memory, cpus)") from None
     try:
         yield c
     finally:

@@ -22,6 +22,7 @@ from docker.models.containers import Container
 from zdagent.config import (
     AppConfig,
     BuildSource,
+    ContainerConfig,
     GitSource,
     ImageSource,
     env_file_exposed,
@@ -114,22 +115,46 @@ def slot_labels(cfg: AppConfig, slot: str, version: str, deploy_id: int) -> dict
     }
 
 
+def runtime_kwargs(c: ContainerConfig) -> dict[str, Any]:
+    """What every container of the app gets, slots and one-offs alike: network, volumes,
+    user and resource limits (only the keys that are set, so Docker's defaults stay)."""
+    kwargs: dict[str, Any] = {}
+    if c.network:
+        kwargs["network"] = c.network
+    if c.volumes:
+        kwargs["volumes"] = [v.bind for v in c.volumes]
+    if c.user:
+        kwargs["user"] = c.user
+    if c.memory:
+        kwargs["mem_limit"] = c.memory
+    if c.cpus:
+        kwargs["nano_cpus"] = round(c.cpus * 1e9)
+    return kwargs
+
+
 def container_kwargs(cfg: AppConfig, slot: str, image: str, version: str, deploy_id: int,
                      env: Mapping[str, str]) -> dict[str, Any]:
     """The exact arguments for ``containers.run`` (pure, so it is tested as data)."""
+    c = cfg.container
     kwargs: dict[str, Any] = {
         "image": image,
         "name": container_name(cfg.name, slot),
         "detach": True,
-        "labels": slot_labels(cfg, slot, version, deploy_id),
+        # The operator's labels first: zdagent's own always win (config refuses zdagent.*).
+        "labels": {**c.labels, **slot_labels(cfg, slot, version, deploy_id)},
         "environment": {**env, "ZDAGENT_VERSION": version, "ZDAGENT_SLOT": slot},
-        "ports": {f"{cfg.container.port}/tcp": ("127.0.0.1", cfg.slot_port(slot))},
+        "ports": {f"{c.port}/tcp": ("127.0.0.1", cfg.slot_port(slot))},
         # No restart while it is a candidate: a crash stays a crash (exit code and all) for the
         # probe to see at once. ``keep_running`` sets unless-stopped once it is healthy.
         "restart_policy": {"Name": "no"},
+        **runtime_kwargs(c),
     }
-    if cfg.container.network:
-        kwargs["network"] = cfg.container.network
+    if c.command:
+        kwargs["command"] = list(c.command)
+    if c.entrypoint:
+        kwargs["entrypoint"] = list(c.entrypoint)
+    if c.log_driver or c.log_options:
+        kwargs["log_config"] = {"type": c.log_driver or "", "config": dict(c.log_options)}
     return kwargs
 
 
@@ -334,7 +359,9 @@ class Slots:
             self.remove(slot)
             raise DeployFailed(
                 f"could not start {kwargs['name']}: {_short(e)}",
-                hint=f"is 127.0.0.1:{self.cfg.slot_port(slot)} free? (slots.*_port)",
+                hint=f"check the [container] settings (volumes, memory, cpus, user, "
+                     f"log_driver) and that 127.0.0.1:{self.cfg.slot_port(slot)} is free "
+                     f"(slots.*_port); the live slot is untouched",
             ) from None
 
     def keep_running(self, slot: str) -> None:
