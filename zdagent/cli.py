@@ -345,7 +345,8 @@ def _render_history(name: str, records: list[dict[str, Any]]) -> None:
         table.add_row(str(r["id"]), time.strftime("%m-%d %H:%M:%S", time.localtime(started)),
                       r["kind"], r.get("version") or "-",
                       f"{r.get('from_slot') or '-'}→{r.get('slot')}", r["outcome"], took,
-                      r.get("user") or "-", r.get("error") or "")
+                      r.get("user") or "-",
+                      r.get("error") or (f"note: {r['notes']}" if r.get("notes") else ""))
     out.print(table)
 
 

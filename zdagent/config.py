@@ -193,6 +193,36 @@ class WatchdogConfig:
 
 
 @dataclass(frozen=True)
+class HooksConfig:
+    """What runs around a deploy (zdagent.hooks): argv lists, never a shell; () = none."""
+
+    release: tuple[str, ...] = ()          # in a one-off container of the candidate image
+    release_timeout: float = 300.0
+    pre_deploy: tuple[str, ...] = ()       # host executables from here on
+    post_switch: tuple[str, ...] = ()
+    post_deploy: tuple[str, ...] = ()
+    post_rollback: tuple[str, ...] = ()
+    post_revert: tuple[str, ...] = ()
+    timeout: float = 60.0                  # per host hook
+
+
+HOST_HOOKS = ("pre_deploy", "post_switch", "post_deploy", "post_rollback", "post_revert")
+
+
+@dataclass(frozen=True)
+class SmokeCheck:
+    """One HTTP check on the healthy candidate before the switch."""
+
+    name: str
+    method: str
+    path: str
+    status: int
+    contains: str
+    max_latency: float | None
+    host: str | None
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """Everything zdagent knows about one app, validated."""
 
@@ -206,6 +236,8 @@ class AppConfig:
     nginx: NginxConfig
     watchdog: WatchdogConfig
     retain: int = 5  # image versions kept per app (zdagent.retention)
+    hooks: HooksConfig = HooksConfig()
+    smoke: tuple[SmokeCheck, ...] = ()
 
     def slot_port(self, slot: str) -> int:
         return self.slots.blue_port if slot == "blue" else self.slots.green_port
@@ -296,7 +328,7 @@ def _argv(v: Any) -> str | None:
 
 
 def _optional_argv(v: Any) -> str | None:
-    """An argv list, or ``[]`` for "what the image says"."""
+    """An argv list, or ``[]`` for none (the image's own command; no hook)."""
     if v == []:
         return None
     if isinstance(v, str):
@@ -466,6 +498,7 @@ def _expect_version(v: Any) -> str | None:
 
 
 PORT = _int(1, 65535)
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "app": {
@@ -550,7 +583,26 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "reload_timeout": Key(10.0, _num(0.5, 300)),
         "switch_mode": Key("reload", _choice("reload", "njs")),
     },
+    "hooks": {
+        "release": Key([], _optional_argv),
+        "release_timeout": Key(300.0, _num(1, 86400)),
+        **{hook: Key([], _optional_argv) for hook in HOST_HOOKS},
+        "timeout": Key(60.0, _num(1, 3600)),
+    },
+    # [[smoke]]: an array of tables, each read against these keys (_Reader.tables)
+    "smoke": {
+        "name": Key("", _str(re.compile(r"^[^\x00-\x1f]{1,80}$"), "a one-line name (max 80)",
+                             empty=True)),
+        "method": Key("GET", _choice(*HTTP_METHODS)),
+        "path": Key(REQUIRED, _path),
+        "status": Key(200, _int(100, 599)),
+        "contains": Key("", _str(empty=True)),
+        "max_latency": Key(0.0, _num(0, 300)),
+        "host": Key("", _str(re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$"), "a host name",
+                             empty=True)),
+    },
 }
+ARRAYS = frozenset({"smoke"})  # sections written as [[name]]: a list of tables
 
 
 class _Reader:
@@ -572,22 +624,32 @@ class _Reader:
             node = node.get(part, {}) if isinstance(node, dict) else None
             if not isinstance(node, dict):
                 raise self.fail(name, "must be a table")
+        return self._table(name, name, node)
+
+    def tables(self, name: str) -> list[dict[str, Any]]:
+        """A ``[[name]]`` array of tables, each checked like a section (``smoke[2].path``)."""
+        items = self.data.get(name, [])
+        if not isinstance(items, list) or not all(isinstance(t, dict) for t in items):
+            raise self.fail(name, f"must be an array of tables ([[{name}]])")
+        return [self._table(name, f"{name}[{i}]", t) for i, t in enumerate(items)]
+
+    def _table(self, name: str, where: str, node: dict[str, Any]) -> dict[str, Any]:
         schema = SCHEMA[name]
         nested = {s.split(".")[-1] for s in SCHEMA if s.startswith(name + ".")}
         for key in node:
             if key not in schema and key not in nested:
                 close = difflib.get_close_matches(key, [*schema, *nested], n=1)
                 tip = f" (did you mean '{close[0]}'?)" if close else ""
-                raise self.fail(f"{name}.{key}", f"unknown key{tip}")
+                raise self.fail(f"{where}.{key}", f"unknown key{tip}")
         out: dict[str, Any] = {}
         for key, spec in schema.items():
             if key in node:
                 problem = spec.check(node[key])
                 if problem:
-                    raise self.fail(f"{name}.{key}", problem)
+                    raise self.fail(f"{where}.{key}", problem)
                 out[key] = node[key]
             elif spec.default is REQUIRED:
-                raise self.fail(f"{name}.{key}", "is required")
+                raise self.fail(f"{where}.{key}", "is required")
             else:
                 out[key] = spec.default
         return out
@@ -640,6 +702,8 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
     health = r.section("health")
     ngx = r.section("nginx")
     wd = r.section("watchdog")
+    hooks = _hooks(r.section("hooks"), base)
+    smoke = tuple(_smoke_check(t) for t in r.tables("smoke"))
 
     if slots["blue_port"] == slots["green_port"]:
         raise r.fail("slots.green_port", "must differ from slots.blue_port")
@@ -717,7 +781,30 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
             window=float(wd["window"]),
         ),
         retain=app["retain"],
+        hooks=hooks,
+        smoke=smoke,
     )
+
+
+def _hooks(h: dict[str, Any], base: Path) -> HooksConfig:
+    """Host hooks' programs given as a relative path (``./hooks/x``) resolve from the config's
+    directory; a bare name is looked up on PATH when it runs. The release argv runs inside the
+    image, so it is kept as written."""
+    def host(argv: list[str]) -> tuple[str, ...]:
+        if argv and "/" in argv[0]:
+            argv = [str(_resolve(base, argv[0])), *argv[1:]]
+        return tuple(argv)
+
+    return HooksConfig(release=tuple(h["release"]),
+                       release_timeout=float(h["release_timeout"]),
+                       timeout=float(h["timeout"]),
+                       **{name: host(h[name]) for name in HOST_HOOKS})
+
+
+def _smoke_check(t: dict[str, Any]) -> SmokeCheck:
+    return SmokeCheck(name=t["name"] or f"{t['method']} {t['path']}", method=t["method"],
+                      path=t["path"], status=t["status"], contains=t["contains"],
+                      max_latency=float(t["max_latency"]) or None, host=t["host"] or None)
 
 
 def _check_ours(r: _Reader, path: Path, app: str) -> None:

@@ -15,16 +15,16 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from zdagent import gitsource, retention
+from zdagent import gitsource, hooks, retention
 from zdagent.config import AppConfig, BuildSource, GitSource, check_version
-from zdagent.errors import DeployFailed, ZdError
+from zdagent.errors import DeployFailed, HookFailed, ZdError
 from zdagent.events import Emit, Event
 from zdagent.lock import app_lock
 from zdagent.nginx import Nginx
 from zdagent.probe import http_client, probe_once, slot_url, wait_healthy
 from zdagent.recovery import BEFORE_SWITCH, RecoveryPlan, reconcile, recovery_plan
 from zdagent.slots import Slots, connect, other
-from zdagent.store import FRESH, STANDBY, Phase, PhaseRecord, Store
+from zdagent.store import FRESH, STANDBY, Phase, PhaseRecord, Store, current_user
 
 # Re-exported: callers import the phases and the recovery plan from here too.
 __all__ = ["BEFORE_SWITCH", "Engine", "Phase", "RecoveryPlan", "Result", "recovery_plan"]
@@ -42,6 +42,7 @@ class Result:
     image: str | None
     seconds: float
     phases: list[PhaseRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. a post_ hook that failed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,9 +52,18 @@ class _Run:
     """Times and records the phases of one deploy record."""
 
     def __init__(self, engine: Engine, deploy_id: int, live: str | None, target: str,
-                 *, fresh: bool = True) -> None:
+                 *, fresh: bool = True, kind: str = "deploy", version: str | None = None,
+                 reason: str | None = None) -> None:
         self.engine = engine
         self.fresh = fresh
+        self.kind = kind
+        self.notes: list[str] = []
+        # What host hooks are told; the live slot's version is read before anything changes.
+        self.hook_ctx = hooks.HookContext(
+            app=engine.cfg.name, version=version,
+            previous_version=engine.slots.info(live).version if live else None,
+            slot=target, deploy_id=deploy_id, performer=engine.performer or current_user(),
+            reason=reason)
         self.deploy_id = deploy_id
         self.live = live
         self.target = target
@@ -215,6 +225,9 @@ class Engine:
                                     f"says {stored}: trusting the upstream file"))
         return from_file or stored
 
+    def notify(self, event: str, **fields: Any) -> None:
+        """Queue a notification (implemented by the notifications module)."""
+
     # --- the flows ----------------------------------------------------------------------
 
     def _deploy_locked(self, kind: str, version: str, image: tuple[str | None, str] | None,
@@ -225,15 +238,23 @@ class Engine:
                                user=self.performer)
         if commit:
             self.store.update(did, source_ref=f"{ref}@{commit}")
-        run = _Run(self, did, live, target)
+        run = _Run(self, did, live, target, kind=kind, version=version)
         self.emit(Event("info", f"{kind} #{did}: {version} -> {target} slot "
                                 f"(live: {live or 'none'})", data={"deploy_id": did}))
+        deploying = kind == "deploy"  # a rollback goes back to a version that served
         with self._recorded(run):
+            if deploying:
+                self._pre_hook(run, "pre_deploy")
             with run.phase(Phase.SOURCE, "getting the image"):
                 ref, image_id = image if image else self._source(version, commit)
             self.store.update(did, image=ref, image_id=image_id)
+            if deploying and self.cfg.hooks.release:
+                with run.phase(Phase.RELEASE, f"running the release command in {version}"):
+                    hooks.run_release(self.slots, image_id, version, did, self.cfg.hooks,
+                                      self.emit)
             self._activate(run, image_id, version, fresh=True)
-            return self._result(run, kind, version, ref)
+        self._post_hook(run, "post_deploy" if deploying else "post_rollback")
+        return self._result(run, kind, version, ref)
 
     def _rollback_to_standby(self, kind: str = "rollback", reason: str | None = None,
                              require_running: bool = False) -> Result:
@@ -253,7 +274,8 @@ class Engine:
         did = self.store.begin(self.cfg.name, kind, info.version, standby, live,
                                user=self.performer)
         self.store.update(did, image=info.image, image_id=info.image_id, reason=reason)
-        run = _Run(self, did, live, standby, fresh=False)
+        run = _Run(self, did, live, standby, fresh=False, kind=kind, version=info.version,
+                   reason=reason)
         self.emit(Event("info", f"{kind} #{did}: {live} -> {standby} "
                                 f"(version {info.version or '?'}, {info.state})"
                                 + (f": {reason}" if reason else "")))
@@ -264,7 +286,8 @@ class Engine:
                 self._switch(run)
             else:
                 self._activate(run, None, info.version, fresh=False)
-            return self._result(run, kind, info.version, info.image)
+        self._post_hook(run, "post_revert" if kind == "auto-revert" else "post_rollback")
+        return self._result(run, kind, info.version, info.image)
 
     @contextmanager
     def _recorded(self, run: _Run) -> Iterator[None]:
@@ -316,6 +339,9 @@ class Engine:
                 )
                 if fresh:
                     self.slots.keep_running(target)
+            if run.kind == "deploy" and self.cfg.smoke:
+                with run.phase(Phase.SMOKE, f"smoke checks on {target}"):
+                    hooks.run_smoke(self.cfg.smoke, self.cfg.slot_port(target), self.emit)
             self._switch(run)
         except BaseException:
             if self.live_slot() != target:
@@ -345,6 +371,8 @@ class Engine:
         backup = keep if self.cfg.nginx.standby_as_backup else None
         with run.phase(Phase.SWITCH, f"switching Nginx to {new}"):
             result = self.nginx.switch(new, backup)
+        if run.kind == "deploy":
+            self._post_hook(run, "post_switch")
         with run.phase(Phase.DRAIN, "draining the old slot", live=new):
             drain = self.cfg.slots.drain_seconds
             left = self.nginx.wait_workers_gone(result.old_workers, drain)
@@ -364,6 +392,34 @@ class Engine:
             else:
                 self.emit(Event("info", f"{old} stays up as the warm standby"))
 
+    def _pre_hook(self, run: _Run, hook: str) -> None:
+        """A pre_ hook, if set: its failure aborts (nothing has changed yet)."""
+        argv = getattr(self.cfg.hooks, hook)
+        if argv:
+            with run.phase(Phase.PRE_DEPLOY, f"running the {hook} hook"):
+                hooks.run_host_hook(hook, argv, run.hook_ctx, self.cfg.hooks.timeout,
+                                    self.emit)
+
+    def _post_hook(self, run: _Run, hook: str) -> None:
+        """A post_ hook, if set: its failure is recorded, warned and notified, never more:
+        it must not undo a good switch nor turn the outcome into a failure."""
+        argv = getattr(self.cfg.hooks, hook)
+        if not argv:
+            return
+        try:
+            hooks.run_host_hook(hook, argv, run.hook_ctx, self.cfg.hooks.timeout, self.emit)
+        except HookFailed as e:
+            note = e.message
+        except Exception as e:  # anything else in a post hook is just as harmless
+            note = f"{hook} hook: {type(e).__name__}: {e}"
+        else:
+            return
+        run.notes.append(note)
+        self.store.add_note(run.deploy_id, note)
+        self.emit(Event("warn", f"{note} (the {run.kind} itself succeeded)"))
+        self.notify("hook-failed", hook=hook, error=note, app=self.cfg.name,
+                    deploy_id=run.deploy_id)
+
     def _note_dead_old(self, run: _Run, slot: str, state: str) -> None:
         """History says it too: the revert left no warm standby behind."""
         rec = self.store.get(run.deploy_id)
@@ -382,7 +438,7 @@ class Engine:
     def _result(self, run: _Run, kind: str, version: str | None, image: str | None) -> Result:
         secs = time.monotonic() - run.started
         return Result(run.deploy_id, kind, version, run.target, run.live, image, secs,
-                      run.phases)
+                      run.phases, run.notes)
 
     # --- crash recovery -----------------------------------------------------------------
 

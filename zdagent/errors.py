@@ -62,6 +62,18 @@ class HealthCheckFailed(DeployFailed):
     """The candidate never became healthy; carries its last log lines."""
 
 
+class ReleaseFailed(DeployFailed):
+    """The release command failed or timed out; nothing was switched."""
+
+
+class SmokeCheckFailed(DeployFailed):
+    """A smoke check on the candidate failed (it is named); nothing was switched."""
+
+
+class HookFailed(DeployFailed):
+    """A host hook failed; a pre_ hook aborts, a post_ hook's failure is only recorded."""
+
+
 class NginxError(DeployFailed):
     """nginx -t, reload or verification failed; the previous upstream was restored."""
 

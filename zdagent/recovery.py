@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 from zdagent.config import AppConfig
 from zdagent.events import Emit, Event
+from zdagent.hooks import remove_release_containers
 from zdagent.nginx import Nginx
 from zdagent.slots import Slots, other
 from zdagent.store import FRESH, STANDBY, Phase, Store
 
 # Phases in which the live slot was never touched: recovery keeps it.
-BEFORE_SWITCH = frozenset({Phase.SOURCE, Phase.START, Phase.PROBE})
+BEFORE_SWITCH = frozenset({Phase.PRE_DEPLOY, Phase.SOURCE, Phase.RELEASE, Phase.START,
+                           Phase.PROBE, Phase.SMOKE})
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ def reconcile(cfg: AppConfig, store: Store, slots: Slots, nginx: Nginx, emit: Em
     if plan.remove:
         slots.remove(plan.remove)
         notes.append(f"removed the orphan candidate in {plan.remove}")
+    if st.phase == Phase.RELEASE and remove_release_containers(slots):
+        notes.append("removed the interrupted release command's container")
     elif st.candidate_slot and st.candidate_slot != plan.live and (kind == STANDBY or
                                                                     not created):
         notes.append(f"kept the standby {st.candidate_slot}")

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS deploys (
     user TEXT,
     pid INTEGER,
     source_ref TEXT,
-    reason TEXT
+    reason TEXT,
+    notes TEXT
 );
 CREATE INDEX IF NOT EXISTS deploys_app ON deploys(app, id);
 CREATE TABLE IF NOT EXISTS app_state (
@@ -59,9 +60,12 @@ class Phase(StrEnum):
     """Where an app is; stored before each step so a crash leaves a lookup, not a guess."""
 
     IDLE = "idle"
+    PRE_DEPLOY = "pre_deploy"  # the host's pre_deploy hook
     SOURCE = "source"
+    RELEASE = "release"  # the release command, in a one-off container of the candidate image
     START = "start"
     PROBE = "probe"
+    SMOKE = "smoke"  # HTTP smoke checks on the healthy candidate
     SWITCH = "switch"
     DRAIN = "drain"
 
@@ -100,6 +104,7 @@ class DeployRecord:
     pid: int | None
     source_ref: str | None = None
     reason: str | None = None
+    notes: str | None = None  # what went wrong without failing it (a post_ hook)
     phases: list[PhaseRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,7 +152,7 @@ class Store:
     def _migrate(self) -> None:
         """Add columns that older stores lack (SQLite ALTER TABLE only appends)."""
         have = {row[1] for row in self._db.execute("PRAGMA table_info(deploys)")}
-        for column in ("source_ref", "reason"):
+        for column in ("source_ref", "reason", "notes"):
             if column not in have:
                 self._db.execute(f"ALTER TABLE deploys ADD COLUMN {column} TEXT")
         have = {row[1] for row in self._db.execute("PRAGMA table_info(app_state)")}
@@ -183,13 +188,20 @@ class Store:
 
     def update(self, deploy_id: int, **fields: Any) -> None:
         allowed = {"version", "image", "image_id", "slot", "from_slot", "error", "outcome",
-                   "source_ref", "reason"}
+                   "source_ref", "reason", "notes"}
         bad = set(fields) - allowed
         if bad:
             raise ValueError(f"unknown fields {bad}")
         cols = ", ".join(f"{k}=?" for k in fields)
         with self._tx() as db:
             db.execute(f"UPDATE deploys SET {cols} WHERE id=?", (*fields.values(), deploy_id))
+
+    def add_note(self, deploy_id: int, note: str) -> None:
+        """Append to the record's notes (a finished record too)."""
+        with self._tx() as db:
+            db.execute("UPDATE deploys SET notes = CASE WHEN notes IS NULL OR notes = ''"
+                       " THEN ? ELSE notes || '; ' || ? END WHERE id=?",
+                       (note, note, deploy_id))
 
     def set_phases(self, deploy_id: int, phases: list[PhaseRecord]) -> None:
         with self._tx() as db:

@@ -8,7 +8,8 @@ from zdagent.recovery import RecoveryPlan, recovery_plan
 from zdagent.store import FRESH, STANDBY, Phase
 
 
-@pytest.mark.parametrize("phase", [Phase.SOURCE, Phase.START, Phase.PROBE])
+@pytest.mark.parametrize("phase", [Phase.PRE_DEPLOY, Phase.SOURCE, Phase.RELEASE, Phase.START,
+                                   Phase.PROBE, Phase.SMOKE])
 def test_before_switch_keeps_live_and_drops_candidate(phase):
     assert recovery_plan(phase, "green", "blue", "blue", True) == RecoveryPlan("blue", "green")
 
@@ -54,7 +55,7 @@ def test_a_rollback_whose_file_names_an_unhealthy_standby_goes_back_and_keeps_it
         RecoveryPlan("blue", None)
 
 
-@pytest.mark.parametrize("phase", [Phase.SOURCE, Phase.START])
+@pytest.mark.parametrize("phase", [Phase.PRE_DEPLOY, Phase.SOURCE, Phase.RELEASE, Phase.START])
 def test_a_slot_the_run_had_not_filled_yet_still_holds_the_standby(phase):
     """Died before its container existed: what stands in the slot is the old standby."""
     assert recovery_plan(phase, "green", "blue", "blue", True, FRESH,
