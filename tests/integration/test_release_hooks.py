@@ -1,0 +1,200 @@
+"""The release command, smoke checks and host hooks on real Docker + Nginx."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.traffic import RequestLoop
+from zdagent.config import load_config
+from zdagent.deploy import Engine
+from zdagent.events import discard
+
+pytestmark = pytest.mark.integration
+
+# Runs in the image (busybox): v2's migration fails, v3's hangs; the others succeed.
+RELEASE = """
+[hooks]
+release = ["/bin/busybox", "sh", "-c", '''
+echo "migrating to $ZDAGENT_VERSION in $ZDAGENT_SLOT (deploy $ZDAGENT_DEPLOY_ID) $APP_MODE"
+case "$ZDAGENT_VERSION" in
+  v2) echo "ERROR: column orders.total already exists" >&2; exit 3 ;;
+  v3) echo "waiting for a lock"; exec /bin/busybox sleep 60 ;;
+esac
+echo "migrated"''']
+release_timeout = 3
+"""
+
+
+def _containers(client, app) -> dict[str, str]:
+    """name -> version label of every container of the app (slots and one-offs)."""
+    return {c.name: c.labels.get("zdagent.version", "")
+            for c in client.containers.list(all=True,
+                                            filters={"label": f"zdagent.app={app.name}"})}
+
+
+def wait_for(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _history(app) -> list[dict]:
+    return json.loads(app.ok("history", "--json", "--local").stdout)
+
+
+def test_release_runs_in_the_candidate_image_and_a_failing_one_leaves_v1_serving(
+        make_app, docker_client):
+    app = make_app(extra=RELEASE)
+    text = app.config.read_text().replace("[container]\n",
+                                          '[container]\nenv = { APP_MODE = "prod-env" }\n', 1)
+    app.config.write_text(text)
+
+    p = app.ok("deploy", "v1", "--local")
+    # streamed as it ran, with the app's env and the candidate's version
+    assert "migrating to v1 in release (deploy 1) prod-env" in p.stderr
+    assert "migrated" in p.stderr
+    assert app.served_version() == "v1"
+    before = _containers(docker_client, app)
+    assert set(before.values()) == {"v1"} and len(before) == 1  # the one-off is gone
+
+    with RequestLoop(app.url + "/cgi-bin/version", max_seconds=90) as loop:
+        wait_for(lambda: loop.total >= 20)  # load before, during and after the deploy
+        p = app.cli("deploy", "v2", "--local")
+        after = loop.total
+        wait_for(lambda: loop.total >= after + 20)
+    assert p.returncode == 1, p.stderr
+    assert "release command" in p.stderr and "failed with exit code 3" in p.stderr
+    assert "column orders.total already exists" in p.stderr
+    assert "hint:" in p.stderr
+    assert loop.failures == [], loop.failures[:5]
+    assert set(loop.versions) == {"v1"}
+    assert _containers(docker_client, app) == before  # no candidate, no one-off left
+    rec = _history(app)[0]
+    assert (rec["version"], rec["outcome"]) == ("v2", "failed")
+    assert "column orders.total already exists" in rec["error"]  # the output's tail
+    assert [ph["name"] for ph in rec["phases"]] == ["source", "release"]
+    assert rec["phases"][-1]["ok"] is False
+
+    p = app.cli("deploy", "v3", "--local")
+    assert p.returncode == 1, p.stderr
+    assert "did not finish within 3s (hooks.release_timeout): killed" in p.stderr
+    assert "waiting for a lock" in p.stderr
+    assert app.served_version() == "v1"
+    assert _containers(docker_client, app) == before
+
+
+HOOKS = """
+[hooks]
+pre_deploy = ["{hook}"]
+post_switch = ["{hook}"]
+post_deploy = ["{hook}", "an arg"]
+post_rollback = ["{hook}"]
+post_revert = ["{hook}"]
+timeout = 20
+
+[[smoke]]
+path = "/cgi-bin/health"
+contains = "ok"
+
+[[smoke]]
+name = "version page"
+path = "/cgi-bin/version"
+host = "shop.example.test"
+max_latency = 5
+"""
+
+# Writes its environment to <dir>/<hook>.<version>.env; fails when <dir>/fail-<hook> exists.
+HOOK_SCRIPT = """#!/bin/sh
+env > "{dir}/$ZDAGENT_HOOK.$ZDAGENT_VERSION.env"
+echo "hook $ZDAGENT_HOOK for $ZDAGENT_VERSION: $*"
+if [ -e "{dir}/fail-$ZDAGENT_HOOK" ]; then echo "hook $ZDAGENT_HOOK refuses" >&2; exit 4; fi
+"""
+
+
+def _env(path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+def test_smoke_checks_and_host_hooks(make_app, docker_client, tmp_path):
+    hooks_dir = tmp_path / "hooks"
+    hooks_dir.mkdir()
+    hook = hooks_dir / "hook.sh"
+    hook.write_text(HOOK_SCRIPT.format(dir=hooks_dir))
+    hook.chmod(0o755)
+    app = make_app(extra=HOOKS.format(hook=hook))
+    app.env["ZDT_CALLER_SECRET"] = "never-in-a-hook"
+
+    # 1. every hook of a deploy gets its env; the smoke checks pass and are recorded
+    p = app.ok("deploy", "v1", "--local")
+    assert 'smoke check "GET /cgi-bin/health": HTTP 200' in p.stderr
+    assert 'smoke check "version page": HTTP 200' in p.stderr
+    assert "hook post_deploy for v1: an arg" in p.stderr
+    env = _env(hooks_dir / "post_deploy.v1.env")
+    assert {k: v for k, v in env.items() if k.startswith("ZDAGENT_")} == {
+        "ZDAGENT_HOOK": "post_deploy", "ZDAGENT_APP": app.name, "ZDAGENT_VERSION": "v1",
+        "ZDAGENT_PREVIOUS_VERSION": "", "ZDAGENT_SLOT": "blue", "ZDAGENT_DEPLOY_ID": "1",
+        "ZDAGENT_PERFORMER": env["ZDAGENT_PERFORMER"], "ZDAGENT_REASON": ""}
+    assert env["ZDAGENT_PERFORMER"]
+    assert "ZDT_CALLER_SECRET" not in env
+    assert {f.name for f in hooks_dir.glob("*.env")} == {
+        "pre_deploy.v1.env", "post_switch.v1.env", "post_deploy.v1.env"}
+    rec = _history(app)[0]
+    assert [ph["name"] for ph in rec["phases"]] == [
+        "pre_deploy", "source", "start", "probe", "smoke", "switch", "drain"]
+
+    # 2. a failing pre_deploy aborts with nothing changed
+    (hooks_dir / "fail-pre_deploy").touch()
+    upstream = (app.nginx.prefix / "zdagent" / f"{app.name}.upstream.conf").read_text()
+    before = _containers(docker_client, app)
+    p = app.cli("deploy", "v2", "--local")
+    assert p.returncode == 1, p.stderr
+    assert "pre_deploy hook" in p.stderr and "failed with exit code 4" in p.stderr
+    assert "hook pre_deploy refuses" in p.stderr
+    assert _containers(docker_client, app) == before
+    assert (app.nginx.prefix / "zdagent" / f"{app.name}.upstream.conf").read_text() == upstream
+    assert app.served_version() == "v1"
+    assert [(ph["name"], ph["ok"]) for ph in _history(app)[0]["phases"]] == [
+        ("pre_deploy", False)]
+    (hooks_dir / "fail-pre_deploy").unlink()
+
+    # 3. a failing post_deploy: the deploy still succeeded, and history says what failed
+    (hooks_dir / "fail-post_deploy").touch()
+    p = app.cli("deploy", "v2", "--local")
+    assert p.returncode == 0, p.stderr
+    assert "hook post_deploy refuses" in p.stderr and "(the deploy itself succeeded)" in p.stderr
+    assert app.served_version() == "v2"
+    rec = _history(app)[0]
+    assert (rec["version"], rec["outcome"], rec["error"]) == ("v2", "succeeded", None)
+    assert "post_deploy hook" in rec["notes"] and "exit code 4" in rec["notes"]
+    switch_env = _env(hooks_dir / "post_switch.v2.env")
+    assert (switch_env["ZDAGENT_PREVIOUS_VERSION"], switch_env["ZDAGENT_SLOT"]) == ("v1", "green")
+    (hooks_dir / "fail-post_deploy").unlink()
+    assert "note: post_deploy hook" in app.ok("history", "--local").stdout
+
+    # 4. post_rollback after a rollback; post_revert (with the reason) after the watchdog's
+    #    revert, which is the same engine call the daemon makes
+    app.ok("rollback", "--local")
+    env = _env(hooks_dir / "post_rollback.v1.env")
+    assert (env["ZDAGENT_PREVIOUS_VERSION"], env["ZDAGENT_SLOT"]) == ("v2", "blue")
+    with Engine(load_config(app.config), discard, performer="watchdog") as engine:
+        engine.auto_revert("3 failed probes", expected_live="blue")
+    env = _env(hooks_dir / "post_revert.v2.env")
+    assert (env["ZDAGENT_REASON"], env["ZDAGENT_PERFORMER"]) == ("3 failed probes", "watchdog")
+    assert app.served_version() == "v2"
+
+    # 5. a failing smoke check names itself; the candidate is removed, v2 keeps serving
+    app.config.write_text(app.config.read_text() + """
+[[smoke]]
+name = "orders API"
+path = "/api/orders"
+""")
+    p = app.cli("deploy", "v3", "--local")
+    assert p.returncode == 1, p.stderr
+    assert 'smoke check "orders API" failed: status 404, expected 200' in p.stderr
+    assert app.served_version() == "v2"
+    assert "v3" not in _containers(docker_client, app).values()
+    assert not (hooks_dir / "post_switch.v3.env").exists()
