@@ -9,6 +9,7 @@ import pytest
 
 from tests.traffic import RequestLoop
 from zdagent.config import load_config
+from zdagent.daemon.engines import WATCHDOG_PERFORMER
 from zdagent.deploy import Engine
 from zdagent.events import discard
 
@@ -180,10 +181,11 @@ def test_smoke_checks_and_host_hooks(make_app, docker_client, tmp_path):
     app.ok("rollback", "--local")
     env = _env(hooks_dir / "post_rollback.v1.env")
     assert (env["ZDAGENT_PREVIOUS_VERSION"], env["ZDAGENT_SLOT"]) == ("v2", "blue")
-    with Engine(load_config(app.config), discard, performer="watchdog") as engine:
+    with Engine(load_config(app.config), discard, performer=WATCHDOG_PERFORMER) as engine:
         engine.auto_revert("3 failed probes", expected_live="blue")
     env = _env(hooks_dir / "post_revert.v2.env")
-    assert (env["ZDAGENT_REASON"], env["ZDAGENT_PERFORMER"]) == ("3 failed probes", "watchdog")
+    assert (env["ZDAGENT_REASON"], env["ZDAGENT_PERFORMER"]) == ("3 failed probes",
+                                                                  WATCHDOG_PERFORMER)
     assert app.served_version() == "v2"
 
     # 5. a failing smoke check names itself; the candidate is removed, v2 keeps serving
