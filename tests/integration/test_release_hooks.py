@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -200,3 +204,30 @@ path = "/api/orders"
     assert app.served_version() == "v2"
     assert "v3" not in _containers(docker_client, app).values()
     assert not (hooks_dir / "post_switch.v3.env").exists()
+
+
+def test_kill_9_during_the_release_then_recovery_removes_its_container(make_app,
+                                                                        docker_client):
+    app = make_app(extra=RELEASE.replace("release_timeout = 3", "release_timeout = 120"))
+    app.ok("deploy", "v1", "--local")
+    before = _containers(docker_client, app)
+    child = subprocess.Popen([sys.executable, "-m", "zdagent", "deploy", "v3", "--local"],
+                             env={**os.environ, "ZDAGENT_CONFIG": str(app.config)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    release = {"label": [f"zdagent.app={app.name}", "zdagent.release"], "status": "running"}
+    try:  # v3's release hangs: kill -9 while its container runs
+        wait_for(lambda: docker_client.containers.list(filters=release)
+                 or child.poll() is not None, 120)
+        assert child.poll() is None, "the deploy ended before its release ran"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    assert docker_client.containers.list(filters=release)  # left behind by the kill
+
+    with Engine(load_config(app.config), discard) as engine:
+        notes = engine.recover()
+    assert "interrupted in phase 'release'" in notes[0]
+    assert "removed the interrupted release command's container" in notes
+    assert _containers(docker_client, app) == before
+    assert app.served_version() == "v1"
+    assert _history(app)[0]["outcome"] == "interrupted"
