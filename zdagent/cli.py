@@ -523,9 +523,14 @@ def config_check(
 
     with _guard():
         if not all_apps:
+            from zdagent.hooks import missing_programs
+
             cfg = _load(config)
             err.print(f"[green]ok[/] {cfg.path}: app {cfg.name}, slots 127.0.0.1:"
                       f"{cfg.slots.blue_port}/{cfg.slots.green_port}")
+            for hook in missing_programs(cfg.hooks):
+                err.print(f"[yellow]![/] {escape(hook)} is not an executable file here "
+                          "(the hook fails when it runs)")
             return
         directory = Path(config_dir) if config_dir else DEFAULT_CONFIG_DIR
         if not directory.is_dir():

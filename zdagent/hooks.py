@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 import docker.errors
 import httpx
 
-from zdagent.config import HooksConfig, SmokeCheck
+from zdagent.config import HOST_HOOKS, HooksConfig, SmokeCheck
 from zdagent.errors import HookFailed, ReleaseFailed, SmokeCheckFailed, shorten
 from zdagent.events import Emit, Event
 from zdagent.oneoff import oneoff_container, oneoff_kwargs
@@ -237,13 +237,26 @@ class HookContext:
         }
 
 
+def _program(argv0: str) -> str | None:
+    """The executable file a hook's argv[0] names (a bare name: found on PATH), or None."""
+    exe = argv0 if "/" in argv0 else shutil.which(argv0, path=os.environ.get("PATH"))
+    return exe if exe and os.path.isfile(exe) and os.access(exe, os.X_OK) else None
+
+
+def missing_programs(hooks: HooksConfig) -> list[str]:
+    """``hooks.<name>: <program>`` for each host hook whose program is not executable here
+    (``zdagent config check`` warns: a missing pre_deploy would fail every deploy)."""
+    return [f"hooks.{name}: {argv[0]}" for name in HOST_HOOKS
+            if (argv := getattr(hooks, name)) and _program(argv[0]) is None]
+
+
 def run_host_hook(hook: str, argv: tuple[str, ...], ctx: HookContext, timeout: float,
                   emit: Emit) -> None:
     """Run one host hook to its end; raise HookFailed on a non-zero exit, a timeout (its
     process group is killed) or a program that is not there."""
     env = ctx.env(hook)
-    exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env["PATH"])
-    if exe is None or not os.path.isfile(exe) or not os.access(exe, os.X_OK):
+    exe = _program(argv[0])
+    if exe is None:
         raise HookFailed(f"{hook} hook: {argv[0]} is not an executable file",
                          hint=f"fix hooks.{hook} (an absolute path, or relative to the "
                               "config's directory) and chmod +x it")

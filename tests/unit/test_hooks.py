@@ -14,7 +14,7 @@ from tests.unit.test_config import MINIMAL, error_of, write
 from zdagent.config import SmokeCheck, load_config
 from zdagent.errors import EXIT_DEPLOY_FAILED, HookFailed
 from zdagent.events import Event
-from zdagent.hooks import HookContext, Output, run_host_hook, smoke_problem
+from zdagent.hooks import HookContext, Output, missing_programs, run_host_hook, smoke_problem
 from zdagent.store import Store
 
 CTX = HookContext(app="web", version="v2", previous_version="v1", slot="green", deploy_id=7,
@@ -204,3 +204,17 @@ def test_notes_column_is_added_to_an_existing_store_and_appends(tmp_path):
         assert store.get(1).outcome == "succeeded"
     finally:
         store.close()
+
+
+def test_config_check_names_hooks_whose_program_is_missing(tmp_path):
+    hook = script(tmp_path, "exit 0\n")
+    cfg = load_config(write(tmp_path, MINIMAL + f"""
+[hooks]
+pre_deploy = ["{hook}"]
+post_deploy = ["./hooks/missing"]
+post_switch = ["sh", "-c", "true"]
+post_revert = ["zdagent-no-such-program"]
+"""))
+    assert missing_programs(cfg.hooks) == [
+        f"hooks.post_deploy: {tmp_path / 'hooks' / 'missing'}",
+        "hooks.post_revert: zdagent-no-such-program"]
