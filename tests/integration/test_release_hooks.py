@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from tests.integration import test_daemon
 from tests.traffic import RequestLoop
 from zdagent.config import load_config
 from zdagent.daemon.engines import WATCHDOG_PERFORMER
@@ -18,6 +19,7 @@ from zdagent.deploy import Engine
 from zdagent.events import discard
 
 pytestmark = pytest.mark.integration
+daemon_factory = test_daemon.daemon_factory  # the fixture, shared
 
 # Runs in the image (busybox): v2's migration fails, v3's hangs; the others succeed.
 RELEASE = """
@@ -231,3 +233,24 @@ def test_kill_9_during_the_release_then_recovery_removes_its_container(make_app,
     assert _containers(docker_client, app) == before
     assert app.served_version() == "v1"
     assert _history(app)[0]["outcome"] == "interrupted"
+
+
+def test_through_the_daemon_release_output_streams_and_hooks_run(make_app, daemon_factory,
+                                                                 tmp_path):
+    """The same engine runs under the daemon: the release's output streams to the thin CLI,
+    the host hook runs in the daemon with the API caller as performer."""
+    hook = tmp_path / "post_deploy.sh"
+    hook.write_text(f'#!/bin/sh\nenv > "{tmp_path}/post_deploy.$ZDAGENT_VERSION.env"\n')
+    hook.chmod(0o755)
+    app = make_app(extra=RELEASE + f'post_deploy = ["{hook}"]\n')
+    daemon_factory([app]).start()
+    p = app.ok("deploy", "v1")
+    assert "migrating to v1 in release" in p.stderr and "migrated" in p.stderr
+    env = _env(tmp_path / "post_deploy.v1.env")
+    assert env["ZDAGENT_VERSION"] == "v1" and env["ZDAGENT_PERFORMER"] == \
+        _history(app)[0]["user"]
+    p = app.cli("deploy", "v2")
+    assert p.returncode == 1, p.stderr
+    assert "failed with exit code 3" in p.stderr and "orders.total" in p.stderr
+    assert app.served_version() == "v1"
+    assert not (tmp_path / "post_deploy.v2.env").exists()
