@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import docker.errors
 import pytest
 
 from tests.integration import test_daemon
@@ -254,3 +256,34 @@ def test_through_the_daemon_release_output_streams_and_hooks_run(make_app, daemo
     assert "failed with exit code 3" in p.stderr and "orders.total" in p.stderr
     assert app.served_version() == "v1"
     assert not (tmp_path / "post_deploy.v2.env").exists()
+
+
+def test_a_release_writes_to_a_shared_volume_before_the_switch(make_app, docker_client):
+    """The release and the slots share ``container.volumes``; the candidate's smoke check
+    (before the switch) must already find what this version's release wrote."""
+    app = make_app(extra="""
+[hooks]
+release = ["/bin/busybox", "sh", "-c", 'echo "schema $ZDAGENT_VERSION" > /www/data/schema.txt']
+
+[[smoke]]
+name = "schema"
+path = "/data/schema.txt"
+contains = "schema v1"
+""")
+    volume = f"{app.name}-data"
+    app.config.write_text(app.config.read_text().replace(
+        "[container]\n", f'[container]\nvolumes = ["{volume}:/www/data"]\n', 1))
+    try:
+        app.ok("deploy", "v1", "--local")
+        app.config.write_text(app.config.read_text().replace('"schema v1"', '"schema v2"'))
+        p = app.ok("deploy", "v2", "--local")
+        assert 'smoke check "schema": HTTP 200' in p.stderr
+        assert app.get("/data/schema.txt").text == "schema v2\n"
+        phases = [ph["name"] for ph in _history(app)[0]["phases"]]
+        assert phases.index("release") < phases.index("smoke") < phases.index("switch")
+    finally:
+        for c in docker_client.containers.list(all=True,
+                                               filters={"label": f"zdagent.app={app.name}"}):
+            c.remove(force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_client.volumes.get(volume).remove(force=True)
