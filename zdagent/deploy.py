@@ -416,7 +416,9 @@ class Engine:
             return
         run.notes.append(note)
         self.store.add_note(run.deploy_id, note)
-        self.emit(Event("warn", f"{note} (the {run.kind} itself succeeded)"))
+        stands = "the switch stands" if hook == "post_switch" else \
+            f"the {run.kind} itself succeeded"
+        self.emit(Event("warn", f"{note} ({stands})"))
         self.notify("hook-failed", hook=hook, error=note, app=self.cfg.name,
                     deploy_id=run.deploy_id)
 
