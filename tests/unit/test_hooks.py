@@ -3,18 +3,29 @@ hooks as real processes (env, argv, timeout, missing program), the notes column.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from tests.unit.test_config import MINIMAL, error_of, write
 from zdagent.config import SmokeCheck, load_config
-from zdagent.errors import EXIT_DEPLOY_FAILED, HookFailed
+from zdagent.errors import EXIT_DEPLOY_FAILED, HookFailed, SmokeCheckFailed
 from zdagent.events import Event
-from zdagent.hooks import HookContext, Output, missing_programs, run_host_hook, smoke_problem
+from zdagent.hooks import (
+    HookContext,
+    Output,
+    missing_programs,
+    run_host_hook,
+    run_smoke,
+    smoke_problem,
+)
 from zdagent.store import Store
 
 CTX = HookContext(app="web", version="v2", previous_version="v1", slot="green", deploy_id=7,
@@ -218,3 +229,52 @@ post_revert = ["zdagent-no-such-program"]
     assert missing_programs(cfg.hooks) == [
         f"hooks.post_deploy: {tmp_path / 'hooks' / 'missing'}",
         "hooks.post_revert: zdagent-no-such-program"]
+
+
+class _App(http.server.BaseHTTPRequestHandler):
+    """Records what each request brought; /slow answers after 1 s."""
+
+    seen: ClassVar[list[tuple[str, str, str | None]]] = []
+
+    def _answer(self) -> None:
+        self.seen.append((self.command, self.path, self.headers.get("Host")))
+        if self.path == "/slow":
+            time.sleep(1)
+        with contextlib.suppress(OSError):  # /slow: the client gave up already
+            self.send_response(201 if self.command == "POST" else 200)
+            self.send_header("Content-Length", "9")
+            self.end_headers()
+            self.wfile.write(b'{"id": 1}')
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def app_port():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _App)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    _App.seen = []
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_smoke_checks_send_method_path_and_host_and_name_the_failure(app_port):
+    seen: list[Event] = []
+    run_smoke([check(name="create", method="POST", path="/orders?x=1", status=201,
+                     contains='"id"', host="shop.example.test", max_latency=5),
+               check(name="list", path="/orders")], app_port, seen.append)
+    assert _App.seen == [("POST", "/orders?x=1", "shop.example.test"),
+                         ("GET", "/orders", f"127.0.0.1:{app_port}")]
+    assert [e.message.split(":")[0] for e in seen] == ['smoke check "create"',
+                                                       'smoke check "list"']
+    with pytest.raises(SmokeCheckFailed) as e:
+        run_smoke([check(name="list", path="/orders"),
+                   check(name="slow page", path="/slow", max_latency=0.2),
+                   check(name="never run", path="/orders")], app_port, lambda ev: None)
+    assert e.value.message == 'smoke check "slow page" failed: no answer within 0.2s'
+    assert "nothing was switched" in e.value.hint
+    assert [p for _, p, _ in _App.seen[2:]] == ["/orders", "/slow"]
