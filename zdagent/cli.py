@@ -680,7 +680,9 @@ def exec_(
     \b
     The container gets the app's env (container.env + env_file, read now), network,
     volumes, user, memory and cpus, ZDAGENT_VERSION, no published port, and labels marking
-    it a one-off. Exits with the command's exit code. Example:  zdagent exec -- bin/migrate
+    it a one-off. Exits with the command's exit code. Piped stdin is forwarded (EOF
+    included); a terminal only with --tty.  Examples:  zdagent exec -- bin/migrate
+    zdagent exec -- bin/import < data.csv
     """
     from zdagent import oneoff
 

@@ -14,10 +14,11 @@ import os
 import re
 import select
 import signal
+import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, BinaryIO
 
@@ -83,8 +84,11 @@ def oneoff_labels(app: str, version: str | None) -> dict[str, str]:
 
 
 def oneoff_kwargs(slots: Slots, image_id: str, version: str | None, argv: Sequence[str],
-                  *, tty: bool) -> dict[str, Any]:
-    """The arguments of ``containers.create`` (env read from env_file now)."""
+                  *, tty: bool, stdin: bool = False) -> dict[str, Any]:
+    """The arguments of ``containers.create`` (env read from env_file now).
+
+    ``stdin``: keep the container's stdin open for us, closed when we close ours
+    (``StdinOnce``, which the SDK sets for a non-detached create)."""
     cfg = slots.cfg
     env = dict(cfg.container.env)
     if cfg.container.env_file:
@@ -94,12 +98,22 @@ def oneoff_kwargs(slots: Slots, image_id: str, version: str | None, argv: Sequen
         "image": image_id, "command": list(argv),
         "name": f"{cfg.name}-oneoff-{uuid.uuid4().hex[:8]}",
         "labels": oneoff_labels(cfg.name, version), "environment": env,
-        "tty": tty, "stdin_open": tty, "detach": True,
+        "tty": tty, "stdin_open": tty or stdin, "detach": not (tty or stdin),
         # network, volumes, user and limits as the slots; not the slots' command, entrypoint,
         # labels or log settings: the one-off runs argv and its output streams back here.
         **runtime_kwargs(cfg.container),
     }
     return kwargs
+
+
+def forwards_stdin(fd: int) -> bool:
+    """Without --tty, stdin is forwarded when it is a pipe, a file or /dev/null; never a
+    terminal (interactive use is --tty) nor a closed descriptor."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return not os.isatty(fd)
 
 
 @contextlib.contextmanager
@@ -123,7 +137,7 @@ def oneoff_container(slots: Slots, kwargs: dict[str, Any]) -> Iterator[Any]:
 
 
 def run_oneoff(slots: Slots, live: str | None, argv: Sequence[str], *, tty: bool,
-               stdout: BinaryIO, stderr: BinaryIO) -> int:
+               stdout: BinaryIO, stderr: BinaryIO, stdin_fd: int = 0) -> int:
     """Run ``argv`` in a new container of the live slot's image; return its exit code."""
     if not argv:
         raise UsageError("no command given", hint="zdagent exec -- CMD [ARG...]")
@@ -133,34 +147,56 @@ def run_oneoff(slots: Slots, live: str | None, argv: Sequence[str], *, tty: bool
     info = slots.info(live)
     if not info.image_id:
         raise DeployFailed(f"the live slot {live} has no image", hint="deploy again")
-    kwargs = oneoff_kwargs(slots, info.image_id, info.version, argv, tty=tty)
+    stdin = not tty and forwards_stdin(stdin_fd)
+    kwargs = oneoff_kwargs(slots, info.image_id, info.version, argv, tty=tty, stdin=stdin)
     with oneoff_container(slots, kwargs) as c:
         if tty:
-            return _interactive(slots, c)
-        stream = slots.client.api.attach(c.id, stdout=True, stderr=True, stream=True,
-                                         logs=True, demux=True)
-        c.start()
-        for out_chunk, err_chunk in stream:
-            if out_chunk:
-                stdout.write(out_chunk)
-                stdout.flush()
-            if err_chunk:
-                stderr.write(err_chunk)
-                stderr.flush()
+            return _interactive(slots, c, stdin_fd)
+        demux = Demux({1: stdout, 2: stderr})
+        with _attach(slots, c, stdin=stdin) as sock:
+            _pump(stdin_fd if stdin else None, sock, demux.feed)
         return int(c.wait().get("StatusCode", 1))
 
 
-def _interactive(slots: Slots, c: Any) -> int:
+@contextlib.contextmanager
+def _attach(slots: Slots, c: Any, *, stdin: bool) -> Iterator[socket.socket]:
+    """The container's attach socket, opened before it starts so no output is missed."""
+    sock = slots.client.api.attach_socket(c.id, params={
+        "stdin": int(stdin), "stdout": 1, "stderr": 1, "stream": 1})
+    try:
+        c.start()
+        yield getattr(sock, "_sock", sock)
+    finally:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+class Demux:
+    """Docker's multiplexed stream (no TTY): frames of an 8-byte header (stream 1 stdout or
+    2 stderr, 3 zero bytes, big-endian size) and the payload, split anywhere across reads."""
+
+    def __init__(self, outputs: dict[int, BinaryIO]) -> None:
+        self.outputs = outputs
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= 8:
+            size = int.from_bytes(self.buffer[4:8], "big")
+            if len(self.buffer) < 8 + size:
+                return
+            out = self.outputs.get(self.buffer[0], self.outputs[1])
+            out.write(bytes(self.buffer[8:8 + size]))
+            out.flush()
+            del self.buffer[:8 + size]
+
+
+def _interactive(slots: Slots, c: Any, fd: int) -> int:
     """A console: the local terminal in raw mode, bytes both ways over the attach socket."""
     import termios
     import tty as tty_mod
 
     api = slots.client.api
-    sock = api.attach_socket(c.id, params={"stdin": 1, "stdout": 1, "stderr": 1,
-                                           "stream": 1})
-    raw_sock = getattr(sock, "_sock", sock)
-    c.start()
-    fd = sys.stdin.fileno()
     interactive = os.isatty(fd)
 
     def resize(*_: object) -> None:
@@ -168,39 +204,60 @@ def _interactive(slots: Slots, c: Any) -> int:
             size = os.get_terminal_size(fd)
             api.resize(c.id, height=size.lines, width=size.columns)
 
-    saved = termios.tcgetattr(fd) if interactive else None
-    old_handler = signal.signal(signal.SIGWINCH, resize) if interactive else None
-    try:
-        if interactive:
-            resize()
-            tty_mod.setraw(fd, termios.TCSANOW)  # keep what was typed ahead
-        _pump(fd, raw_sock, sys.stdout.fileno())
-    finally:
-        if saved is not None:
-            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-        if old_handler is not None:
-            signal.signal(signal.SIGWINCH, old_handler)
-        with contextlib.suppress(OSError):
-            sock.close()
+    out_fd = sys.stdout.fileno()
+    with _attach(slots, c, stdin=True) as sock:
+        saved = termios.tcgetattr(fd) if interactive else None
+        old_handler = signal.signal(signal.SIGWINCH, resize) if interactive else None
+        try:
+            if interactive:
+                resize()
+                tty_mod.setraw(fd, termios.TCSANOW)  # keep what was typed ahead
+            _pump(fd, sock, lambda data: _write_all(out_fd, data))
+        finally:
+            if saved is not None:
+                termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+            if old_handler is not None:
+                signal.signal(signal.SIGWINCH, old_handler)
     return int(c.wait().get("StatusCode", 1))
 
 
-def _pump(in_fd: int, sock: Any, out_fd: int) -> None:
-    """Copy the terminal to the container and back until the container closes its end."""
-    stdin_open = True
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _pump(in_fd: int | None, sock: socket.socket, on_output: Callable[[bytes], None]) -> None:
+    """Copy ``in_fd`` to the container and its output to ``on_output`` until the container
+    closes its end. At EOF of ``in_fd`` the write side is shut (the container sees EOF).
+    Input goes out without blocking, so a container that never reads its stdin cannot stall
+    the copying of its output."""
+    pending = b""
+    reading = in_fd is not None
+    shut = in_fd is None
     while True:
-        readers = [sock, in_fd] if stdin_open else [sock]
-        ready, _, _ = select.select(readers, [], [], 1.0)
+        readers: list[Any] = [sock]
+        if reading and not pending:
+            readers.append(in_fd)
+        ready, writable, _ = select.select(readers, [sock] if pending else [], [])
         if sock in ready:
             data = sock.recv(65536)
             if not data:
                 return
-            os.write(out_fd, data)
-        if in_fd in ready:
-            data = os.read(in_fd, 65536)
-            if data:
-                sock.sendall(data)
-            else:
-                stdin_open = False
-                with contextlib.suppress(OSError):
-                    sock.shutdown(1)  # SHUT_WR: the container sees EOF
+            on_output(data)
+        if writable:
+            try:
+                pending = pending[sock.send(pending, socket.MSG_DONTWAIT):]
+            except BlockingIOError:
+                pass
+            except OSError:  # the container closed its stdin: drop the rest
+                pending, reading = b"", False
+        if in_fd is not None and in_fd in ready:
+            try:
+                pending = os.read(in_fd, 65536)
+            except OSError:
+                pending = b""
+            reading = bool(pending)
+        if not reading and not pending and not shut:
+            shut = True
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
