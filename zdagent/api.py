@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 
-from zdagent.errors import ZdError
+from zdagent.errors import as_known
 
 ROUTE = re.compile(r"^/v1/apps/([a-z0-9][a-z0-9-]{0,39})/(status|history|deploy|rollback)$")
 
@@ -211,9 +211,10 @@ def error_reply(e: Exception) -> tuple[int, dict[str, Any]]:
     """Any exception as (HTTP status, error object): nothing escapes unanswered."""
     if isinstance(e, ApiError):
         return e.status, error_object(e.message, e.hint, e.exit_code)
-    if isinstance(e, ZdError):
-        status = {2: 400, 3: 503}.get(e.exit_code, 409)
-        return status, error_object(e.message, e.hint, e.exit_code)
+    known = as_known(e)  # ours, or a full disk
+    if known is not None:
+        status = {2: 400, 3: 503}.get(known.exit_code, 409)
+        return status, error_object(known.message, known.hint, known.exit_code)
     return 500, error_object(f"unexpected error: {type(e).__name__}: {e}",
                              "this is a bug; see the daemon's log (journalctl -u zdagent)", 70)
 
@@ -279,7 +280,7 @@ class Server:
         try:
             reply = await self.handler(request)
         except Exception as e:
-            if not isinstance(e, ZdError | ApiError):
+            if not isinstance(e, ApiError) and as_known(e) is None:
                 self.log(f"{request.method} {request.path}: unexpected error:\n"
                          + traceback.format_exc().rstrip())
             await self._send(writer, json_reply(*error_reply(e)))

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from zdagent import __version__, render
 from zdagent.config import AppConfig, config_path, load_config
-from zdagent.errors import UsageError, ZdError
+from zdagent.errors import UsageError, ZdError, as_known
 from zdagent.events import Event
 
 EXIT_INTERNAL = 70
@@ -39,7 +39,7 @@ Exit codes:
   0  success
   1  the deploy/rollback failed; the live app is unchanged or was restored
   2  usage or config error; nothing was changed
-  3  environment problem (Docker unreachable, Nginx missing or not running)
+  3  environment problem (Docker unreachable, Nginx missing or not running, disk full)
   70 internal error (a bug); the message names a log with details
 """
 
@@ -88,6 +88,9 @@ def _guard() -> Iterator[None]:
     except (typer.Exit, typer.Abort):
         raise
     except Exception as e:
+        known = as_known(e)  # a full disk is the operator's to fix, not a bug
+        if known is not None:
+            _fail(known.message, known.hint, known.exit_code)
         with tempfile.NamedTemporaryFile("w", prefix="zdagent-error-", suffix=".log",
                                          delete=False) as f:
             traceback.print_exc(file=f)

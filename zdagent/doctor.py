@@ -26,6 +26,7 @@ from zdagent import config as config_mod
 from zdagent.client import DEFAULT_SOCKET
 from zdagent.config import DEFAULT_CONFIG_DIR, AppConfig
 from zdagent.errors import ZdError
+from zdagent.runbook import with_link
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 GIB = 1 << 30
@@ -76,8 +77,8 @@ class DockerFacts:
 def docker_verdict(f: DockerFacts) -> Result:
     if f.error is not None:
         return Result("docker", FAIL, f"cannot reach the Docker engine: {f.error}",
-                      "start dockerd (`systemctl start docker`); check DOCKER_HOST and access "
-                      "to /var/run/docker.sock")
+                      with_link("start dockerd (`systemctl start docker`); check DOCKER_HOST "
+                                "and access to /var/run/docker.sock", "docker-unreachable"))
     return Result("docker", OK, f"Docker {f.version} reachable (API {f.api_version} "
                                 "negotiated)")
 
@@ -103,7 +104,8 @@ def disk_verdict(path: str, free: int | None, total: int | None, error: str = ""
            f"on {path}"
     if free < MIN_FREE_BYTES or free < MIN_FREE_FRACTION * total:
         return Result("disk", WARN, f"{text}: a build or pull may fail",
-                      "free space: `docker image prune` (unused images), or grow the disk")
+                      with_link("free space: `docker image prune` (unused images), or grow "
+                                "the disk", "disk-full"))
     return Result("disk", OK, text)
 
 
@@ -124,9 +126,10 @@ def nginx_running_verdict(f: MasterFacts) -> Result:
     if f.other_masters:
         return Result(check, FAIL, f"{stopped}; other nginx masters run (pid "
                                    f"{', '.join(map(str, f.other_masters))})",
-                      "start nginx, or point nginx.pid_file at the pid file of the master "
-                      "that serves this app")
-    return Result(check, FAIL, stopped, "start nginx: `systemctl start nginx`")
+                      with_link("start nginx, or point nginx.pid_file at the pid file of "
+                                "the master that serves this app", "nginx-down"))
+    return Result(check, FAIL, stopped,
+                  with_link("start nginx: `systemctl start nginx`", "nginx-down"))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,10 @@ plus a hint. Exit codes are part of the public interface (see README "Exit codes
 
 from __future__ import annotations
 
+import errno
+
+from zdagent.runbook import with_link
+
 EXIT_OK = 0
 EXIT_DEPLOY_FAILED = 1
 EXIT_USAGE = 2
@@ -76,6 +80,41 @@ class HookFailed(DeployFailed):
 
 class NginxError(DeployFailed):
     """nginx -t, reload or verification failed; the previous upstream was restored."""
+
+
+class DiskFull(EnvironmentProblem):
+    """A disk filled up (Docker's data root, the state dir): an environment problem."""
+
+
+# How a full disk shows in Docker's answers (build/pull/run), SQLite and OSError texts.
+_DISK_FULL = ("no space left on device", "database or disk is full", "disk quota exceeded")
+
+
+def is_disk_full(problem: BaseException | str) -> bool:
+    """True when ``problem`` (an exception or an error text) says a disk is full."""
+    if isinstance(problem, OSError) and problem.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = problem if isinstance(problem, str) else \
+        f"{problem} {getattr(problem, 'explanation', '') or ''}"
+    return any(words in text.lower() for words in _DISK_FULL)
+
+
+def disk_full(what: str, detail: str) -> DiskFull:
+    """The one error for a full disk, whatever was writing: what failed and Docker's words."""
+    return DiskFull(f"{what}: the disk is full ({shorten(detail, 200)})",
+                    hint=with_link("free space where Docker keeps its data and in the state "
+                                   "dir (`df -h`, `zdagent prune`, `docker image prune`); the "
+                                   "live slot is untouched", "disk-full"))
+
+
+def as_known(e: BaseException) -> ZdError | None:
+    """``e`` as an error zdagent explains, or None for a bug: a full disk anywhere (an
+    OSError, SQLite's "database or disk is full") is the operator's to fix, not a bug."""
+    if isinstance(e, ZdError):
+        return e
+    if is_disk_full(e):
+        return disk_full(type(e).__name__, str(e))
+    return None
 
 
 def shorten(text: str, limit: int = 300) -> str:

@@ -20,6 +20,7 @@ import psutil
 
 from zdagent.errors import LockBusy
 from zdagent.events import Emit, Event
+from zdagent.runbook import with_link
 from zdagent.store import current_user
 
 
@@ -63,13 +64,15 @@ def app_lock(state_dir: Path, app: str, what: str, emit: Emit, *, wait: bool = T
             who = owner.describe() if owner else "another process"
             if not wait:
                 raise LockBusy(f"{app} is busy: {who}",
-                               hint="retry later, or drop --no-wait to queue behind it")
+                               hint=with_link("retry later, or drop --no-wait to queue "
+                                              "behind it", "lock-held"))
             emit(Event("info", f"waiting for the lock: {who}"))
             deadline = time.monotonic() + timeout
             while not _try_lock(fd):
                 if time.monotonic() > deadline:
                     raise LockBusy(f"gave up waiting for {app}'s lock after {timeout:.0f}s: "
-                                   f"{who}", hint="check whether that process is stuck")
+                                   f"{who}", hint=with_link("check whether that process "
+                                                            "is stuck", "lock-held"))
                 time.sleep(0.2)
         previous = _read_owner(fd)
         if previous and previous.pid != os.getpid() and not psutil.pid_exists(previous.pid):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import time
 
+from zdagent.runbook import WATCHDOG_STATES, link
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, TextIO
@@ -89,11 +91,16 @@ def status_text(paint: Painter, data: dict[str, Any]) -> str:
                      f"{last['slot']}: {last['outcome']} {ago(last['started_at'])}"
                      + (f" ({last['error']})" if last["error"] else ""))
     lines.extend(paint("yellow", f"! {line}") for line in data["drift"])
+    if data["drift"]:
+        anchor = "nginx-down" if not r["nginx_running"] else "drift"
+        lines.append(paint("dim", f"  ({link(anchor)})"))
     d, w = data.get("daemon"), data.get("watchdog")
     if d:
+        anchor = WATCHDOG_STATES.get(w["status"]) if w else None
         lines.append(f"daemon: up since {ago(d['since'])} (pid {d['pid']}, zdagent "
                      f"{d['version']}); watchdog: {w['status'] if w else '-'}"
-                     + (f" ({w['last_reason']})" if w and w.get("last_reason") else ""))
+                     + (f" ({w['last_reason']})" if w and w.get("last_reason") else "")
+                     + (f" ({link(anchor)})" if anchor else ""))
     else:
         lines.append("daemon: not running (no watchdog)")
     return "\n".join(lines)

@@ -28,8 +28,17 @@ from zdagent.config import (
     env_file_exposed,
     read_env_file,
 )
-from zdagent.errors import BuildFailed, DeployFailed, EnvironmentProblem, shorten
+from zdagent.errors import (
+    BuildFailed,
+    DeployFailed,
+    EnvironmentProblem,
+    ZdError,
+    disk_full,
+    is_disk_full,
+    shorten,
+)
 from zdagent.events import Event
+from zdagent.runbook import with_link
 
 SLOTS = ("blue", "green")
 LABEL = "zdagent"
@@ -75,12 +84,15 @@ def connect() -> docker.DockerClient:
     except docker.errors.DockerException as e:
         raise EnvironmentProblem(
             f"cannot reach the Docker engine: {_short(e)}",
-            hint="is dockerd running (`systemctl start docker`) and is DOCKER_HOST right? "
-            "The user needs access to /var/run/docker.sock",
+            hint=with_link("is dockerd running (`systemctl start docker`) and is DOCKER_HOST "
+                           "right? The user needs access to /var/run/docker.sock",
+                           "docker-unreachable"),
         ) from None
 
 
-def _as_deploy_error(what: str, e: docker.errors.APIError) -> DeployFailed:
+def _as_deploy_error(what: str, e: docker.errors.APIError) -> ZdError:
+    if is_disk_full(e):
+        return disk_full(f"Docker refused {what}", _short(e))
     return DeployFailed(f"Docker refused {what}: {_short(e)}",
                         hint="check `docker ps -a` and the Docker daemon log")
 
@@ -192,6 +204,8 @@ class Slots:
                 # The HTTP status is 200 even when the build fails: errors come as chunks.
                 if "error" in chunk or "errorDetail" in chunk:
                     detail = chunk.get("errorDetail", {}).get("message") or chunk.get("error")
+                    if is_disk_full(str(detail)):
+                        raise disk_full(f"build failed at {step}", str(detail))
                     raise BuildFailed(
                         f"build failed at {step}: {str(detail).strip()}",
                         hint=f"fix {src.dockerfile} in {context}; the live slot is untouched",
@@ -205,6 +219,8 @@ class Slots:
                 if "aux" in chunk and "ID" in chunk["aux"]:
                     image_id = chunk["aux"]["ID"]
         except docker.errors.APIError as e:
+            if is_disk_full(e):
+                raise disk_full("build failed", _short(e)) from None
             raise BuildFailed(f"build failed: {_short(e)}",
                               hint="check the build context and Dockerfile") from None
         if image_id is None:
@@ -226,12 +242,16 @@ class Slots:
         try:
             for chunk in self.client.api.pull(repo, tag=tag, stream=True, decode=True):
                 if "error" in chunk:
+                    if is_disk_full(str(chunk["error"])):
+                        raise disk_full(f"pull of {ref} failed", str(chunk["error"]))
                     raise DeployFailed(f"pull of {ref} failed: {chunk['error']}",
                                        hint="check the image name, tag and registry login")
                 status = chunk.get("status", "")
                 if status and "id" not in chunk:
                     on_line(status)
         except docker.errors.APIError as e:
+            if is_disk_full(e):
+                raise disk_full(f"pull of {ref} failed", _short(e)) from None
             raise DeployFailed(f"pull of {ref} failed: {_short(e)}",
                                hint="check the image name, tag and registry login") from None
         return str(self.client.images.get(ref).id)
@@ -357,6 +377,8 @@ class Slots:
             self.client.containers.run(**kwargs)
         except docker.errors.APIError as e:
             self.remove(slot)
+            if is_disk_full(e):
+                raise disk_full(f"could not start {kwargs['name']}", _short(e)) from None
             raise DeployFailed(
                 f"could not start {kwargs['name']}: {_short(e)}",
                 hint=f"check the [container] settings (volumes, memory, cpus, user, "

@@ -18,7 +18,7 @@ from typing import Any
 
 from zdagent.config import AppConfig
 from zdagent.deploy import Engine
-from zdagent.errors import ZdError
+from zdagent.errors import ZdError, as_known
 from zdagent.events import Emit, Event
 from zdagent.store import Store, read_history
 
@@ -60,9 +60,11 @@ class Engines:
                 else:
                     result = engine.rollback(to=args["to"], wait=wait)
             return {"result": result.to_dict()}
-        except ZdError as e:
-            return {"error": {"message": e.message, "hint": e.hint, "exit_code": e.exit_code}}
         except Exception as e:  # report, never kill the daemon
+            known = as_known(e)  # ours, or a full disk: the operator's to fix
+            if known is not None:
+                return {"error": {"message": known.message, "hint": known.hint,
+                                  "exit_code": known.exit_code}}
             self.log(f"{cfg.name}: {what} failed unexpectedly:\n"
                      + traceback.format_exc().rstrip())
             return {"error": {"message": f"unexpected error: {type(e).__name__}: {e}",

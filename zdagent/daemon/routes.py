@@ -15,6 +15,7 @@ from zdagent.config import AppConfig, GitSource, check_version
 from zdagent.daemon.queue import Operation
 from zdagent.errors import ConfigError
 from zdagent.gitsource import check_ref
+from zdagent.runbook import with_link
 
 if TYPE_CHECKING:
     from zdagent.daemon.server import Daemon
@@ -60,7 +61,8 @@ class Routes:
         args = validate(rt.cfg, what, req.body)
         if args["no_wait"] and (rt.busy() or rt.queued):
             raise api.ApiError(409, f"{name} is busy: another operation is running",
-                               exit_code=1, hint="retry later, or drop --no-wait to queue")
+                               exit_code=1, hint=with_link("retry later, or drop --no-wait "
+                                                           "to queue", "lock-held"))
         op = Operation(what, args.get("version") or args.get("to"), req.peer.user, req.gone)
         return self.d.queue.submit(
             rt, op, lambda cfg, emit: self.d.engines.operate(cfg, emit, what, args, op.performer))

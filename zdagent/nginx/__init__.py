@@ -32,6 +32,7 @@ from zdagent.config import MANAGED_RE, AppConfig, managed_header
 from zdagent.errors import EnvironmentProblem, NginxError, ZdError
 from zdagent.events import Emit, Event
 from zdagent.probe import http_client
+from zdagent.runbook import with_link
 
 UPSTREAM_HEADER = "X-Zdagent-Upstream"
 # njs mode: idle upstream keep-alive connections close this soon, so a drain that waits for
@@ -216,7 +217,8 @@ class Nginx:
             pass
         raise EnvironmentProblem(
             f"nginx is not running (no live master in {pid_file})",
-            hint="start nginx, or point nginx.pid_file at its pid file",
+            hint=with_link("start nginx, or point nginx.pid_file at its pid file",
+                           "nginx-down"),
         )
 
     def workers(self) -> frozenset[int]:
