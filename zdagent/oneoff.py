@@ -246,7 +246,7 @@ def _pump(in_fd: int | None, sock: socket.socket, on_output: Callable[[bytes], N
             on_output(data)
         if writable:
             try:
-                pending = pending[sock.send(pending, socket.MSG_DONTWAIT):]
+                pending = pending[_send_some(sock, pending):]
             except BlockingIOError:
                 pass
             except OSError:  # the container closed its stdin: drop the rest
@@ -261,3 +261,11 @@ def _pump(in_fd: int | None, sock: socket.socket, on_output: Callable[[bytes], N
             shut = True
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
+
+
+def _send_some(sock: socket.socket, data: bytes) -> int:
+    """Send what fits now (select said the socket is writable), never waiting for more."""
+    try:
+        return sock.send(data, socket.MSG_DONTWAIT)
+    except ValueError:  # a TLS socket (DOCKER_HOST=tcp:// with TLS) takes no flags
+        return sock.send(data[:16384])
