@@ -157,6 +157,7 @@ class NginxConfig:
     standby_as_backup: bool
     reload_timeout: float
     switch_mode: str  # reload | njs
+    access_log: Path | None = None  # Nginx's JSON access log of the app (zdagent.traffic)
 
     @property
     def active_file(self) -> Path:
@@ -223,6 +224,23 @@ class SmokeCheck:
 
 
 @dataclass(frozen=True)
+class AnalysisConfig:
+    """Judging a release by its real traffic after a switch (zdagent.traffic.analysis).
+
+    Also the canary's policy: each step is judged with the same thresholds."""
+
+    enabled: bool
+    window: float  # seconds after a switch during which the new slot is judged
+    interval: float  # seconds between two checks
+    failures: int  # consecutive failed checks before the revert
+    min_requests: int  # fewer requests than this: no verdict yet
+    max_error_rate: float  # 5xx answers / requests, 0..1
+    max_p99: float  # seconds; 0 = no latency rule
+    baseline_factor: float  # new error rate > factor x previous version's; 0 = off
+    cooldown: float  # seconds after an analysis revert before the next one
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """Everything zdagent knows about one app, validated."""
 
@@ -238,6 +256,12 @@ class AppConfig:
     retain: int = 5  # image versions kept per app (zdagent.retention)
     hooks: HooksConfig = HooksConfig()
     smoke: tuple[SmokeCheck, ...] = ()
+    analysis: AnalysisConfig | None = None  # None: the [analysis] defaults (see .policy)
+
+    @property
+    def policy(self) -> AnalysisConfig:
+        """The traffic analysis policy: the app's [analysis] table with its defaults."""
+        return self.analysis or DEFAULT_ANALYSIS
 
     def slot_port(self, slot: str) -> int:
         return self.slots.blue_port if slot == "blue" else self.slots.green_port
@@ -582,6 +606,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "standby_as_backup": Key(True, _bool),
         "reload_timeout": Key(10.0, _num(0.5, 300)),
         "switch_mode": Key("reload", _choice("reload", "njs")),
+        # "" = /var/log/nginx/zdagent-<app>.log, rotated by Debian's logrotate for Nginx.
+        "access_log": Key("", _str(re.compile(r"^[^\s;'\"{}$\\]+$"),
+                                   "a file path without spaces, quotes, ';', '$' or braces",
+                                   empty=True)),
+    },
+    "analysis": {
+        "enabled": Key(True, _bool),
+        "window": Key(60.0, _num(1, 86400)),
+        "interval": Key(1.0, _num(0.1, 3600)),
+        "failures": Key(3, _int(1, 100)),
+        "min_requests": Key(20, _int(1, 10**9)),
+        "max_error_rate": Key(0.05, _num(0, 1)),
+        "max_p99": Key(2.0, _num(0, 3600)),
+        "baseline_factor": Key(3.0, _num(0, 1000)),
+        "cooldown": Key(300.0, _num(0, 86400)),
     },
     "hooks": {
         "release": Key([], _optional_argv),
@@ -603,6 +642,23 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
 }
 ARRAYS = frozenset({"smoke"})  # sections written as [[name]]: a list of tables
+
+
+def _analysis(values: Mapping[str, Any]) -> AnalysisConfig:
+    return AnalysisConfig(
+        enabled=values["enabled"], window=float(values["window"]),
+        interval=float(values["interval"]), failures=values["failures"],
+        min_requests=values["min_requests"], max_error_rate=float(values["max_error_rate"]),
+        max_p99=float(values["max_p99"]), baseline_factor=float(values["baseline_factor"]),
+        cooldown=float(values["cooldown"]))
+
+
+DEFAULT_ANALYSIS = _analysis({k: key.default for k, key in SCHEMA["analysis"].items()})
+
+
+def default_access_log(app: str) -> Path:
+    """Where Nginx writes the app's JSON access log unless ``nginx.access_log`` says."""
+    return Path(f"/var/log/nginx/zdagent-{app}.log")
 
 
 class _Reader:
@@ -704,6 +760,7 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
     wd = r.section("watchdog")
     hooks = _hooks(r.section("hooks"), base)
     smoke = tuple(_smoke_check(t) for t in r.tables("smoke"))
+    analysis = r.section("analysis")
 
     if slots["blue_port"] == slots["green_port"]:
         raise r.fail("slots.green_port", "must differ from slots.blue_port")
@@ -774,6 +831,8 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
             standby_as_backup=ngx["standby_as_backup"],
             reload_timeout=float(ngx["reload_timeout"]),
             switch_mode=ngx["switch_mode"],
+            access_log=(_resolve(base, ngx["access_log"]) if ngx["access_log"]
+                        else default_access_log(app["name"])),
         ),
         watchdog=WatchdogConfig(
             enabled=wd["enabled"], interval=float(wd["interval"]), failures=wd["failures"],
@@ -783,6 +842,7 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
         retain=app["retain"],
         hooks=hooks,
         smoke=smoke,
+        analysis=_analysis(analysis),
     )
 
 

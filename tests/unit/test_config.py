@@ -337,3 +337,27 @@ def test_good_public_urls(url):
     from zdagent.config import _url
 
     assert _url(url) is None
+
+
+def test_analysis_defaults_and_overrides(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL))
+    assert cfg.policy.enabled and cfg.policy.max_error_rate == 0.05
+    assert cfg.nginx.access_log == Path(f"/var/log/nginx/zdagent-{cfg.name}.log")
+    cfg = load_config(write(tmp_path, MINIMAL.replace(
+        "[nginx]", '[analysis]\nwindow = 10\nmax_error_rate = 0.1\n\n[nginx]\n'
+                   'access_log = "logs/web.json"')))
+    assert cfg.policy.window == 10.0 and cfg.policy.max_error_rate == 0.1
+    assert cfg.nginx.access_log == (tmp_path / "logs" / "web.json").resolve()
+
+
+@pytest.mark.parametrize(("section", "line", "key"), [
+    ("analysis", "max_error_rate = 1.5", "analysis.max_error_rate"),
+    ("analysis", "failures = 0", "analysis.failures"),
+    ("analysis", "windw = 3", "analysis.windw"),
+    ("nginx", 'access_log = "/var/log/a b.log"', "nginx.access_log"),
+    ("nginx", 'access_log = "/var/log/$host.log"', "nginx.access_log"),
+])
+def test_analysis_and_access_log_errors_name_the_key(tmp_path, section, line, key):
+    text = MINIMAL.replace("[nginx]", f"[{section}]\n{line}\n\n[nginx]") \
+        if section == "analysis" else MINIMAL.replace("[nginx]", f"[nginx]\n{line}")
+    assert f"{key}:" in error_of(tmp_path, text)

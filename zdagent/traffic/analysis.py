@@ -1,0 +1,95 @@
+"""Judging a release by its real traffic: pure decisions, no I/O.
+
+``judge`` is the one rule set (after Flagger's built-in checks: request success rate and p99
+per interval), used after every switch (``AfterSwitch``) and by the canary for each step with
+the stable slot as the baseline. A check without enough requests gives no verdict: a quiet
+site is never reverted on a handful of requests. A revert needs ``failures`` failed checks in
+a row, so one bad second does not move traffic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from zdagent.config import AnalysisConfig
+from zdagent.traffic.windows import Figures, ms
+
+# A baseline error rate below this counts as this in the baseline rule: against a clean
+# previous version (0 %), a single 5xx would otherwise be an infinite regression.
+BASELINE_FLOOR = 0.01
+
+
+def judge(new: Figures, baseline: Figures | None, policy: AnalysisConfig) -> str | None:
+    """Why ``new`` fails the policy (a one-line reason with the figures), or None.
+
+    ``baseline``: the previous (or stable) version's figures; its rule applies only when it
+    has ``min_requests`` itself and ``policy.baseline_factor`` is not 0.
+    """
+    if new.requests < policy.min_requests:
+        return None
+    rate = new.error_rate
+    if rate > policy.max_error_rate:
+        return (f"5xx {rate:.1%} over {new.requests} requests > "
+                f"{policy.max_error_rate * 100:g}%")
+    if policy.max_p99 and new.p99 is not None and new.p99 > policy.max_p99:
+        return (f"p99 {ms(new.p99)} over {new.requests} requests > "
+                f"{ms(policy.max_p99)}")
+    if (policy.baseline_factor and baseline is not None
+            and baseline.requests >= policy.min_requests):
+        limit = policy.baseline_factor * max(baseline.error_rate, BASELINE_FLOOR)
+        if rate > limit:
+            return (f"5xx {rate:.1%} over {new.requests} requests > "
+                    f"{policy.baseline_factor:g}x the previous version's "
+                    f"{baseline.error_rate:.1%} ({baseline.requests} requests)")
+    return None
+
+
+@dataclass
+class AfterSwitch:
+    """One switch under analysis: the new slot is judged until ``until``.
+
+    ``observe`` takes each check's figures and says when to revert (``failures`` failed
+    checks in a row); the figures and reason of the last failed check are kept for history.
+    """
+
+    slot: str  # the new live slot
+    standby: str | None  # the slot a revert goes back to
+    switched_at: float  # epoch seconds
+    baseline: Figures | None
+    policy: AnalysisConfig
+    failed_in_row: int = 0
+    checks: int = 0
+    reason: str | None = None
+    figures: Figures | None = None
+    verdict: str = "watching"  # watching | passed | failed | reverted | not-reverted
+
+    @property
+    def until(self) -> float:
+        return self.switched_at + self.policy.window
+
+    def observe(self, figures: Figures, now: float) -> bool:
+        """One check; True when the release must be reverted now."""
+        if self.verdict != "watching":
+            return False
+        self.checks += 1
+        self.figures = figures
+        reason = judge(figures, self.baseline, self.policy)
+        if reason is None:
+            self.failed_in_row = 0
+            if now >= self.until:
+                self.verdict = "passed"
+            return False
+        self.failed_in_row += 1
+        self.reason = reason
+        if self.failed_in_row >= self.policy.failures:
+            self.verdict = "failed"
+            return True
+        return False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"slot": self.slot, "standby": self.standby, "switched_at": self.switched_at,
+                "until": self.until, "verdict": self.verdict, "checks": self.checks,
+                "failed_in_row": self.failed_in_row, "reason": self.reason,
+                "figures": self.figures.to_dict() if self.figures else None,
+                "baseline": self.baseline.to_dict() if self.baseline else None}
