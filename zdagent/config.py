@@ -1030,6 +1030,12 @@ def pool_name(app: str, slot: str) -> str:
     return f"zdagent__{slot}_" + app.replace("-", "_")
 
 
+def log_format_name(app: str) -> str:
+    """The app's JSON ``log_format``, ``zdagent_json_<app>`` (log formats have their own
+    namespace in Nginx, so only other log formats could clash: app names are unique)."""
+    return "zdagent_json_" + app.replace("-", "_")
+
+
 def pool_variable(app: str) -> str:
     """njs mode: the variable (without '$') naming the live pool, ``zdagent__pool_<app>``."""
     return "zdagent__pool_" + app.replace("-", "_")

@@ -71,6 +71,33 @@ def table(rows: list[list[str]]) -> list[str]:
             for row in rows]
 
 
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f}ms"
+
+
+def traffic_lines(paint: Painter, t: dict[str, Any] | None, daemon: bool) -> list[str]:
+    """Per-slot figures of the last minute from Nginx's access log, and the analysis."""
+    if not t:
+        return [] if daemon else ["traffic: figures need the daemon (`zdagent daemon`)"]
+    rows = [["slot", "requests", "5xx", "5xx rate", "p50", "p99"]]
+    for slot, f in t["slots"].items():
+        rows.append([slot, str(f["requests"]), str(f["errors"]), f"{f['error_rate']:.1%}",
+                     _ms(f["p50"]), _ms(f["p99"])])
+    out = [f"traffic (last {t['window_seconds']}s, from {t['access_log']}):"]
+    if len(rows) > 1:
+        out += [f"  {line}" for line in table(rows)]
+    else:
+        out.append("  no requests yet")
+    if t.get("error"):
+        out.append(paint("yellow", f"! {t['error']}"))
+    a = t.get("analysis")
+    if a:
+        why = f": {a['reason']}" if a.get("reason") and a["verdict"] != "passed" else ""
+        out.append(f"analysis of {a['slot']} since {ago(a['switched_at'])}: "
+                   f"{a['verdict']}{why}")
+    return out
+
+
 def status_text(paint: Painter, data: dict[str, Any]) -> str:
     """``zdagent status`` for people (``--json`` prints ``data`` itself)."""
     live = data["live_slot"]
@@ -94,6 +121,7 @@ def status_text(paint: Painter, data: dict[str, Any]) -> str:
     if data["drift"]:
         anchor = "nginx-down" if not r["nginx_running"] else "drift"
         lines.append(paint("dim", f"  ({link(anchor)})"))
+    lines.extend(traffic_lines(paint, data.get("traffic"), bool(data.get("daemon"))))
     d, w = data.get("daemon"), data.get("watchdog")
     if d:
         anchor = WATCHDOG_STATES.get(w["status"]) if w else None

@@ -47,6 +47,7 @@ class Routes:
             pools = self.d.pools
             data = await pools.run(pools.reads, self.d.engines.status, rt.cfg)
             data["watchdog"] = self.d.app_status(name, rt)
+            data["traffic"] = data["watchdog"].get("traffic")
             data["daemon"] = self.d.status()["daemon"]
             return data
         if what == "history":

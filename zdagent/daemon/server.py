@@ -32,6 +32,8 @@ from zdagent.daemon.routes import Routes
 from zdagent.daemon.supervise import Supervised
 from zdagent.errors import EnvironmentProblem, ZdError
 from zdagent.notify import Notifier
+from zdagent.store import read_history
+from zdagent.traffic.monitor import TrafficHooks, TrafficState, monitor
 from zdagent.watchdog import WatchHooks, watch
 
 STOP_WATCH_TIMEOUT = 10.0  # short: the main loop (and systemd's watchdog) waits meanwhile
@@ -48,6 +50,10 @@ class Watcher:
 
     task: Supervised
     stop: asyncio.Event
+    traffic: Supervised | None = None  # the app's traffic figures and analysis (same stop)
+
+    def tasks(self) -> list[Supervised]:
+        return [self.task] if self.traffic is None else [self.task, self.traffic]
 
 
 class Daemon:
@@ -72,6 +78,7 @@ class Daemon:
         self.reloads = 0
         self.background: set[asyncio.Task[None]] = set()
         self.recovering: set[str] = set()  # added on SIGHUP, not watched until recovered
+        self.traffic: dict[str, TrafficState] = {}
 
     def stopping(self) -> bool:
         return self.stop.is_set()
@@ -281,7 +288,11 @@ class Daemon:
         task = Supervised(f"watch {name}", lambda: watch(cfg, rt.state, self._hooks(rt), stop),
                           log, failed)
         task.start()
-        self.watchers[name] = Watcher(task, stop)
+        traffic = self.traffic[name] = TrafficState()
+        follow = Supervised(f"traffic {name}",
+                            lambda: monitor(cfg, traffic, self._traffic_hooks(rt), stop), log)
+        follow.start()
+        self.watchers[name] = Watcher(task, stop, follow)
 
     async def _stop_watch(self, name: str) -> None:
         watcher = self.watchers.pop(name, None)
@@ -290,6 +301,10 @@ class Daemon:
 
     async def _stop_watcher(self, name: str, watcher: Watcher) -> None:
         watcher.stop.set()
+        if watcher.traffic is not None:
+            await watcher.traffic.stop(STOP_WATCH_TIMEOUT)
+            if watcher.traffic.task is not None and not watcher.traffic.task.done():
+                self._track(watcher.traffic.task)  # mid-revert: ends with its engine call
         await watcher.task.stop(STOP_WATCH_TIMEOUT)
         task = watcher.task.task
         if task is not None and not task.done():  # mid-action: it ends with its thread
@@ -303,10 +318,10 @@ class Daemon:
         task.add_done_callback(self.background.discard)
 
     def all_alive(self) -> bool:
-        return all(w.task.alive for w in self.watchers.values())
+        return all(t.alive for w in self.watchers.values() for t in w.tasks())
 
     def tasks_supervised(self) -> bool:
-        return all(w.task.supervised for w in self.watchers.values())
+        return all(t.supervised for w in self.watchers.values() for t in w.tasks())
 
     def _hooks(self, rt: AppRuntime) -> WatchHooks:
         async def revert(reason: str, expected_live: str | None = None) -> str | None:
@@ -316,6 +331,19 @@ class Daemon:
             return await self._watchdog_action(rt, "restart_live", reason, expected_live)
 
         return WatchHooks(busy=rt.busy, revert=revert, restart=restart, log=log)
+
+    def _traffic_hooks(self, rt: AppRuntime) -> TrafficHooks:
+        cfg = rt.cfg
+
+        async def revert(reason: str, expected_live: str) -> str | None:
+            return await self._watchdog_action(rt, "auto_revert", reason, expected_live)
+
+        async def last_switch() -> tuple[str, str | None] | None:
+            rows = await self.pools.run(self.pools.reads, read_history, cfg.state_dir,
+                                        cfg.name, 1)
+            return (rows[0]["kind"], rows[0]["slot"]) if rows else None
+
+        return TrafficHooks(revert=revert, last_switch=last_switch, log=log)
 
     async def _watchdog_action(self, rt: AppRuntime, method: str, reason: str,
                                expected_live: str | None) -> str | None:
@@ -342,8 +370,12 @@ class Daemon:
 
     def app_status(self, name: str, rt: AppRuntime) -> dict[str, Any]:
         watcher = self.watchers.get(name)
+        traffic = self.traffic.get(name)
         return {**rt.state.to_dict(), "config": str(rt.cfg.path), "busy": rt.busy(),
-                "queued": rt.queued, "task": watcher.task.to_dict() if watcher else None}
+                "queued": rt.queued, "task": watcher.task.to_dict() if watcher else None,
+                "traffic": traffic.to_dict() if traffic else None,
+                "traffic_task": watcher.traffic.to_dict() if watcher and watcher.traffic
+                else None}
 
     def status(self) -> dict[str, Any]:
         return {"daemon": {"pid": os.getpid(), "version": __version__, "since": self.started,

@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from zdagent import config as _config
 from zdagent.config import AppConfig
 from zdagent.errors import EnvironmentProblem, NginxError, ZdError
 from zdagent.events import Event
@@ -278,6 +279,7 @@ def _site(cfg: AppConfig, template: str) -> str:
         cfg.nginx.site_template, template, **template_names(cfg),
         active_file=str(cfg.nginx.active_file), upstream_file=str(cfg.nginx.upstream_file),
         listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
+        access_log=str(cfg.nginx.access_log), log_format=_config.log_format_name(cfg.name),
     )
 
 

@@ -1,0 +1,100 @@
+"""The access-log follower: new lines only, through rename and truncation, bad lines skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from zdagent.traffic.follow import START_TAIL, LogFollower, feed, parse
+from zdagent.traffic.windows import TrafficWindows
+
+T0 = 1_700_000_000.0
+PORTS = {18001: "blue", 18002: "green"}
+
+
+def line(status: int = 200, port: int = 18001, t: float = T0, ut: str = "0.010") -> str:
+    return json.dumps({"t": t, "s": status, "rt": 0.02, "ut": ut,
+                       "ua": f"127.0.0.1:{port}"}) + "\n"
+
+
+def append(path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
+
+
+def test_reads_only_complete_new_lines(tmp_path):
+    log = tmp_path / "a.log"
+    log.write_text(line())
+    f = LogFollower(log)
+    assert len(f.read()) == 1
+    assert f.read() == []
+    append(log, line()[:10])  # Nginx mid-write: half a line waits for its end
+    assert f.read() == []
+    append(log, line()[10:] + line())
+    assert len(f.read()) == 2
+    f.close()
+
+
+def test_survives_rename_and_reopen(tmp_path):
+    log = tmp_path / "a.log"
+    log.write_text(line())
+    f = LogFollower(log)
+    assert len(f.read()) == 1
+    append(log, line())  # written just before the rotation: read from the old file
+    os.rename(log, tmp_path / "a.log.1")
+    assert len(f.read()) == 1  # the new file is not there yet: keep the old one
+    append(tmp_path / "a.log.1", line())  # Nginx writes to the old file until reopen
+    log.write_text(line() + line() + line())
+    assert len(f.read()) == 4  # the old file's rest, then the new one from its start
+    assert f.rotations == 1
+    append(log, line())
+    assert len(f.read()) == 1
+    f.close()
+
+
+def test_survives_truncation(tmp_path):
+    log = tmp_path / "a.log"
+    log.write_text(line() * 5)
+    f = LogFollower(log)
+    assert len(f.read()) == 5
+    log.write_text(line())  # copytruncate: same inode, shorter
+    assert len(f.read()) == 1 and f.rotations == 1
+    f.close()
+
+
+def test_missing_file_is_retried(tmp_path):
+    log = tmp_path / "a.log"
+    f = LogFollower(log)
+    assert f.read() == [] and f.fd is None
+    log.write_text(line())
+    assert len(f.read()) == 1
+    f.close()
+
+
+def test_starts_near_the_end_of_a_big_file(tmp_path):
+    log = tmp_path / "a.log"
+    one = line()
+    log.write_text(one * (2 * START_TAIL // len(one)))
+    f = LogFollower(log)
+    lines = f.read()
+    assert all(json.loads(x) for x in lines)  # the half line at the cut is dropped
+    assert len(lines) < START_TAIL // len(one) + 1
+    f.close()
+
+
+def test_parse_takes_the_last_try_and_the_upstream_time():
+    rec = json.dumps({"t": T0, "s": 502, "rt": 2.5, "ut": "2.001, 0.004",
+                      "ua": "127.0.0.1:18001, 127.0.0.1:18002"}).encode()
+    assert parse(rec) == (T0, 502, 0.004, 18002)
+    rec = json.dumps({"t": T0, "s": 499, "rt": 0.3, "ut": "-", "ua": "-"}).encode()
+    assert parse(rec) == (T0, 499, 0.3, None)
+
+
+def test_feed_counts_bad_lines_and_foreign_upstreams():
+    w = TrafficWindows()
+    lines = [line(500).encode().strip(), line(200, 18002).encode().strip(), b"not json",
+             b'{"t": 1}', b"[1,2]", line(200, 9999).encode().strip(), b""]
+    feed(w, lines, PORTS)
+    assert w.bad_lines == 3 and w.unrouted == 1 and w.lines == 6
+    assert w.figures("blue", T0).errors == 1
+    assert w.figures("green", T0).requests == 1

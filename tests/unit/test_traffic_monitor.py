@@ -1,0 +1,153 @@
+"""The traffic task's decisions over real files: which switches are analysed, when it reverts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from zdagent.config import load_config
+from zdagent.nginx import render_upstream
+from zdagent.traffic.follow import LogFollower
+from zdagent.traffic.monitor import TrafficHooks, TrafficState, tick
+from zdagent.watchdog import RoutedSlot
+
+CONFIG = """
+[app]
+name = "web"
+state_dir = "state"
+[source]
+image = "registry.local/web"
+[container]
+port = 8080
+[slots]
+blue_port = 18001
+green_port = 18002
+[nginx]
+upstream_file = "up.conf"
+access_log = "access.json"
+[analysis]
+window = 30
+failures = 2
+min_requests = 10
+cooldown = 100
+"""
+
+
+class App:
+    def __init__(self, tmp_path, last=("deploy", "green")) -> None:
+        (tmp_path / "web.toml").write_text(CONFIG)
+        self.cfg = load_config(tmp_path / "web.toml")
+        self.route("blue")
+        self.cfg.nginx.access_log.write_text("")
+        self.state = TrafficState()
+        self.reverts: list[tuple[str, str]] = []
+        self.refuse: str | None = None
+        self.last = last
+        self.follower = LogFollower(self.cfg.nginx.access_log)
+        self.routed = RoutedSlot(self.cfg)
+        self.state.routed = self.routed.get()
+
+    def route(self, slot: str) -> None:
+        self.cfg.nginx.upstream_file.write_text(render_upstream(self.cfg, slot, None))
+
+    def requests(self, slot: str, n: int, errors_every: int = 0) -> None:
+        port = self.cfg.slot_port(slot)
+        with self.cfg.nginx.access_log.open("a") as f:
+            for i in range(n):
+                status = 500 if errors_every and i % errors_every == 0 else 200
+                f.write(json.dumps({"t": time.time(), "s": status, "rt": 0.01, "ut": "0.01",
+                                    "ua": f"127.0.0.1:{port}"}) + "\n")
+
+    def tick(self) -> None:
+        async def revert(reason: str, expected: str) -> str | None:
+            if self.refuse:
+                return self.refuse
+            self.reverts.append((reason, expected))
+            return None
+
+        async def last_switch():
+            return self.last
+
+        hooks = TrafficHooks(revert=revert, last_switch=last_switch, log=lambda _m: None)
+        asyncio.run(tick(self.cfg, self.state, hooks, self.follower, self.routed,
+                         {18001: "blue", 18002: "green"}))
+
+
+@pytest.fixture
+def app(tmp_path):
+    a = App(tmp_path)
+    yield a
+    a.follower.close()
+
+
+def test_bad_release_is_reverted_with_its_figures(app):
+    app.requests("blue", 50)
+    app.tick()
+    app.route("green")
+    app.tick()
+    assert app.state.analysis and app.state.analysis.slot == "green"
+    assert app.state.analysis.baseline.requests == 50
+    app.requests("green", 50, errors_every=5)
+    app.tick()
+    assert app.reverts == []  # one failed check: not yet
+    app.tick()
+    (reason, expected), = app.reverts
+    assert expected == "green"
+    assert reason.startswith("analysis: 5xx 20.0% over 50 requests > 5% (green since the "
+                             "switch: 50 requests, 5xx 20.0%")
+    assert "previous blue: 50 requests, 5xx 0.0%" in reason
+    assert app.state.analysis.verdict == "reverted" and app.state.reverts == 1
+
+
+def test_good_release_and_low_background_errors_are_kept(app):
+    app.route("green")
+    app.tick()
+    for _ in range(5):
+        app.requests("green", 100, errors_every=100)  # 1 %
+        app.tick()
+    assert app.reverts == [] and app.state.analysis.verdict == "watching"
+
+
+def test_refused_revert_is_retried(app):
+    app.route("green")
+    app.tick()
+    app.refuse = "the standby blue is not healthy"
+    app.requests("green", 50, errors_every=2)
+    app.tick()
+    app.tick()
+    assert app.reverts == [] and "revert refused" in app.state.analysis.reason
+    app.refuse = None
+    app.tick()
+    assert len(app.reverts) == 1
+
+
+def test_cooldown_blocks_a_second_analysis_revert(app):
+    app.state.cooldown_until = time.time() + 100
+    app.route("green")
+    app.tick()
+    app.requests("green", 50, errors_every=2)
+    app.tick()
+    app.tick()
+    assert app.reverts == [] and app.state.analysis.verdict == "failed"
+
+
+@pytest.mark.parametrize("last", [("auto-revert", "green"), ("deploy", "blue"), None])
+def test_automatic_or_foreign_switches_are_not_analysed(tmp_path, last):
+    a = App(tmp_path, last=last)
+    a.route("green")
+    a.tick()
+    assert a.state.analysis is None
+    a.follower.close()
+
+
+def test_a_new_switch_supersedes_the_analysis(app):
+    app.route("green")
+    app.tick()
+    first = app.state.analysis
+    app.last = ("rollback", "blue")
+    app.route("blue")
+    app.tick()
+    assert first.verdict == "superseded" and app.state.analysis.slot == "blue"

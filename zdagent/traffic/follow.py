@@ -1,0 +1,138 @@
+"""Follow Nginx's JSON access log of one app, through log rotation, into traffic windows.
+
+``LogFollower.read`` is called on a timer: it returns the complete lines written since the
+last call and never blocks (a regular file read of what is there, bounded per call). It
+survives rotation: when the path names another file (logrotate's rename + ``nginx -s
+reopen``) the rest of the old file is read first, then the new one from its start; when the
+file shrank (``copytruncate``) it is read again from its start. A missing file is retried
+on the next call. ``feed`` parses each line; a bad line is counted and skipped, never raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+from zdagent.nginx import answering_upstream
+from zdagent.traffic.windows import TrafficWindows
+
+MAX_READ = 4 << 20  # bytes per call: one busy second of a busy site; the rest comes next call
+MAX_LINE = 64 << 10  # a longer "line" is garbage: dropped, not buffered without bound
+START_TAIL = 1 << 20  # on start, read back this much: the last minute's figures, not all history
+
+
+class LogFollower:
+    """The lines appended to ``path``; see the module doc for rotation."""
+
+    def __init__(self, path: Path, *, from_start: bool = False) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.ino: tuple[int, int] | None = None
+        self.pos = 0
+        self.partial = b""
+        self.rotations = 0
+        self.from_start = from_start  # the first open reads the whole file (tests)
+        self.dropped = 0  # over-long lines
+        self._skip_partial = False  # started mid-file: drop the first, partial line
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _open(self, *, first: bool) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return False
+        st = os.fstat(fd)
+        self.fd, self.ino = fd, (st.st_dev, st.st_ino)
+        self.pos = 0
+        if first and not self.from_start and st.st_size > START_TAIL:
+            self.pos = st.st_size - START_TAIL
+            self.partial = b""
+            self._skip_partial = True
+        return True
+
+    def read(self) -> list[bytes]:
+        """Complete new lines (without newline) since the last call."""
+        if self.fd is None and not self._open(first=self.ino is None):
+            return []
+        lines = self._drain()
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return lines  # rotated away, not yet recreated: keep the old file, look again
+        if (st.st_dev, st.st_ino) != self.ino:  # rotated: finish the old file, then the new
+            lines += self._drain()
+            self.close()
+            self.partial = b""
+            self.rotations += 1
+            if self._open(first=False):
+                lines += self._drain()
+        elif st.st_size < self.pos:  # truncated in place
+            self.pos, self.partial = 0, b""
+            self.rotations += 1
+            lines += self._drain()
+        return lines
+
+    def _drain(self) -> list[bytes]:
+        assert self.fd is not None
+        data = os.pread(self.fd, MAX_READ, self.pos)
+        if not data:
+            return []
+        self.pos += len(data)
+        chunk = self.partial + data
+        *lines, self.partial = chunk.split(b"\n")
+        if self._skip_partial and lines:  # started mid-file: the first piece is half a line
+            lines = lines[1:]
+            self._skip_partial = False
+        if len(self.partial) > MAX_LINE:
+            self.partial = b""
+            self.dropped += 1
+        return lines
+
+
+def parse(line: bytes) -> tuple[float, int, float, int | None] | None:
+    """(end time, status, latency s, upstream port or None) from one JSON line; None if bad.
+
+    The latency is the upstream's (the app's own time) when Nginx reached one, else the whole
+    request's. ``$upstream_addr``/``$upstream_response_time`` list every try ("a, b"): the
+    last one answered.
+    """
+    try:
+        rec = json.loads(line)
+        when, status = float(rec["t"]), int(rec["s"])
+        latency = float(rec["rt"])
+        addr = answering_upstream(str(rec.get("ua") or ""))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    upstream = answering_upstream(str(rec.get("ut") or ""))
+    if upstream and upstream != "-":  # "-": no upstream answered; keep the request time
+        with contextlib.suppress(ValueError):
+            latency = float(upstream)
+    port = None
+    if addr and ":" in addr:
+        tail = addr.rsplit(":", 1)[1]
+        port = int(tail) if tail.isdigit() else None
+    return when, status, latency, port
+
+
+def feed(windows: TrafficWindows, lines: list[bytes], slot_for_port: dict[int, str]) -> None:
+    """Count each line into its slot's window; bad lines and foreign upstreams are counted."""
+    for line in lines:
+        if not line.strip():
+            continue
+        windows.lines += 1
+        rec = parse(line)
+        if rec is None:
+            windows.bad_lines += 1
+            continue
+        when, status, latency, port = rec
+        slot = slot_for_port.get(port) if port is not None else None
+        if slot is None:
+            windows.unrouted += 1
+            continue
+        windows.add(slot, when, status, latency)
