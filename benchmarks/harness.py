@@ -175,5 +175,6 @@ pid_file = "{nginx.pid_file}"
 public_url = "http://127.0.0.1:{port}/"
 listen = "127.0.0.1:{port}"
 reload_timeout = 10
+access_log = "{nginx.prefix / 'zdagent' / f'{name}.access.json'}"
 {extra}
 """

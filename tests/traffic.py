@@ -17,6 +17,7 @@ class RequestLoop:
     url: str
     max_seconds: float = 30.0
     max_requests: int = 100_000
+    counter: bool = False  # send ?n=<request number>: the sample app's errors are then exact
     failures: list[str] = field(default_factory=list)
     versions: Counter[str] = field(default_factory=Counter)
     total: int = 0
@@ -40,7 +41,7 @@ class RequestLoop:
                    and self.total < self.max_requests):
                 self.total += 1
                 try:
-                    r = client.get(self.url)
+                    r = client.get(f"{self.url}?n={self.total}" if self.counter else self.url)
                 except httpx.HTTPError as e:
                     self.failures.append(f"{type(e).__name__}: {e}")
                     continue

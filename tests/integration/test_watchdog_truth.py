@@ -80,8 +80,10 @@ def error_images(docker_client, tmp_path_factory):
 def test_occasional_503s_from_the_app_go_to_the_client_not_to_the_standby(
         make_app, daemon_factory, docker_client, error_images):
     """5 % of requests answer 503 for a bounded period: no revert, ~0 traffic on the standby."""
+    # Traffic analysis would rightly judge 5 % of 503s right after a deploy a bad release
+    # (tests/integration/test_analysis.py); this test is about the watchdog alone.
     app = make_app(source=f'[source]\nimage = "{error_images}"\npull = "never"',
-                   extra=FAST_WATCHDOG)
+                   extra=FAST_WATCHDOG + "\n[analysis]\nenabled = false\n")
     d = daemon_factory([app]).start()
     app.ok("deploy", "v1")
     app.ok("deploy", "v2")
