@@ -340,7 +340,8 @@ def _history_local(cfg: AppConfig, limit: int) -> list[dict[str, Any]]:
 
 def _render_history(name: str, records: list[dict[str, Any]]) -> None:
     table = Table(title=f"zdagent history: {name}", title_justify="left")
-    for col in ("#", "when", "kind", "version", "slot", "outcome", "took", "by", "error"):
+    for col in ("#", "when", "kind", "version", "slot", "outcome", "took", "by",
+                "error / reason"):
         table.add_column(col, overflow="fold")
     for r in records:
         started, finished = r["started_at"], r.get("finished_at")
@@ -349,7 +350,8 @@ def _render_history(name: str, records: list[dict[str, Any]]) -> None:
                       r["kind"], r.get("version") or "-",
                       f"{r.get('from_slot') or '-'}→{r.get('slot')}", r["outcome"], took,
                       r.get("user") or "-",
-                      r.get("error") or (f"note: {r['notes']}" if r.get("notes") else ""))
+                      r.get("error") or (f"note: {r['notes']}" if r.get("notes") else "")
+                      or r.get("reason") or "")
     out.print(table)
 
 

@@ -187,6 +187,10 @@ class RoutedSlot:
             self._key = key
         return self._slot
 
+    def changed_at(self) -> float | None:
+        """When the routing file last changed (epoch s), as of the last ``get``."""
+        return self._key[0] / 1e9 if self._key else None
+
 
 @dataclass
 class WatchHooks:
