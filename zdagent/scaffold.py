@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from zdagent.config import APP_NAME_RE, load_config
+from zdagent.config import APP_NAME_RE, default_access_log, load_config
 from zdagent.errors import ConfigError, EnvironmentProblem, UsageError
 from zdagent.nginx import atomic_write, render_site, render_upstream
 
@@ -213,9 +213,16 @@ upstream_file = {_q(str(r / f'etc/nginx/zdagent/{o.app}.upstream.conf'))}
 listen = {_q(o.listen)}
 server_name = {_q(o.server_name)}
 public_url = {_q(public_url(o.listen))}
-# {why}
+{_access_log_line(o)}# {why}
 switch_mode = {_q(o.switch_mode or "reload")}
 """
+
+
+def _access_log_line(o: InitOptions) -> str:
+    """Under a --root other than /, the access log goes there too (else the default)."""
+    if o.root == Path("/"):
+        return ""
+    return f"access_log = {_q(str(o.root / f'var/log/nginx/zdagent-{o.app}.log'))}\n"
 
 
 def unit_text(executable: str, group: str = DEFAULT_GROUP) -> str:
@@ -263,6 +270,8 @@ def plan(o: InitOptions, executable: str) -> list[Planned]:
         Planned(r / f"etc/nginx/sites-enabled/zdagent-{o.app}.conf", None,
                 link=f"../sites-available/zdagent-{o.app}.conf"),
         Planned(cfg.nginx.upstream_file, render_upstream(cfg, None, None), keep_existing=True),
+        # Nginx opens it at `nginx -t`: its directory must exist; an existing log is kept.
+        Planned(cfg.nginx.access_log or default_access_log(o.app), "", keep_existing=True),
         Planned(unit, unit_text(executable, o.group)),
         Planned(r / "etc/systemd/system/multi-user.target.wants/zdagent.service", None,
                 link="/etc/systemd/system/zdagent.service"),

@@ -44,7 +44,9 @@ def test_init_writes_valid_files_and_refuses_to_overwrite(tmp_path, group):
     assert p.returncode == 0, p.stderr
     written = [line.split()[1] for line in p.stdout.splitlines()
                if line.startswith(("wrote", "linked"))]
-    assert len(written) == 7  # config, site (+link), upstream, unit (+link), gate log
+    # config, site (+link), upstream, the site's access log, unit (+link), gate log
+    assert len(written) == 8
+    assert str(root / "var/log/nginx/zdagent-web.log") in written
     # the deploy group reads the config and appends to the gate log; nobody else does
     cfg_stat = (root / "etc/zdagent/apps/web.toml").stat()
     assert grp.getgrgid(cfg_stat.st_gid).gr_name == group
