@@ -8,26 +8,14 @@ import time
 
 import pytest
 
+from tests.unit.test_config import MINIMAL
 from zdagent.config import load_config
 from zdagent.nginx import render_upstream
 from zdagent.traffic.follow import LogFollower
 from zdagent.traffic.monitor import TrafficHooks, TrafficState, tick
 from zdagent.watchdog import RoutedSlot
 
-CONFIG = """
-[app]
-name = "web"
-state_dir = "state"
-[source]
-image = "registry.local/web"
-[container]
-port = 8080
-[slots]
-blue_port = 18001
-green_port = 18002
-[nginx]
-upstream_file = "up.conf"
-access_log = "access.json"
+CONFIG = MINIMAL + """access_log = "access.json"
 [analysis]
 window = 30
 failures = 2
