@@ -256,12 +256,12 @@ class AppConfig:
     retain: int = 5  # image versions kept per app (zdagent.retention)
     hooks: HooksConfig = HooksConfig()
     smoke: tuple[SmokeCheck, ...] = ()
-    analysis: AnalysisConfig | None = None  # None: the [analysis] defaults (see .policy)
+    analysis: AnalysisConfig = field(default_factory=lambda: DEFAULT_ANALYSIS)
 
     @property
     def policy(self) -> AnalysisConfig:
-        """The traffic analysis policy: the app's [analysis] table with its defaults."""
-        return self.analysis or DEFAULT_ANALYSIS
+        """The traffic analysis policy (``[analysis]``): what ``judge`` applies."""
+        return self.analysis
 
     def slot_port(self, slot: str) -> int:
         return self.slots.blue_port if slot == "blue" else self.slots.green_port
