@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(docker.io nginx libnginx-mod-http-js busybox-static docker-registry openssh-server wrk git
           python3-venv passwd
-          curl)
+          curl chromium)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

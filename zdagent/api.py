@@ -78,8 +78,19 @@ class Request:
     query: dict[str, list[str]]
     body: dict[str, Any]
     peer: Peer = field(default_factory=Peer)
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
     # Set when the client closed its end: a queued operation it asked for is cancelled.
     gone: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A reply that is not JSON: a page, a stylesheet, Prometheus' text format."""
+
+    body: bytes
+    content_type: str
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class ApiError(Exception):
@@ -91,7 +102,7 @@ class ApiError(Exception):
         self.hint = hint
 
 
-Reply = dict[str, Any] | AsyncIterator[dict[str, Any]]
+Reply = dict[str, Any] | Raw | AsyncIterator[dict[str, Any]]
 Handler = Callable[[Request], Awaitable[Reply]]
 Log = Callable[[str], None]
 
@@ -164,8 +175,9 @@ async def read_request(reader: asyncio.StreamReader, limits: Limits,
             return None
     assert head is not None
     url = urlsplit(head.target.decode("ascii", "replace"))
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers}
     return Request(head.method.decode("ascii"), url.path, parse_qs(url.query),
-                   parse_body(bytes(body), limits), peer or Peer())
+                   parse_body(bytes(body), limits), peer or Peer(), headers)
 
 
 def _check_head(event: h11.Request, limits: Limits) -> None:
@@ -191,11 +203,17 @@ def peer_of(writer: asyncio.StreamWriter) -> Peer:
 
 # --- answering ----------------------------------------------------------------------------
 
-def _head(status: int, content_type: str, length: int | None = None) -> bytes:
+def _head(status: int, content_type: str, length: int | None = None,
+          extra: tuple[tuple[str, str], ...] = ()) -> bytes:
     reason = http.client.responses.get(status, "")
     size = f"Content-Length: {length}\r\n" if length is not None else ""
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n{size}"
+    more = "".join(f"{k}: {v}\r\n" for k, v in extra)
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n{size}{more}"
             "Connection: close\r\n\r\n").encode()
+
+
+def raw_reply(reply: Raw) -> bytes:
+    return _head(reply.status, reply.content_type, len(reply.body), reply.headers) + reply.body
 
 
 def json_reply(status: int, data: dict[str, Any]) -> bytes:
@@ -287,6 +305,9 @@ class Server:
             return
         if isinstance(reply, dict):
             await self._send(writer, json_reply(200, reply))
+            return
+        if isinstance(reply, Raw):
+            await self._send(writer, raw_reply(reply))
             return
         try:
             if not await self._send(writer, _head(200, "application/x-ndjson")):

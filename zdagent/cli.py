@@ -433,11 +433,19 @@ def daemon(
     socket_group: Annotated[str | None, typer.Option(
         help="Group that owns the control socket (mode 0660); its members may deploy.")
     ] = None,
+    http: Annotated[str | None, typer.Option(
+        metavar="ADDR:PORT", envvar="ZDAGENT_HTTP",
+        help="Serve the status page and Prometheus /metrics there, e.g. 127.0.0.1:9361 "
+             "(off by default). A non-loopback address needs --http-token-file.")] = None,
+    http_token_file: Annotated[Path | None, typer.Option(
+        help="File holding the bearer token that /api/status and /metrics ask for.")
+    ] = None,
 ) -> None:
     """Run the daemon: watchdog + control socket for every app in the config directory.
 
     Meant for systemd (Type=notify, see systemd/zdagent.service): READY=1 once every app
-    was reconciled, STATUS= kept current, WATCHDOG=1 from the main loop.
+    was reconciled, STATUS= kept current, WATCHDOG=1 from the main loop. With --http, a
+    read-only status page and Prometheus metrics (reach 127.0.0.1 with `ssh -L`).
     """
     from zdagent import daemon as daemon_mod
     from zdagent.client import DEFAULT_SOCKET
@@ -445,7 +453,7 @@ def daemon(
 
     with _guard():
         daemon_mod.run(Path(config_dir) if config_dir else DEFAULT_CONFIG_DIR,
-                       Path(socket or DEFAULT_SOCKET), socket_group)
+                       Path(socket or DEFAULT_SOCKET), socket_group, http, http_token_file)
 
 
 @app.command()

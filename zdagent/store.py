@@ -219,6 +219,13 @@ class Store:
         ).fetchall()
         return [self._record(r) for r in rows]
 
+    def history_since(self, app: str, after_id: int) -> list[DeployRecord]:
+        """``app``'s records newer than ``after_id``, oldest first (metrics follow these)."""
+        rows = self._db.execute(
+            "SELECT * FROM deploys WHERE app=? AND id>? ORDER BY id", (app, after_id)
+        ).fetchall()
+        return [self._record(r) for r in rows]
+
     def get(self, deploy_id: int) -> DeployRecord | None:
         row = self._db.execute("SELECT * FROM deploys WHERE id=?", (deploy_id,)).fetchone()
         return self._record(row) if row else None

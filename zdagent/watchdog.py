@@ -56,6 +56,7 @@ class WatchState:
     last_restart: float | None = None
     failed_actions: int = 0
     checks: int = 0  # probe rounds done: tests and status see the loop advance
+    live: str | None = None  # the slot Nginx's config routed to at the last round
 
     def set(self, status: str, reason: str | None = None) -> None:
         """Enter ``status``; the reason is replaced too, so the text is never stale."""
@@ -77,7 +78,7 @@ class WatchState:
                 "reverts": len(self.reverts), "last_revert": self.reverts[-1] if self.reverts
                 else None, "last_reason": self.last_reason, "since": self.last_change,
                 "restarts": self.restarts, "failed_actions": self.failed_actions,
-                "checks": self.checks}
+                "checks": self.checks, "live_slot": self.live}
 
 
 def choose(state: WatchState, now: float, policy: WatchdogConfig,
@@ -204,6 +205,7 @@ class WatchHooks:
     revert: Callable[[str, str], Awaitable[str | None]]
     restart: Callable[[str, str], Awaitable[str | None]]
     log: Callable[[str], None]
+    probed: Callable[[float], None] = lambda seconds: None  # a probe round's latency
 
 
 async def watch(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
@@ -282,11 +284,13 @@ async def tick(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
         state.consecutive = 0
         state.set("paused", "a deploy or rollback is running")
         return
-    live = routed.get()
+    live = state.live = routed.get()
     if live is None:
         state.set("idle", "nothing deployed yet")
         return
+    began = time.monotonic()
     verdict = await look(cfg, live, edge)
+    hooks.probed(time.monotonic() - began)
     state.checks += 1
     if verdict.kind == "nginx-down":
         state.consecutive = 0

@@ -21,6 +21,7 @@ T = TypeVar("T")
 MIN_OPERATIONS = 4
 MIN_WATCHDOG = 2
 READS = 4
+WEB = 2  # the status page's and /metrics' looks at the slots: never a control read's thread
 
 
 class Pools:
@@ -28,6 +29,7 @@ class Pools:
 
     def __init__(self, apps: int = 0) -> None:
         self.reads = ThreadPoolExecutor(READS, thread_name_prefix="zd-read")
+        self.web = ThreadPoolExecutor(WEB, thread_name_prefix="zd-web")
         self.operations = self._make("op", MIN_OPERATIONS, apps)
         self.watchdog = self._make("watch", MIN_WATCHDOG, apps)
         self._old: list[ThreadPoolExecutor] = []
@@ -63,6 +65,6 @@ class Pools:
 
     def shutdown(self) -> None:
         """No new work; threads still running end on their own (joined at exit)."""
-        for pool in (self.operations, self.watchdog, self.reads, *self._old):
+        for pool in (self.operations, self.watchdog, self.reads, self.web, *self._old):
             pool.shutdown(wait=False)
 

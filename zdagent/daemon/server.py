@@ -30,6 +30,7 @@ from zdagent.daemon.pools import Pools
 from zdagent.daemon.queue import AppRuntime, Operation, Queue
 from zdagent.daemon.routes import Routes
 from zdagent.daemon.supervise import Supervised
+from zdagent.daemon.web import Listen, Web
 from zdagent.errors import EnvironmentProblem, ZdError
 from zdagent.notify import Notifier
 from zdagent.store import read_history
@@ -58,7 +59,7 @@ class Watcher:
 
 class Daemon:
     def __init__(self, config_dir: Path, socket_path: Path, socket_group: str | None,
-                 limits: api.Limits | None = None) -> None:
+                 limits: api.Limits | None = None, http: Listen | None = None) -> None:
         self.config_dir = config_dir
         self.socket_path = socket_path
         self.socket_group = socket_group
@@ -79,6 +80,8 @@ class Daemon:
         self.background: set[asyncio.Task[None]] = set()
         self.recovering: set[str] = set()  # added on SIGHUP, not watched until recovered
         self.traffic: dict[str, TrafficState] = {}
+        self.web = Web(self, http) if http else None  # status page and /metrics
+        self.web_server: asyncio.AbstractServer | None = None
 
     def stopping(self) -> bool:
         return self.stop.is_set()
@@ -107,6 +110,8 @@ class Daemon:
         for rt in self.apps.values():
             await self.pools.run(self.pools.operations, self.engines.recover, rt.cfg)
         server = await self._listen(gid)
+        if self.web:
+            self.web_server = await self.web.start()
         for name in self.apps:
             self._start_watch(name)
         self.notifier.ready(self.summary())
@@ -142,6 +147,8 @@ class Daemon:
         self.notifier.stopping()
         log("stopping: no new work; waiting for running deploys to finish")
         server.close()
+        if self.web_server:
+            self.web_server.close()
         await self.queue.drain()  # running operations finish; queued ones end unstarted
         await asyncio.gather(*self.background, return_exceptions=True)
         await asyncio.gather(*(self._stop_watch(name) for name in list(self.watchers)))
@@ -330,7 +337,10 @@ class Daemon:
         async def restart(reason: str, expected_live: str | None = None) -> str | None:
             return await self._watchdog_action(rt, "restart_live", reason, expected_live)
 
-        return WatchHooks(busy=rt.busy, revert=revert, restart=restart, log=log)
+        hooks = WatchHooks(busy=rt.busy, revert=revert, restart=restart, log=log)
+        if self.web:
+            hooks.probed = self.web.metrics.probed(rt.cfg.name)
+        return hooks
 
     def _traffic_hooks(self, rt: AppRuntime) -> TrafficHooks:
         cfg = rt.cfg
@@ -383,7 +393,8 @@ class Daemon:
                            "config_dir": str(self.config_dir),
                            "config_errors": dict(self.config_errors),
                            "reloads": self.reloads, "tasks_alive": self.all_alive(),
-                           "connections": self.api.open},
+                           "connections": self.api.open,
+                           "http": self.web.info() if self.web else None},
                 "apps": {n: self.app_status(n, rt) for n, rt in self.apps.items()},
                 "config_errors": dict(self.config_errors)}
 
@@ -410,8 +421,13 @@ async def _until_done(fut: asyncio.Future[Any]) -> Any:
     return result
 
 
-def run(config_dir: Path, socket_path: Path, socket_group: str | None) -> None:
-    asyncio.run(Daemon(config_dir, socket_path, socket_group).run())
+def run(config_dir: Path, socket_path: Path, socket_group: str | None,
+        http: str | None = None, http_token_file: Path | None = None) -> None:
+    """Run the daemon; ``http`` (ADDR:PORT) turns on the status page and /metrics."""
+    from zdagent.daemon.web import parse_listen
+
+    listen = parse_listen(http, http_token_file) if http else None
+    asyncio.run(Daemon(config_dir, socket_path, socket_group, http=listen).run())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -429,9 +445,14 @@ def main(argv: list[str] | None = None) -> None:
                     default=Path(os.environ.get("ZDAGENT_SOCKET") or DEFAULT_SOCKET))
     ap.add_argument("--socket-group", default=None,
                     help="group owning the control socket (mode 0660)")
+    ap.add_argument("--http", metavar="ADDR:PORT", default=os.environ.get("ZDAGENT_HTTP"),
+                    help="serve the status page and /metrics there (e.g. 127.0.0.1:9361; "
+                         "off by default); a non-loopback address needs --http-token-file")
+    ap.add_argument("--http-token-file", type=Path, default=None,
+                    help="file with the bearer token the page's data and /metrics ask for")
     args = ap.parse_args(argv)
     try:
-        run(args.config_dir, args.socket, args.socket_group)
+        run(args.config_dir, args.socket, args.socket_group, args.http, args.http_token_file)
     except ZdError as e:
         print(f"error: {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""), file=sys.stderr)
         sys.exit(e.exit_code)
