@@ -56,7 +56,6 @@ class WatchState:
     last_restart: float | None = None
     failed_actions: int = 0
     checks: int = 0  # probe rounds done: tests and status see the loop advance
-    live: str | None = None  # the slot Nginx's config routed to at the last round
 
     def set(self, status: str, reason: str | None = None) -> None:
         """Enter ``status``; the reason is replaced too, so the text is never stale."""
@@ -78,7 +77,7 @@ class WatchState:
                 "reverts": len(self.reverts), "last_revert": self.reverts[-1] if self.reverts
                 else None, "last_reason": self.last_reason, "since": self.last_change,
                 "restarts": self.restarts, "failed_actions": self.failed_actions,
-                "checks": self.checks, "live_slot": self.live}
+                "checks": self.checks}
 
 
 def choose(state: WatchState, now: float, policy: WatchdogConfig,
@@ -284,7 +283,7 @@ async def tick(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
         state.consecutive = 0
         state.set("paused", "a deploy or rollback is running")
         return
-    live = state.live = routed.get()
+    live = routed.get()
     if live is None:
         state.set("idle", "nothing deployed yet")
         return

@@ -172,7 +172,7 @@ def state_metrics(apps: dict[str, dict[str, Any]]) -> Iterator[Metric]:
     for name, app in sorted(apps.items()):
         wd = app.get("watchdog") or {}
         slots = app.get("slots") or {}
-        current = app.get("live_slot") or wd.get("live_slot")
+        current = app.get("live_slot")
         for slot in SLOTS:
             live.add_metric([name, slot], 1.0 if slot == current else 0.0)
             row = slots.get(slot)

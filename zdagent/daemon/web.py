@@ -32,7 +32,8 @@ from zdagent import api
 from zdagent.config import AppConfig
 from zdagent.daemon.metrics import CONTENT_TYPE, Metrics
 from zdagent.errors import ConfigError, ZdError
-from zdagent.store import Store
+from zdagent.store import DeployRecord, Store
+from zdagent.watchdog import RoutedSlot
 
 if TYPE_CHECKING:
     from zdagent.daemon.server import Daemon
@@ -118,6 +119,17 @@ def asset(name: str) -> bytes:
     return resources.files("zdagent").joinpath("web", name).read_bytes()
 
 
+@dataclass(frozen=True)
+class Look:
+    """An app's slots and routing as ``status --json`` saw them, and when."""
+
+    at: float  # monotonic
+    wall: float
+    cfg: AppConfig
+    key: tuple[Any, ...]  # what was true then (live slot, watchdog state, last record)
+    data: dict[str, Any]
+
+
 class Web:
     """The listener's routes and the view they share (page, /api/status, /metrics)."""
 
@@ -130,8 +142,9 @@ class Web:
                                getattr(daemon, "outbox_depth", None))
         self.server = api.Server(self.handle, daemon.limits, self.log)
         self.error: str | None = None  # why it does not listen
-        self._looks: dict[str, tuple[float, AppConfig, dict[str, Any]]] = {}
+        self._looks: dict[str, Look] = {}
         self._looking = asyncio.Lock()
+        self._routed: dict[str, RoutedSlot] = {}  # per app: the live slot, one stat a look
         self._last: dict[str, Any] = {"apps": {}}
 
     async def start(self) -> asyncio.AbstractServer | None:
@@ -191,33 +204,46 @@ class Web:
 
     async def view(self) -> dict[str, Any]:
         """Every app as the page shows it; counts newly finished history into the metrics."""
-        await self._look()
+        names = list(self.d.apps.items())
+        for name, rt in names:
+            if name not in self._routed or self._routed[name].cfg is not rt.cfg:
+                self._routed[name] = RoutedSlot(rt.cfg)
+        reads = await asyncio.gather(*(self.d.pools.run(
+            self.d.pools.web, read_app, self._routed[name], self.metrics.after(name))
+            for name, _ in names))
+        keys = {}
+        for (name, rt), (live, recent, new) in zip(names, reads, strict=True):
+            self.metrics.follow(name, new)
+            keys[name] = (live, rt.state.status, recent[0]["id"] if recent else None,
+                          recent[0]["outcome"] if recent else None)
+        await self._look(keys)
         apps: dict[str, Any] = {}
         timeline: list[dict[str, Any]] = []
-        for name, rt in list(self.d.apps.items()):
-            recent, new = await self.d.pools.run(self.d.pools.web, read_history, rt.cfg,
-                                                 self.metrics.after(name))
-            self.metrics.follow(name, new)
-            apps[name] = app_view(self.d.app_status(name, rt), self._looks.get(name), recent)
+        for (name, rt), (live, recent, _new) in zip(names, reads, strict=True):
+            apps[name] = app_view(self.d.app_status(name, rt), live, self._looks.get(name),
+                                  recent)
             timeline += recent
+        for name in set(self._routed) - set(apps):
+            del self._routed[name]
         timeline.sort(key=lambda r: r["started_at"], reverse=True)
         self._last = {"now": time.time(), "daemon": self.d.status()["daemon"], "apps": apps,
                       "config_errors": dict(self.d.config_errors),
                       "timeline": timeline[:TIMELINE]}
         return self._last
 
-    async def _look(self) -> None:
-        """Refresh the looks older than LOOK_TTL (or taken with another config), one at a
-        time: a burst of requests waits for one look rather than starting many."""
+    async def _look(self, keys: dict[str, tuple[Any, ...]]) -> None:
+        """Look again at the apps whose look is older than LOOK_TTL, or was taken before
+        something happened (another live slot, watchdog state or history record, a new
+        config); one refresh at a time: a burst of requests waits for one look."""
         async with self._looking:
             now = time.monotonic()
-            stale = [(n, rt.cfg) for n, rt in list(self.d.apps.items())
-                     if n not in self._looks or now - self._looks[n][0] > LOOK_TTL
-                     or self._looks[n][1] is not rt.cfg]
+            stale = [(n, rt.cfg) for n, rt in list(self.d.apps.items()) if n in keys and (
+                n not in self._looks or now - self._looks[n].at > LOOK_TTL
+                or self._looks[n].cfg is not rt.cfg or self._looks[n].key != keys[n])]
             looks = await asyncio.gather(*(self.d.pools.run(self.d.pools.web, self._look_at,
                                                             cfg) for _, cfg in stale))
             for (name, cfg), seen in zip(stale, looks, strict=True):
-                self._looks[name] = (time.monotonic(), cfg, seen)
+                self._looks[name] = Look(time.monotonic(), time.time(), cfg, keys[name], seen)
             for name in set(self._looks) - set(self.d.apps):
                 del self._looks[name]
 
@@ -233,33 +259,36 @@ class Web:
             return {"error": f"unexpected error: {type(e).__name__}: {e}"}
 
 
-def app_view(status: dict[str, Any], seen: tuple[float, AppConfig, dict[str, Any]] | None,
+def app_view(status: dict[str, Any], live: str | None, seen: Look | None,
              recent: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pure: one app for the page and the collector, from the daemon's app status, the last
-    look at its slots and its recent history."""
-    at, _cfg, look_ = seen if seen else (None, None, {})
+    """Pure: one app for the page and the collector, from the daemon's app status, the slot
+    Nginx's config routes to now, the last look at its slots and its recent history."""
+    look_ = seen.data if seen else {}
     wd = {k: v for k, v in status.items() if k not in EXTRA_KEYS}
     view: dict[str, Any] = {
         "watchdog": wd,
-        "live_slot": wd.get("live_slot") or look_.get("live_slot"),
+        "live_slot": live,
         "slots": look_.get("slots"),
         "standby": look_.get("standby"),
         "drift": look_.get("drift", []),
         "ok": look_.get("ok"),
         "look_error": look_.get("error"),
-        "looked": time.time() - (time.monotonic() - at) if at is not None else None,
+        "looked": seen.wall if seen else None,
         "history": recent,
     }
     view.update({k: status[k] for k in EXTRA_KEYS if k in status})
     return view
 
 
-def read_history(cfg: AppConfig, after: int) -> tuple[list[dict[str, Any]], list[Any]]:
-    """The app's newest records for the page, and those after ``after`` for the metrics."""
+def read_app(routed: RoutedSlot, after: int
+             ) -> tuple[str | None, list[dict[str, Any]], list[DeployRecord]]:
+    """The slot Nginx routes to, the app's newest records for the page, and those after
+    ``after`` for the metrics."""
+    cfg = routed.cfg
     store = Store(cfg.state_dir)
     try:
         recent = [r.to_dict() for r in store.history(cfg.name, RECENT)]
-        return recent, store.history_since(cfg.name, after)
+        return routed.get(), recent, store.history_since(cfg.name, after)
     finally:
         store.close()
 

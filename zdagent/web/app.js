@@ -44,14 +44,21 @@ function tone(status) {
   return GOOD.has(status) ? "ok" : WARN.has(status) ? "warn" : "bad";
 }
 
+function health(s) {
+  if (s.state === "running") {
+    return el("span", { class: `pill ${s.health === "healthy" ? "ok" : "bad"}` }, s.health || "-");
+  }
+  return el("span", { class: `pill ${s.state === "missing" ? "warn" : "bad"}` },
+    s.state === "missing" ? "no container" : "down");
+}
+
 function slotTable(app) {
   const slots = app.slots || {};
   const rows = Object.entries(slots).map(([name, s]) => el("tr",
     { class: name === app.live_slot ? "live" : null, "data-slot": name },
     el("td", {}, name), el("td", { class: "version" }, s.version || "-"),
     el("td", {}, s.state || "-"),
-    el("td", {}, el("span", { class: `pill ${s.health === "healthy" ? "ok" :
-      s.state === "running" ? "bad" : "warn"}` }, s.health || "-"))));
+    el("td", {}, health(s))));
   if (!rows.length) {
     return el("p", { class: "muted reason" }, app.look_error || "looking at the slots…");
   }

@@ -1,0 +1,158 @@
+"""What an operator looks at: the daemon's Prometheus metrics and its status page, after real
+deploys and a real watchdog revert (the live container killed), the page in a real headless
+Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+from playwright.sync_api import sync_playwright
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.harness import free_port
+from tests.conftest import require
+from tests.integration import test_daemon
+from tests.integration.test_daemon import FAST_WATCHDOG, live_in_file, reverted, wait_for
+
+daemon_factory = test_daemon.daemon_factory  # the fixture, shared
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def observed_app(make_app, daemon_factory):
+    """An app with a fast watchdog and a daemon serving the page and /metrics on a free port."""
+    app = make_app(extra=FAST_WATCHDOG)
+    url = f"http://127.0.0.1:{free_port()}"
+    d = daemon_factory([app], env={"ZDAGENT_HTTP": url.removeprefix("http://")}).start()
+    wait_for(lambda: _answers(url), 20, "the HTTP listener")
+    return app, d, url
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/api/status", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of /metrics, parsed by prometheus_client's own parser."""
+    r = httpx.get(url + "/metrics", timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(r.text) for s in fam.samples}
+
+
+def value(samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def test_metrics_after_real_deploys_a_failed_one_and_a_revert(make_app, daemon_factory,
+                                                              docker_client):
+    app, _d, url = observed_app(make_app, daemon_factory)
+    app.ok("deploy", "v1")
+    assert app.cli("deploy", "crash").returncode != 0  # fails before the switch
+    app.ok("deploy", "v2")  # into the slot the failed one used: v1 stays the warm standby
+    assert live_in_file(app) == "green" and app.served_version() == "v2"
+    docker_client.containers.get(f"{app.name}-green").kill()
+    wait_for(lambda: reverted(app), 60, "the watchdog's revert")
+
+    def settled():  # the look at the slots is reused for a few seconds: wait for a new one
+        s = scrape(url)
+        return s if value(s, "zdagent_slot_running", app=app.name, slot="green") == 0 else None
+
+    s = wait_for(settled, 30, "a scrape that saw green down")
+    a = app.name
+    assert value(s, "zdagent_deploys_total", app=a, kind="deploy", outcome="succeeded") == 2
+    assert value(s, "zdagent_deploys_total", app=a, kind="deploy", outcome="failed") == 1
+    assert value(s, "zdagent_deploys_total", app=a, kind="auto-revert",
+                 outcome="succeeded") == 1
+    assert value(s, "zdagent_reverts_total", app=a, reason="unreachable") == 1
+    assert value(s, "zdagent_live_slot", app=a, slot="blue") == 1
+    assert value(s, "zdagent_live_slot", app=a, slot="green") == 0
+    assert value(s, "zdagent_slot_healthy", app=a, slot="blue") == 1
+    assert value(s, "zdagent_slot_healthy", app=a, slot="green") == 0
+    assert value(s, "zdagent_slot_info", app=a, slot="blue", version="v1", state="running") == 1
+    assert value(s, "zdagent_watchdog_state", app=a, state="reverted") == 1
+    assert value(s, "zdagent_watchdog_state", app=a, state="healthy") == 0
+    # Histograms: two verified switches of deploys, one of the revert; every phase timed.
+    assert value(s, "zdagent_switch_duration_seconds_count", app=a, kind="deploy") == 2
+    assert value(s, "zdagent_switch_duration_seconds_count", app=a, kind="auto-revert") == 1
+    assert value(s, "zdagent_deploy_phase_duration_seconds_count", app=a, kind="deploy",
+                 phase="probe") == 3  # the failed deploy's probe too
+    assert value(s, "zdagent_deploy_duration_seconds_count", app=a, kind="deploy",
+                 outcome="succeeded") == 2
+    switch_sum = value(s, "zdagent_switch_duration_seconds_sum", app=a, kind="deploy")
+    assert switch_sum is not None and 0 < switch_sum < 60
+    probes = value(s, "zdagent_watchdog_probe_duration_seconds_count", app=a)
+    assert probes is not None and probes >= 3
+    # A second scrape counts nothing twice.
+    again = scrape(url)
+    assert value(again, "zdagent_deploys_total", app=a, kind="deploy", outcome="succeeded") == 2
+    assert value(again, "zdagent_reverts_total", app=a, reason="unreachable") == 1
+
+
+def test_listener_is_read_only_and_loopback_only(make_app, daemon_factory):
+    _app, _d, url = observed_app(make_app, daemon_factory)
+    assert httpx.post(url + "/api/status", json={}, timeout=10).status_code == 405
+    assert httpx.get(url + "/v1/status", timeout=10).status_code == 404
+    # A page elsewhere that rebinds its name to 127.0.0.1 sends its own Host: refused.
+    r = httpx.get(url + "/api/status", headers={"Host": "evil.example"}, timeout=10)
+    assert r.status_code == 421
+    page = httpx.get(url + "/", headers={"Host": "localhost:8080"}, timeout=10)  # ssh -L
+    assert page.status_code == 200 and "static/app.js" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+def _browser(pw):
+    require(CHROMIUM.exists(), "Debian's chromium (apt-get install chromium)")
+    args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    return pw.chromium.launch(executable_path=str(CHROMIUM), args=args)
+
+
+def test_status_page_in_chromium_shows_a_deploy_and_the_auto_revert(
+        make_app, daemon_factory, docker_client, tmp_path):
+    app, _d, url = observed_app(make_app, daemon_factory)
+    app.ok("deploy", "v1")
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        try:
+            page = browser.new_page(viewport={"width": 430, "height": 1100})  # a phone
+            page.goto(url + "/")
+            card = page.locator(f'article[data-app="{app.name}"]')
+            live = card.locator(".live-version")
+            live.filter(has_text="v1 on blue").wait_for(timeout=20000)
+            app.ok("deploy", "v2")
+            live.filter(has_text="v2 on green").wait_for(timeout=20000)
+            deploy = page.locator('#timeline li[data-kind="deploy"]').first
+            assert "v2" in deploy.inner_text() and "succeeded" in deploy.inner_text()
+
+            docker_client.containers.get(f"{app.name}-green").kill()
+            killed = time.monotonic()
+            revert = page.locator('#timeline li[data-kind="auto-revert"]'
+                                  '[data-outcome="succeeded"]')
+            revert.first.wait_for(timeout=60000)
+            shown = time.monotonic() - killed
+            text = revert.first.inner_text()
+            assert "green → blue" in text, text
+            assert "green failed 3 probes in a row" in text, text
+            card.locator(".watchdog-status").filter(has_text="reverted").wait_for(timeout=10000)
+            assert "green does not answer at all" in card.locator(
+                ".watchdog-reason").inner_text()
+            live.filter(has_text="v1 on blue").wait_for(timeout=20000)
+            assert page.locator("#conn").inner_text() == "live"
+            shot = tmp_path / "status-page.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10000
+            print(f"\nstatus page: the revert showed {shown:.1f}s after the kill; "
+                  f"screenshot {shot}")
+            if os.environ.get("ZDAGENT_DOCS_SCREENSHOT"):  # refreshes docs/status-page.png
+                shutil.copy(shot, REPO / "docs" / "status-page.png")
+        finally:
+            browser.close()
+    assert shown < 30, f"the page showed the revert {shown:.1f}s after the kill"
