@@ -438,6 +438,7 @@ def daemon(
         help="Serve the status page and Prometheus /metrics there, e.g. 127.0.0.1:9361 "
              "(off by default). A non-loopback address needs --http-token-file.")] = None,
     http_token_file: Annotated[Path | None, typer.Option(
+        envvar="ZDAGENT_HTTP_TOKEN_FILE",
         help="File holding the bearer token that /api/status and /metrics ask for.")
     ] = None,
 ) -> None:

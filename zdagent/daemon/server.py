@@ -448,7 +448,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--http", metavar="ADDR:PORT", default=os.environ.get("ZDAGENT_HTTP"),
                     help="serve the status page and /metrics there (e.g. 127.0.0.1:9361; "
                          "off by default); a non-loopback address needs --http-token-file")
-    ap.add_argument("--http-token-file", type=Path, default=None,
+    ap.add_argument("--http-token-file", type=Path,
+                    default=os.environ.get("ZDAGENT_HTTP_TOKEN_FILE") or None,
                     help="file with the bearer token the page's data and /metrics ask for")
     args = ap.parse_args(argv)
     try:
