@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -107,6 +109,36 @@ def test_listener_is_read_only_and_loopback_only(make_app, daemon_factory):
     page = httpx.get(url + "/", headers={"Host": "localhost:8080"}, timeout=10)  # ssh -L
     assert page.status_code == 200 and "static/app.js" in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_a_token_guards_status_and_metrics(daemon_factory, tmp_path):
+    token = "zd-" + "0123456789abcdef" * 2
+    (tmp_path / "token").write_text(token + "\n")
+    port = free_port()
+    daemon_factory([], env={"ZDAGENT_HTTP": f"127.0.0.1:{port}",
+                            "ZDAGENT_HTTP_TOKEN_FILE": str(tmp_path / "token")}).start()
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(url + "/", timeout=5).status_code == 200, 20, "the listener")
+    for path in ("/api/status", "/metrics"):
+        r = httpx.get(url + path, timeout=10)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", path
+        assert httpx.get(url + path, headers={"Authorization": "Bearer nope"},
+                         timeout=10).status_code == 401
+        ok = httpx.get(url + path, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert ok.status_code == 200, path
+        assert token not in ok.text
+    assert httpx.get(url + "/api/status", headers={"Authorization": f"Bearer {token}"},
+                     timeout=10).json()["daemon"]["http"]["token"] is True
+
+
+def test_zdagentd_refuses_a_public_address_without_a_token(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "zdagent.daemon", "--config-dir", str(tmp_path),
+                        "--socket", str(tmp_path / "s.sock"), "--http", "0.0.0.0:9361"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode == 2, p.stderr
+    assert "without a token" in p.stderr and "hint: pass --http-token-file" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "s.sock").exists()  # nothing started
 
 
 def _browser(pw):
