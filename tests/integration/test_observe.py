@@ -131,6 +131,21 @@ def test_a_token_guards_status_and_metrics(daemon_factory, tmp_path):
                      timeout=10).json()["daemon"]["http"]["token"] is True
 
 
+def test_a_port_already_taken_is_reported_not_fatal(daemon_factory):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        d = daemon_factory([], env={"ZDAGENT_HTTP": f"127.0.0.1:{port}"}).start()
+        http = d.status()["daemon"]["http"]
+    assert http["url"] == f"http://127.0.0.1:{port}/"
+    assert "cannot listen on" in http["error"], http
+    assert d.proc.poll() is None  # the daemon goes on: deploys and the watchdog matter more
+    assert "status page and metrics: cannot listen" in d.log.read_text()
+
+
 def test_zdagentd_refuses_a_public_address_without_a_token(tmp_path):
     p = subprocess.run([sys.executable, "-m", "zdagent.daemon", "--config-dir", str(tmp_path),
                         "--socket", str(tmp_path / "s.sock"), "--http", "0.0.0.0:9361"],
