@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zdagent import __version__, api
 from zdagent.client import DEFAULT_SOCKET
@@ -30,12 +30,14 @@ from zdagent.daemon.pools import Pools
 from zdagent.daemon.queue import AppRuntime, Operation, Queue
 from zdagent.daemon.routes import Routes
 from zdagent.daemon.supervise import Supervised
-from zdagent.daemon.web import Listen, Web
 from zdagent.errors import EnvironmentProblem, ZdError
 from zdagent.notify import Notifier
 from zdagent.store import read_history
 from zdagent.traffic.monitor import TrafficHooks, TrafficState, monitor
 from zdagent.watchdog import WatchHooks, watch
+
+if TYPE_CHECKING:
+    from zdagent.daemon.web import Listen, Web
 
 STOP_WATCH_TIMEOUT = 10.0  # short: the main loop (and systemd's watchdog) waits meanwhile
 
@@ -80,7 +82,11 @@ class Daemon:
         self.background: set[asyncio.Task[None]] = set()
         self.recovering: set[str] = set()  # added on SIGHUP, not watched until recovered
         self.traffic: dict[str, TrafficState] = {}
-        self.web = Web(self, http) if http else None  # status page and /metrics
+        self.web: Web | None = None  # status page and /metrics (prometheus_client: only then)
+        if http:
+            from zdagent.daemon.web import Web
+
+            self.web = Web(self, http)
         self.web_server: asyncio.AbstractServer | None = None
 
     def stopping(self) -> bool:
