@@ -2,6 +2,7 @@
 
     python -m benchmarks.watchdog                 # 10 failover trials; footprint, 1 and 10 apps
     python -m benchmarks.watchdog --apps 1 10 100 --trials 0   # footprint only
+    python -m benchmarks.watchdog --apps 100 --trials 0 --http  # + status page and /metrics
 
 Failover (watchdog interval 1 s, K = 3, cooldown 0 so trials are independent): the live
 container is stopped, then two times are measured from the moment it is down:
@@ -10,9 +11,10 @@ container is stopped, then two times are measured from the moment it is down:
   watchdog's verified switch).
 Footprint: the daemon's RSS and CPU (user + system time of its process) over
 ``--idle-seconds`` of watching N healthy apps at ``interval = 1``, measured once every app's
-watchdog reports ``healthy``. Each app is one tiny busybox container (its live slot, started
-directly with the engine's own container arguments) behind its own site on one private Nginx.
-Everything on 127.0.0.1; bounded trials.
+watchdog reports ``healthy``. With ``--http`` the daemon also serves its status page and
+metrics, and a second period is measured while ``/metrics`` is scraped every 5 s. Each app is
+one tiny busybox container (its live slot, started directly with the engine's own container
+arguments) behind its own site on one private Nginx. Everything on 127.0.0.1; bounded trials.
 """
 
 from __future__ import annotations
@@ -71,9 +73,10 @@ def distinct_ports(n: int) -> list[int]:
 class Setup:
     """A private Nginx, N apps in a config dir, and a running daemon."""
 
-    def __init__(self, workdir: Path, apps: int) -> None:
+    def __init__(self, workdir: Path, apps: int, http: bool = False) -> None:
         self.workdir = workdir
-        ports = iter(distinct_ports(3 * apps + 1))
+        ports = iter(distinct_ports(3 * apps + 2))
+        self.http = f"127.0.0.1:{next(ports)}" if http else None
         self.nginx = NginxServer.create(workdir / "nginx", port=next(ports))
         self.config_dir = workdir / "apps"
         self.config_dir.mkdir()
@@ -97,7 +100,8 @@ class Setup:
     def start_daemon(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "zdagent.daemon", "--config-dir", str(self.config_dir),
-             "--socket", str(self.socket)], stdout=subprocess.DEVNULL,
+             "--socket", str(self.socket), *(["--http", self.http] if self.http else [])],
+            stdout=subprocess.DEVNULL,
             stderr=(self.workdir / "daemon.log").open("w"))
         deadline = time.monotonic() + 30
         while True:
@@ -218,8 +222,9 @@ def _stats(xs: list[float]) -> dict[str, float | None]:
     return {"median": round(statistics.median(xs), 3), "max": round(max(xs), 3)}
 
 
-def footprint(workdir: Path, apps: int, seconds: float) -> dict[str, Any]:
-    s = Setup(workdir, apps)
+def footprint(workdir: Path, apps: int, seconds: float, http: bool = False
+              ) -> dict[str, Any]:
+    s = Setup(workdir, apps, http)
     dock = docker.from_env()
     try:
         s.start_live_slots(dock)
@@ -235,11 +240,32 @@ def footprint(workdir: Path, apps: int, seconds: float) -> dict[str, Any]:
         rss = proc.memory_info().rss
         cpu = (c1.user + c1.system - c0.user - c0.system) / (t1 - t0) * 100
         s.wait_all("healthy", 10)  # nothing went wrong while measuring
-        return {"apps": apps, "rss_mb": round(rss / 2**20, 1), "cpu_percent": round(cpu, 2),
-                "seconds": seconds, "probe_rounds_per_s": round(rounds / (t1 - t0), 1)}
+        out = {"apps": apps, "rss_mb": round(rss / 2**20, 1), "cpu_percent": round(cpu, 2),
+               "seconds": seconds, "probe_rounds_per_s": round(rounds / (t1 - t0), 1),
+               "http": bool(s.http)}
+        if s.http:
+            out["scraped"] = _scraped(s, proc, seconds)
+        return out
     finally:
         dock.close()
         s.close()
+
+
+def _scraped(s: Setup, proc: psutil.Process, seconds: float, every: float = 5.0
+             ) -> dict[str, Any]:
+    """The daemon's CPU and RSS while /metrics is scraped every ``every`` s; scrape times."""
+    times: list[float] = []
+    t0, c0 = time.monotonic(), proc.cpu_times()
+    with httpx.Client(timeout=60) as http:
+        while time.monotonic() - t0 < seconds:
+            began = time.monotonic()
+            http.get(f"http://{s.http}/metrics").raise_for_status()
+            times.append(time.monotonic() - began)
+            time.sleep(max(0.0, every - (time.monotonic() - began)))
+    c1, t1 = proc.cpu_times(), time.monotonic()
+    cpu = (c1.user + c1.system - c0.user - c0.system) / (t1 - t0) * 100
+    return {"cpu_percent": round(cpu, 2), "rss_mb": round(proc.memory_info().rss / 2**20, 1),
+            "scrapes": len(times), "scrape_s": _stats(times)}
 
 
 def _checks(s: Setup) -> int:
@@ -254,6 +280,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--apps", type=int, nargs="+", default=[1, 10],
                     help="app counts for the idle footprint")
     ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--http", action="store_true",
+                    help="the daemon serves its status page and /metrics; also measure scrapes")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/watchdog.json"))
     args = ap.parse_args(argv)
     build_images()
@@ -262,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = {
             "failover": failover_trials(root / "failover", args.trials) if args.trials
             else None,
-            "footprint": [footprint(root / f"fp{n}", n, args.idle_seconds)
+            "footprint": [footprint(root / f"fp{n}", n, args.idle_seconds, args.http)
                           for n in args.apps]}
         shutil.rmtree(root, ignore_errors=True)
     f = result["failover"]
@@ -271,7 +299,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for fp in result["footprint"]:
         print(f"idle footprint with {fp['apps']} app(s) at interval 1 s: RSS {fp['rss_mb']} MB,"
               f" CPU {fp['cpu_percent']} % of a core over {fp['seconds']:g} s "
-              f"({fp['probe_rounds_per_s']} probe rounds/s)")
+              f"({fp['probe_rounds_per_s']} probe rounds/s)"
+              + (" with the HTTP listener on" if fp.get("http") else ""))
+        if fp.get("scraped"):
+            sc = fp["scraped"]
+            print(f"  while /metrics was scraped every 5 s: RSS {sc['rss_mb']} MB, CPU "
+                  f"{sc['cpu_percent']} % of a core; scrape median {sc['scrape_s']['median']} s,"
+                  f" max {sc['scrape_s']['max']} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
