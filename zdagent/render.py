@@ -129,6 +129,10 @@ def status_text(paint: Painter, data: dict[str, Any]) -> str:
                      f"{d['version']}); watchdog: {w['status'] if w else '-'}"
                      + (f" ({w['last_reason']})" if w and w.get("last_reason") else "")
                      + (f" ({link(anchor)})" if anchor else ""))
+        http = d.get("http")
+        if http:
+            lines.append(f"status page: {http['url']} (metrics: {http['url']}metrics)"
+                         + (f"; not served: {http['error']}" if http.get("error") else ""))
     else:
         lines.append("daemon: not running (no watchdog)")
     return "\n".join(lines)

@@ -100,7 +100,8 @@ def test_metrics_after_real_deploys_a_failed_one_and_a_revert(make_app, daemon_f
 
 
 def test_listener_is_read_only_and_loopback_only(make_app, daemon_factory):
-    _app, _d, url = observed_app(make_app, daemon_factory)
+    app, _d, url = observed_app(make_app, daemon_factory)
+    assert f"status page: {url}/ (metrics: {url}/metrics)" in app.ok("status").stdout
     assert httpx.post(url + "/api/status", json={}, timeout=10).status_code == 405
     assert httpx.get(url + "/v1/status", timeout=10).status_code == 404
     # A page elsewhere that rebinds its name to 127.0.0.1 sends its own Host: refused.
