@@ -52,7 +52,7 @@ def collect(engine: Engine) -> dict[str, Any]:
             "confirmed": bool(in_file) and in_file == served,
         },
         "slots": slots,
-        "standby": _standby(in_file, slots),
+        "standby": standby_of(in_file, slots),
         "store": {"live_slot": state.live_slot, "phase": state.phase,
                   "deploy_id": state.deploy_id},
         "last_deploy": last,
@@ -90,7 +90,7 @@ def _drift(stored: str | None, phase: str, in_file: str | None, served: str | No
     return out
 
 
-def _standby(live: str | None, slots: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+def standby_of(live: str | None, slots: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """The other slot, and in words whether it can take over (a dead slot is no standby)."""
     if live is None:
         return None

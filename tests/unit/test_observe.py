@@ -128,6 +128,19 @@ def test_app_view_lifts_what_other_parts_add():
     assert "canary" not in v["watchdog"] and v["live_slot"] == "blue" and v["slots"] is None
 
 
+def test_slot_rows_from_one_container_list():
+    from zdagent.daemon.looks import slot_rows
+
+    cfg = SimpleNamespace(name="web", slot_port={"blue": 8001, "green": 8002}.get)
+    containers = {("web", "blue"): {"State": "running", "Labels": {
+        "zdagent.app": "web", "zdagent.slot": "blue", "zdagent.version": "v7"}},
+        ("other", "green"): {"State": "running", "Labels": {}}}
+    rows = slot_rows(cfg, containers)
+    assert rows["blue"] == {"slot": "blue", "port": 8001, "state": "running", "version": "v7",
+                            "container": "web-blue", "health": "-"}
+    assert rows["green"]["state"] == "missing" and rows["green"]["version"] is None
+
+
 def test_listen_addresses(tmp_path):
     assert parse_listen("127.0.0.1:9361") == Listen("127.0.0.1", 9361)
     assert parse_listen("9361") == Listen("127.0.0.1", 9361)

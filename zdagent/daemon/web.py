@@ -11,8 +11,9 @@ routes ask for ``Authorization: Bearer <token>``. Without a token the Host heade
 the loopback, so a web page a browser loaded elsewhere cannot read it (DNS rebinding).
 Served by the control API's h11 server (same limits and timeouts), one request per connection.
 
-Looking at the slots (Docker, a probe of each slot, Nginx) costs a little, so an app's look is
-kept ``LOOK_TTL`` seconds; the watchdog's state and history are read on every request.
+Looking at the slots (one Docker call, a probe of each running slot: ``looks``) costs a
+little, so an app's look is kept ``LOOK_TTL`` seconds unless something happened meanwhile;
+the live slot, the watchdog's state and history are read on every request.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import hmac
 import ipaddress
 import json
 import time
-import traceback
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 from zdagent import api
 from zdagent.config import AppConfig
+from zdagent.daemon import looks
 from zdagent.daemon.metrics import CONTENT_TYPE, Metrics
-from zdagent.errors import ConfigError, ZdError
+from zdagent.errors import ConfigError
 from zdagent.store import DeployRecord, Store
 from zdagent.watchdog import RoutedSlot
 
@@ -216,7 +217,8 @@ class Web:
             self.metrics.follow(name, new)
             keys[name] = (live, rt.state.status, recent[0]["id"] if recent else None,
                           recent[0]["outcome"] if recent else None)
-        await self._look(keys)
+        await self._look({name: (rt.cfg, live) for (name, rt), (live, _r, _n)
+                          in zip(names, reads, strict=True)}, keys)
         apps: dict[str, Any] = {}
         timeline: list[dict[str, Any]] = []
         for (name, rt), (live, recent, _new) in zip(names, reads, strict=True):
@@ -231,32 +233,27 @@ class Web:
                       "timeline": timeline[:TIMELINE]}
         return self._last
 
-    async def _look(self, keys: dict[str, tuple[Any, ...]]) -> None:
+    async def _look(self, apps: dict[str, tuple[AppConfig, str | None]],
+                    keys: dict[str, tuple[Any, ...]]) -> None:
         """Look again at the apps whose look is older than LOOK_TTL, or was taken before
         something happened (another live slot, watchdog state or history record, a new
-        config); one refresh at a time: a burst of requests waits for one look."""
+        config); one round at a time: a burst of requests waits for one look."""
         async with self._looking:
             now = time.monotonic()
-            stale = [(n, rt.cfg) for n, rt in list(self.d.apps.items()) if n in keys and (
-                n not in self._looks or now - self._looks[n].at > LOOK_TTL
-                or self._looks[n].cfg is not rt.cfg or self._looks[n].key != keys[n])]
-            looks = await asyncio.gather(*(self.d.pools.run(self.d.pools.web, self._look_at,
-                                                            cfg) for _, cfg in stale))
-            for (name, cfg), seen in zip(stale, looks, strict=True):
-                self._looks[name] = Look(time.monotonic(), time.time(), cfg, keys[name], seen)
+            stale = {n: a for n, a in apps.items() if n not in self._looks
+                     or now - self._looks[n].at > LOOK_TTL
+                     or self._looks[n].cfg is not a[0] or self._looks[n].key != keys[n]}
+            if stale:
+                try:
+                    found = await looks.look(stale, await self.d.pools.run(
+                        self.d.pools.web, looks.list_containers))
+                except Exception as e:  # Docker down: the page says so, the daemon goes on
+                    found = {n: {"error": looks.docker_problem(e)} for n in stale}
+                for name, (cfg, _live) in stale.items():
+                    self._looks[name] = Look(time.monotonic(), time.time(), cfg, keys[name],
+                                             found[name])
             for name in set(self._looks) - set(self.d.apps):
                 del self._looks[name]
-
-    def _look_at(self, cfg: AppConfig) -> dict[str, Any]:
-        """``status --json``'s look at the app's slots and routing; a failure as ``error``."""
-        try:
-            return self.d.engines.status(cfg)
-        except ZdError as e:
-            return {"error": e.message}
-        except Exception as e:  # the page shows it; the daemon goes on
-            self.log(f"{cfg.name}: the status page's look failed:\n"
-                     + traceback.format_exc().rstrip())
-            return {"error": f"unexpected error: {type(e).__name__}: {e}"}
 
 
 def app_view(status: dict[str, Any], live: str | None, seen: Look | None,
@@ -270,8 +267,6 @@ def app_view(status: dict[str, Any], live: str | None, seen: Look | None,
         "live_slot": live,
         "slots": look_.get("slots"),
         "standby": look_.get("standby"),
-        "drift": look_.get("drift", []),
-        "ok": look_.get("ok"),
         "look_error": look_.get("error"),
         "looked": seen.wall if seen else None,
         "history": recent,

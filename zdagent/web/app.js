@@ -157,12 +157,10 @@ function appCard(name, app, now) {
     el("span", {}, `reverts: ${wd.reverts || 0}`),
     el("span", {}, `last deploy: ${app.history && app.history.length ?
       ago(app.history[0].finished_at || app.history[0].started_at, now) : "never"}`));
-  const drift = (app.drift || []).length ?
-    el("ul", { class: "drift" }, ...app.drift.map((d) => el("li", {}, d))) : null;
   return el("article", { class: "card", "data-app": name }, top,
     wd.last_reason ? el("p", { class: "reason watchdog-reason" }, wd.last_reason) : null,
     facts, slotTable(app), keyValues("canary", app.canary),
-    keyValues("maintenance", app.maintenance), drift, chart(name));
+    keyValues("maintenance", app.maintenance), chart(name));
 }
 
 function timelineItem(r, now) {
