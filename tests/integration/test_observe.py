@@ -4,6 +4,7 @@ Chromium."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from benchmarks.harness import free_port
 from tests.conftest import require
 from tests.integration import test_daemon
 from tests.integration.test_daemon import FAST_WATCHDOG, live_in_file, reverted, wait_for
+from zdagent.daemon.web import STATIC, asset
 
 daemon_factory = test_daemon.daemon_factory  # the fixture, shared
 CHROMIUM = Path("/usr/bin/chromium")
@@ -204,3 +206,68 @@ def test_status_page_in_chromium_shows_a_deploy_and_the_auto_revert(
         finally:
             browser.close()
     assert shown < 30, f"the page showed the revert {shown:.1f}s after the kill"
+
+
+def test_page_draws_traffic_and_escapes_what_users_wrote():
+    """The page's own script in Chromium, fed /api/status documents in turn (its data routed
+    by the browser): per-slot traffic becomes a chart, canary/maintenance show, and a version
+    or reason full of markup stays text."""
+    evil = '<img src=x onerror="window.pwned=1">'
+    polls = {"n": 0}
+
+    def status() -> dict:
+        n = polls["n"] = polls["n"] + 1
+        row = {"id": 1, "app": "web", "kind": "auto-revert", "version": evil, "slot": "blue",
+               "from_slot": "green", "started_at": 1000.0, "finished_at": 1001.0,
+               "outcome": "succeeded", "reason": evil, "error": None, "user": evil}
+        return {"now": 1002.0 + n, "daemon": {"summary": "1 apps", "version": "t"},
+                "apps": {"web": {
+                    "live_slot": "blue", "watchdog": {"status": "reverted", "reverts": 1,
+                                                      "last_reason": evil},
+                    "slots": {"blue": {"state": "running", "version": evil,
+                                       "health": "healthy"},
+                              "green": {"state": "exited", "version": "v2", "health": "-"}},
+                    "standby": {"slot": "green", "state": "exited", "warm": False},
+                    "history": [row],
+                    "traffic": {"blue": {"requests_total": 100 * n, "errors_5xx_total": n},
+                                "green": {"requests_total": 5, "errors_5xx_total": 0}},
+                    "canary": {"version": "v3", "weight_percent": 10},
+                    "maintenance": {"on": False}}},
+                "config_errors": {"bad": evil}, "timeline": [row]}
+
+    def serve(route):
+        path = route.request.url.removeprefix("http://zdagent.test")
+        if path == "/api/status":
+            route.fulfill(status=200, content_type="application/json",
+                          body=json.dumps(status()))
+        elif path.startswith("/static/") and path[8:] in STATIC:
+            route.fulfill(status=200, content_type=STATIC[path[8:]], body=asset(path[8:]))
+        else:
+            route.fulfill(status=200, content_type="text/html", body=asset("index.html"))
+
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        try:
+            page = browser.new_page()
+            page.route("http://zdagent.test/**", serve)
+            page.goto("http://zdagent.test/")
+            legend = page.locator(".chart .legend")
+            # Counters become per-second rates: blue +100 requests and +1 error a second.
+            legend.filter(has_text="blue requests_total 100.0").wait_for(timeout=20000)
+            text = legend.inner_text()
+            assert "blue errors_5xx_total 1.0" in text, text
+            assert "green requests_total 0.0" in text, text
+            assert page.locator(".chart polyline").count() == 4
+            page.wait_for_function("() => [...document.querySelectorAll('.chart polyline')]"
+                                   ".every(p => p.points.length >= 2)", timeout=20000)
+            assert page.locator('[data-extra="canary"]').inner_text().startswith("canary")
+            assert "weight_percent: 10" in page.locator('[data-extra="canary"]').inner_text()
+            card = page.locator('article[data-app="web"]')
+            assert evil in card.locator(".watchdog-reason").inner_text()
+            assert evil in card.locator('tr[data-slot="blue"] .version').inner_text()
+            assert evil in page.locator("#timeline").inner_text()
+            assert evil in page.locator("#errors").inner_text()
+            assert page.locator("img").count() == 0
+            assert page.evaluate("window.pwned") is None
+        finally:
+            browser.close()

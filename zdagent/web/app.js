@@ -63,7 +63,7 @@ function slotTable(app) {
     return el("p", { class: "muted reason" }, app.look_error || "looking at the slots…");
   }
   return el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "slot"),
-    el("th", {}, "version"), el("th", {}, "container"), el("th", {}, "health"))),
+    el("th", {}, "version"), el("th", {}, "state"), el("th", {}, "health"))),
     el("tbody", {}, ...rows));
 }
 
@@ -113,6 +113,9 @@ function chart(appName) {
     lines.push({ slot, key, values: rates(key, points), error: /5xx|error/i.test(key) });
   }
   if (!lines.length) return el("p", { class: "muted reason" }, "no traffic figures yet");
+  if (lines.every((l) => !l.values.length)) {
+    return el("p", { class: "muted reason" }, "traffic: collecting…");
+  }
   const max = Math.max(1e-9, ...lines.flatMap((l) => l.values));
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
