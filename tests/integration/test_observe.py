@@ -179,8 +179,9 @@ def test_status_page_in_chromium_shows_a_deploy_and_the_auto_revert(
             live.filter(has_text="v1 on blue").wait_for(timeout=20000)
             app.ok("deploy", "v2")
             live.filter(has_text="v2 on green").wait_for(timeout=20000)
-            deploy = page.locator('#timeline li[data-kind="deploy"]').first
-            assert "v2" in deploy.inner_text() and "succeeded" in deploy.inner_text()
+            # The switch shows first; the record says succeeded once the old slot drained.
+            page.locator('#timeline li[data-kind="deploy"][data-outcome="succeeded"]').filter(
+                has_text="v2 blue → green").wait_for(timeout=20000)
 
             docker_client.containers.get(f"{app.name}-green").kill()
             killed = time.monotonic()
