@@ -132,6 +132,19 @@ def test_a_token_guards_status_and_metrics(daemon_factory, tmp_path):
         assert token not in ok.text
     assert httpx.get(url + "/api/status", headers={"Authorization": f"Bearer {token}"},
                      timeout=10).json()["daemon"]["http"]["token"] is True
+    with sync_playwright() as pw:  # the page: the token from the URL's fragment, then gone
+        browser = _browser(pw)
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.locator("#conn").filter(has_text="token needed").wait_for(timeout=20000)
+            page.goto(url + f"/#token={token}")
+            page.locator("#conn").filter(has_text="live").wait_for(timeout=20000)
+            assert token not in page.url
+            page.reload()  # kept for the tab's session
+            page.locator("#conn").filter(has_text="live").wait_for(timeout=20000)
+        finally:
+            browser.close()
 
 
 def test_a_port_already_taken_is_reported_not_fatal(daemon_factory):
