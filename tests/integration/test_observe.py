@@ -224,8 +224,8 @@ def test_status_page_in_chromium_shows_a_deploy_and_the_auto_revert(
 
 def test_page_draws_traffic_and_escapes_what_users_wrote():
     """The page's own script in Chromium, fed /api/status documents in turn (its data routed
-    by the browser): per-slot traffic becomes a chart, canary/maintenance show, and a version
-    or reason full of markup stays text."""
+    by the browser): per-slot traffic windows become a chart, canary/maintenance show, and a
+    version or reason full of markup stays text."""
     evil = '<img src=x onerror="window.pwned=1">'
     polls = {"n": 0}
 
@@ -243,8 +243,9 @@ def test_page_draws_traffic_and_escapes_what_users_wrote():
                               "green": {"state": "exited", "version": "v2", "health": "-"}},
                     "standby": {"slot": "green", "state": "exited", "warm": False},
                     "history": [row],
-                    "traffic": {"blue": {"requests_total": 100 * n, "errors_5xx_total": n},
-                                "green": {"requests_total": 5, "errors_5xx_total": 0}},
+                    "traffic": {"window_seconds": 60, "slots": {
+                        "blue": {"requests": 600 * n, "errors": 60, "seconds": 60},
+                        "green": {"requests": 0, "errors": 0, "seconds": 60}}},
                     "canary": {"version": "v3", "weight_percent": 10},
                     "maintenance": {"on": False}}},
                 "config_errors": {"bad": evil}, "timeline": [row]}
@@ -266,11 +267,10 @@ def test_page_draws_traffic_and_escapes_what_users_wrote():
             page.route("http://zdagent.test/**", serve)
             page.goto("http://zdagent.test/")
             legend = page.locator(".chart .legend")
-            # Counters become per-second rates: blue +100 requests and +1 error a second.
-            legend.filter(has_text="blue requests_total 100.0").wait_for(timeout=20000)
+            # A window's counts per second: the third poll's 1800 requests in 60 s = 30/s.
+            legend.filter(has_text="blue 30.0 req/s").wait_for(timeout=20000)
             text = legend.inner_text()
-            assert "blue errors_5xx_total 1.0" in text, text
-            assert "green requests_total 0.0" in text, text
+            assert "blue 1.0 5xx/s" in text and "green 0.0 req/s" in text, text
             assert page.locator(".chart polyline").count() == 4
             page.wait_for_function("() => [...document.querySelectorAll('.chart polyline')]"
                                    ".every(p => p.points.length >= 2)", timeout=20000)

@@ -46,8 +46,11 @@ def get(s, name: str, **labels: str) -> float | None:
     ("green failed 3 probes in a row (last: through Nginx: answered by 127.0.0.1:1, not "
      "green)", "wrong_upstream"),
     ("canary v3: 5xx rate 12% over 60s", "canary"),
-    ("green: 5xx rate 9% > 5% over 30s", "error_rate"),
-    ("p95 latency 2.1s > 1s", "latency"),
+    ("analysis: 5xx 21.3% over 412 requests > 5% (green since the switch: 412 requests, "
+     "5xx 21.3%, p50 12ms, p99 480ms; ...)", "error_rate"),
+    ("analysis: p99 2100ms over 412 requests > 1000ms (green since the switch: 412 "
+     "requests, 5xx 0.0%, p50 12ms, p99 2100ms)", "latency"),
+    ("analysis: something new", "analysis"),
     (None, "other"),
     ("by hand", "other"),
 ])
@@ -90,9 +93,10 @@ VIEW = {"apps": {"web": {
     "watchdog": {"status": "reverted", "consecutive_failures": 0, "busy": False},
     "slots": {"blue": {"state": "running", "version": "v1", "health": "healthy"},
               "green": {"state": "exited", "version": "v2", "health": "-"}},
-    "traffic": {"blue": {"requests": 120, "errors_5xx": 3, "p95_seconds": 0.05,
-                         "Bad-Name": 1, "flag": True, "label": "x"},
-                "purple": {"requests": 1}, "green": "nonsense"},
+    "traffic": {"window_seconds": 60, "lines": 123, "slots": {
+        "blue": {"requests": 120, "errors": 3, "error_rate": 0.025, "p50": 0.01, "p99": 0.05,
+                 "seconds": 60, "Bad-Name": 1, "flag": True, "label": "x"},
+        "purple": {"requests": 1}, "green": "nonsense"}},
 }}}
 
 
@@ -111,10 +115,12 @@ def test_gauges_read_the_view_at_scrape_time():
     assert get(s, "zdagent_watchdog_state", app="web", state="reverted") == 1
     assert get(s, "zdagent_watchdog_state", app="web", state="healthy") == 0
     assert get(s, "zdagent_notification_outbox_depth") == 4
-    # Traffic figures: numbers under a slot with a metric-like name; the rest is skipped.
+    # The traffic window's figures per slot, units in the names; the rest is skipped.
     assert get(s, "zdagent_traffic_requests", app="web", slot="blue") == 120
     assert get(s, "zdagent_traffic_errors_5xx", app="web", slot="blue") == 3
-    assert get(s, "zdagent_traffic_p95_seconds", app="web", slot="blue") == 0.05
+    assert get(s, "zdagent_traffic_error_rate", app="web", slot="blue") == 0.025
+    assert get(s, "zdagent_traffic_p99_seconds", app="web", slot="blue") == 0.05
+    assert get(s, "zdagent_traffic_window_seconds", app="web", slot="blue") == 60
     assert not [k for k in s if k[0].startswith("zdagent_traffic_") and
                 ("purple" in dict(k[1]).values() or k[0].endswith(("flag", "label")))]
 

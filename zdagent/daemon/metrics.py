@@ -31,6 +31,9 @@ DEPLOY_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 PHASE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,60}")
+# The traffic window's figures under Prometheus' names (units in the name).
+TRAFFIC_NAMES = {"p50": "p50_seconds", "p99": "p99_seconds", "seconds": "window_seconds",
+                 "errors": "errors_5xx"}
 
 View = Callable[[], dict[str, Any]]
 
@@ -39,16 +42,17 @@ def revert_reason(reason: str | None) -> str:
     """A revert's reason as a label of few values (the text itself is in history).
 
     The watchdog writes "green failed 3 probes in a row (last: green direct: HTTP 500)";
-    other deciders (canary analysis, error rates) name themselves in their reason.
+    the traffic analysis "analysis: 5xx 21.3% over 412 requests > 5% (green since the switch:
+    …)" or "analysis: p99 480ms …"; a canary names itself.
     """
     text = (reason or "").lower()
     last = text.split("(last:", 1)[1] if "(last:" in text else ""
     if "canary" in text:
         return "canary"
-    if "5xx" in text or "error rate" in text:
-        return "error_rate"
-    if "latency" in text:
-        return "latency"
+    if text.startswith("analysis:"):
+        judged = text.removeprefix("analysis:").strip()
+        return "error_rate" if judged.startswith("5xx") else \
+            "latency" if judged.startswith("p99") else "analysis"
     if "answered by" in last:
         return "wrong_upstream"
     if re.search(r"\bhttp \d{3}\b", last):
@@ -192,21 +196,24 @@ def state_metrics(apps: dict[str, dict[str, Any]]) -> Iterator[Metric]:
     yield from traffic.values()
 
 
-def _traffic(families: dict[str, GaugeMetricFamily], app: str, figures: Any) -> None:
-    """Per-slot numbers an app's view carries under ``traffic`` (``{slot: {name: n}}``),
-    as ``zdagent_traffic_<name>{app, slot}``; anything else there is skipped."""
+def _traffic(families: dict[str, GaugeMetricFamily], app: str, traffic: Any) -> None:
+    """Per-slot numbers of the last traffic window (the app's ``traffic.slots``: requests,
+    5xx errors, error rate, p50, p99, window length) as ``zdagent_traffic_<name>{app, slot}``;
+    anything that is not a number with a metric-like name is skipped."""
+    figures = traffic.get("slots") if isinstance(traffic, dict) else None
     if not isinstance(figures, dict):
         return
     for slot, row in sorted(figures.items()):
         if slot not in SLOTS or not isinstance(row, dict):
             continue
         for key, value in sorted(row.items()):
+            name = TRAFFIC_NAMES.get(key, key)
             if not (isinstance(value, int | float) and not isinstance(value, bool)
-                    and METRIC_NAME.fullmatch(str(key))):
+                    and METRIC_NAME.fullmatch(name)):
                 continue
-            fam = families.get(key)
+            fam = families.get(name)
             if fam is None:
-                fam = families[key] = GaugeMetricFamily(
-                    f"zdagent_traffic_{key}", f"Traffic figure {key} of a slot (from Nginx's "
-                    "access log)", labels=["app", "slot"])
+                fam = families[name] = GaugeMetricFamily(
+                    f"zdagent_traffic_{name}", f"{key} of a slot's requests over the last "
+                    "traffic window (Nginx's access log)", labels=["app", "slot"])
             fam.add_metric([app, slot], float(value))

@@ -8,7 +8,7 @@ const SAMPLES = 60; // points kept per chart series (1.5 min at 1.5 s)
 const SLOT_COLOURS = { blue: "#1f5fbf", green: "#138a45" };
 const GOOD = new Set(["healthy"]);
 const WARN = new Set(["starting", "idle", "paused", "reverted", "restarting", "disabled"]);
-const series = new Map(); // "app/slot/key" -> [{t, v}]
+const series = new Map(); // "app|slot|key" -> [{t, v}]
 
 function token() {
   const m = location.hash.match(/token=([^&]+)/);
@@ -76,15 +76,18 @@ function keyValues(title, obj) {
     ...items.map(([k, v]) => el("span", {}, `${k}: ${v}`)));
 }
 
-// Traffic figures (when the daemon has them) as {slot: {name: number}}: a request series and
-// an error series per slot. Counters (non-decreasing, names without "rate") become per-second
-// rates; other figures are drawn as they come.
+// Traffic figures (when the daemon follows the app's access log): per slot, the requests and
+// 5xx answers of the last window (``traffic.slots[slot]``: requests, errors, seconds, p99),
+// drawn as requests/s and 5xx/s over the last polls.
 function record(appName, traffic, now) {
-  for (const [slot, figures] of Object.entries(traffic || {})) {
-    if (!figures || typeof figures !== "object") continue;
-    for (const [key, value] of Object.entries(figures)) {
-      if (typeof value !== "number" || !/request|5xx|error/i.test(key)) continue;
-      const id = `${appName}/${slot}/${key}`;
+  const slots = traffic && traffic.slots;
+  if (!slots || typeof slots !== "object") return;
+  for (const [slot, f] of Object.entries(slots)) {
+    if (!f || typeof f !== "object" || !(f.seconds > 0)) continue;
+    for (const [key, value] of [["req/s", f.requests / f.seconds],
+                                ["5xx/s", f.errors / f.seconds]]) {
+      if (!Number.isFinite(value)) continue;
+      const id = `${appName}|${slot}|${key}`;
       const points = series.get(id) || [];
       points.push({ t: now, v: value });
       while (points.length > SAMPLES) points.shift();
@@ -93,29 +96,14 @@ function record(appName, traffic, now) {
   }
 }
 
-function rates(key, points) {
-  const counter = !/rate|per_s|ratio|percent/i.test(key) &&
-    points.every((p, i) => i === 0 || p.v >= points[i - 1].v);
-  if (!counter) return points.map((p) => p.v);
-  const out = [];
-  for (let i = 1; i < points.length; i++) {
-    const dt = points[i].t - points[i - 1].t;
-    out.push(dt > 0 ? (points[i].v - points[i - 1].v) / dt : 0);
-  }
-  return out;
-}
-
 function chart(appName) {
   const lines = [];
   for (const [id, points] of series) {
-    const [app, slot, key] = id.split("/");
+    const [app, slot, key] = id.split("|");
     if (app !== appName) continue;
-    lines.push({ slot, key, values: rates(key, points), error: /5xx|error/i.test(key) });
+    lines.push({ slot, key, values: points.map((p) => p.v), error: key === "5xx/s" });
   }
   if (!lines.length) return el("p", { class: "muted reason" }, "no traffic figures yet");
-  if (lines.every((l) => !l.values.length)) {
-    return el("p", { class: "muted reason" }, "traffic: collecting…");
-  }
   const max = Math.max(1e-9, ...lines.flatMap((l) => l.values));
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
@@ -125,7 +113,8 @@ function chart(appName) {
   svg.setAttribute("aria-label", "requests and errors per slot");
   for (const l of lines) {
     const path = document.createElementNS(ns, "polyline");
-    const pts = l.values.map((v, i) => `${i + SAMPLES - l.values.length},${62 - (v / max) * 58}`);
+    const values = l.values.length === 1 ? [l.values[0], l.values[0]] : l.values;
+    const pts = values.map((v, i) => `${i + SAMPLES - values.length},${62 - (v / max) * 58}`);
     path.setAttribute("points", pts.join(" "));
     path.setAttribute("fill", "none");
     path.setAttribute("stroke", SLOT_COLOURS[l.slot] || "#888");
@@ -138,7 +127,7 @@ function chart(appName) {
     const last = l.values.length ? l.values[l.values.length - 1] : 0;
     const sw = el("span", { class: "sw" });
     sw.style.background = SLOT_COLOURS[l.slot] || "#888";
-    return el("span", {}, sw, `${l.slot} ${l.key} ${last.toFixed(1)}`);
+    return el("span", {}, sw, `${l.slot} ${last.toFixed(1)} ${l.key}`);
   }));
   return el("div", { class: "chart" }, svg, legend);
 }
