@@ -63,6 +63,18 @@ def test_metrics_after_real_deploys_a_failed_one_and_a_revert(make_app, daemon_f
     assert app.cli("deploy", "crash").returncode != 0  # fails before the switch
     app.ok("deploy", "v2")  # into the slot the failed one used: v1 stays the warm standby
     assert live_in_file(app) == "green" and app.served_version() == "v2"
+    with httpx.Client(timeout=10) as client:  # real requests through Nginx, to green
+        assert all(client.get(app.url + "/cgi-bin/version").status_code == 200
+                   for _ in range(20))
+
+    def counted():  # the traffic window (Nginx's access log, followed by the daemon)
+        s = scrape(url)
+        n = value(s, "zdagent_traffic_requests", app=app.name, slot="green")
+        return s if n is not None and n >= 20 else None
+
+    s = wait_for(counted, 30, "the 20 requests in green's traffic window")
+    assert value(s, "zdagent_traffic_errors_5xx", app=app.name, slot="green") == 0
+    assert (value(s, "zdagent_traffic_window_seconds", app=app.name, slot="green") or 0) > 0
     docker_client.containers.get(f"{app.name}-green").kill()
     wait_for(lambda: reverted(app), 60, "the watchdog's revert")
 
@@ -192,6 +204,11 @@ def test_status_page_in_chromium_shows_a_deploy_and_the_auto_revert(
             live.filter(has_text="v1 on blue").wait_for(timeout=20000)
             app.ok("deploy", "v2")
             live.filter(has_text="v2 on green").wait_for(timeout=20000)
+            with httpx.Client(timeout=10) as client:  # real traffic: the chart draws it
+                for _ in range(30):
+                    client.get(app.url + "/cgi-bin/version")
+            card.locator(".chart .legend").filter(has_text="green").filter(
+                has_text="req/s").wait_for(timeout=30000)
             # The switch shows first; the record says succeeded once the old slot drained.
             page.locator('#timeline li[data-kind="deploy"][data-outcome="succeeded"]').filter(
                 has_text="v2 blue → green").wait_for(timeout=20000)
