@@ -350,7 +350,7 @@ def test_sd_notify_ready_status_watchdog(make_app, daemon_factory, abstract):
             with contextlib.suppress(TimeoutError):
                 seen.append(sock.recv(4096).decode())
         joined = "\n".join(seen)
-        assert "READY=1" in joined and "STATUS=1 apps, all healthy" in joined
+        assert "READY=1" in joined and "STATUS=1 app, all healthy" in joined
         assert "WATCHDOG=1" in joined
     finally:
         sock.close()

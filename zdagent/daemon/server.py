@@ -380,9 +380,10 @@ class Daemon:
     def summary(self) -> str:
         bad = [f"app {n} {rt.state.status}" for n, rt in self.apps.items()
                if rt.state.status in ("degraded", "failing", "restarting", "revert-failed",
-                                     "nginx-down", "error")]
+                                     "nginx-down", "error", "reverted")]
         bad += [f"{stem}.toml invalid" for stem in self.config_errors]
-        return f"{len(self.apps)} apps, " + ("; ".join(bad) if bad else "all healthy")
+        apps = f"{len(self.apps)} app" + ("" if len(self.apps) == 1 else "s")
+        return f"{apps}, " + ("; ".join(bad) if bad else "all healthy")
 
     def app_status(self, name: str, rt: AppRuntime) -> dict[str, Any]:
         watcher = self.watchers.get(name)
