@@ -49,6 +49,9 @@ config_app = typer.Typer(help="Validate or print app configs.", no_args_is_help=
 nginx_app = typer.Typer(help="Render the Nginx files zdagent manages.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(nginx_app, name="nginx")
+notify_app = typer.Typer(help="Notification channels ([[notify]] in the app config): send a "
+                              "test, show the outbox.", no_args_is_help=True)
+app.add_typer(notify_app, name="notify")
 
 # Piped output (CI logs, ssh) is not squeezed into 80 columns.
 err = Console(stderr=True, highlight=False, soft_wrap=True,
@@ -226,7 +229,28 @@ def _operate(config: str | None, socket: str | None, local: bool, what: str,
     client = _daemon(cfg, socket, local)
     if client is not None:
         return _stream(client, f"/v1/apps/{cfg.name}/{what}", body)
-    return _with_engine(cfg, in_process)
+    try:
+        return _with_engine(cfg, in_process)
+    finally:
+        _flush_notifications(cfg)
+
+
+FLUSH_SECONDS = 5.0
+
+
+def _flush_notifications(cfg: AppConfig) -> None:
+    """In-process: deliver what the operation queued, bounded; the rest waits in the outbox
+    for the daemon or the next run (a deploy never fails for a notification)."""
+    if not cfg.notify:
+        return
+    from zdagent.notifications.deliver import flush
+
+    done = flush(cfg, FLUSH_SECONDS)
+    if done is not None and done.left:
+        why = "; ".join(f"{name}: {error}" for name, error in done.failed.items())
+        err.print(f"[yellow]![/] {done.left} notification(s) not delivered yet"
+                  + (f" ({escape(why)})" if why else "")
+                  + "; kept in the outbox: the daemon or the next run retries")
 
 
 def _print_result(result: Any, as_json: bool, verb: str) -> None:
@@ -603,6 +627,60 @@ def nginx_render(
         else:
             text = render_upstream(cfg, live, "green" if live == "blue" else "blue")
         out.print(text, markup=False, end="")
+
+
+@notify_app.command("test")
+def notify_test(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Send a test event to every channel now (whatever its events filter) and report each.
+
+    Exit 0 when every channel took it, 1 when any did not, 2 when there is no channel.
+    Webhook secrets are read by this process: run it as the user the daemon runs as.
+    """
+    with _guard():
+        from zdagent.notifications.deliver import label, send_test
+
+        cfg = _load(config)
+        if not cfg.notify:
+            raise UsageError(f"{cfg.name} has no notification channel",
+                             hint="add a [[notify]] table to its config (see `zdagent config "
+                                  "example`)")
+        results = send_test(cfg)
+        labels = {c.name: label(c) for c in cfg.notify}
+        if as_json:
+            out.print_json(json.dumps({"app": cfg.name, "channels": [
+                {"name": n, "target": labels[n], "ok": e is None, "error": e}
+                for n, e in results.items()]}))
+        else:
+            for name, error in results.items():
+                line = "ok    " + labels[name] if error is None else \
+                    f"failed {labels[name]}: {error}"
+                out.print(line, markup=False)
+        failed = [n for n, e in results.items() if e is not None]
+        if failed:
+            raise ZdError(f"{len(failed)} of {len(results)} channel(s) did not take the test "
+                          f"event: {', '.join(failed)}",
+                          hint="check each channel's URL, secret and receiver; "
+                               "`zdagent notify status` shows the outbox")
+
+
+@notify_app.command("status")
+def notify_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Show each channel and its outbox: pending, delivered, given up, last error."""
+    with _guard():
+        from zdagent.notifications.deliver import status as outbox_status
+
+        cfg = _load(config)
+        data = outbox_status(cfg)
+        if as_json:
+            out.print_json(json.dumps(data))
+            return
+        if not data["channels"]:
+            err.print(f"{cfg.name} has no notification channel ([[notify]] in its config)")
+        for ch in data["channels"]:
+            out.print(f"{ch['target']}: {ch['pending']} pending, {ch['delivered']} delivered, "
+                      f"{ch['given_up']} given up; events: {', '.join(ch['events'])}"
+                      + (f"; last error: {ch['last_error']}" if ch["last_error"] else ""),
+                      markup=False)
 
 
 @app.command()

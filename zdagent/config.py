@@ -8,6 +8,7 @@ the dataclasses it gets.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import posixpath
 import re
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from zdagent.errors import ConfigError
+from zdagent.notifications.events import check_events, expand
 
 DEFAULT_CONFIG_PATH = Path("/etc/zdagent/zdagent.toml")
 CONFIG_ENV = "ZDAGENT_CONFIG"
@@ -241,6 +243,28 @@ class AnalysisConfig:
 
 
 @dataclass(frozen=True)
+class NotifyChannel:
+    """One ``[[notify]]`` channel: an Apprise URL, or a JSON webhook signed with HMAC-SHA256.
+
+    The URL and the secret never appear in a repr, a log or an error: both may hold tokens.
+    The webhook's secret is read only when it is sent (zdagent.notifications.deliver).
+    """
+
+    kind: str  # apprise | webhook
+    url: str = field(repr=False)
+    events: frozenset[str]
+    name: str
+    secret: str | None = field(default=None, repr=False)
+    secret_file: Path | None = None
+    secret_env: str | None = None
+
+    @property
+    def key(self) -> str:
+        """A stable id for the outbox (a hash: the URL itself is a secret)."""
+        return hashlib.sha256(f"{self.kind}\0{self.url}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """Everything zdagent knows about one app, validated."""
 
@@ -257,6 +281,7 @@ class AppConfig:
     hooks: HooksConfig = HooksConfig()
     smoke: tuple[SmokeCheck, ...] = ()
     analysis: AnalysisConfig = field(default_factory=lambda: DEFAULT_ANALYSIS)
+    notify: tuple[NotifyChannel, ...] = ()  # [[notify]] channels (zdagent.notifications)
 
     @property
     def policy(self) -> AnalysisConfig:
@@ -521,6 +546,20 @@ def _expect_version(v: Any) -> str | None:
     return f"must be none, body or header:<Header-Name>; got {v!r}"
 
 
+def _secret_url(what: str, pattern: re.Pattern[str]) -> Check:
+    """A URL that may hold a token: the error never repeats the value."""
+    def check(v: Any) -> str | None:
+        if not isinstance(v, str) or not pattern.fullmatch(v):
+            return f"must be {what} (the value is not shown: it may hold a secret)"
+        return None
+
+    return check
+
+
+def _secret(v: Any) -> str | None:
+    return None if isinstance(v, str) else "must be a string (the value is not shown)"
+
+
 PORT = _int(1, 65535)
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -640,8 +679,20 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "host": Key("", _str(re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$"), "a host name",
                              empty=True)),
     },
+    # [[notify]]: an array of tables, one per channel (_Reader.tables).
+    "notify": {
+        "url": Key("", _secret_url("an Apprise URL such as slack://..., mailto://..., "
+                                   "ntfys://...", re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S+$"))),
+        "webhook": Key("", _secret_url("an http(s):// URL", re.compile(r"^https?://[^\s/]+\S*$"))),
+        "secret": Key("", _secret),
+        "secret_file": Key("", _str(empty=True)),
+        "secret_env": Key("", _str(ENV_KEY_RE, "an environment variable name", empty=True)),
+        "events": Key("all", check_events),
+        "name": Key("", _str(re.compile(r"^[A-Za-z0-9_. -]{1,40}$"), "a short label",
+                             empty=True)),
+    },
 }
-ARRAYS = frozenset({"smoke"})  # sections written as [[name]]: a list of tables
+ARRAYS = frozenset({"smoke", "notify"})  # sections written as [[name]]: a list of tables
 
 
 def _analysis(values: Mapping[str, Any]) -> AnalysisConfig:
@@ -843,6 +894,7 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
         hooks=hooks,
         smoke=smoke,
         analysis=_analysis(analysis),
+        notify=_notify(r, base),
     )
 
 
@@ -865,6 +917,52 @@ def _smoke_check(t: dict[str, Any]) -> SmokeCheck:
     return SmokeCheck(name=t["name"] or f"{t['method']} {t['path']}", method=t["method"],
                       path=t["path"], status=t["status"], contains=t["contains"],
                       max_latency=float(t["max_latency"]) or None, host=t["host"] or None)
+
+
+def _notify(r: _Reader, base: Path) -> tuple[NotifyChannel, ...]:
+    """The ``[[notify]]`` channels: one URL each, a webhook with exactly one secret source."""
+    out: list[NotifyChannel] = []
+    for i, t in enumerate(r.tables("notify")):
+        where = f"notify[{i}]"
+        secrets = [k for k in ("secret", "secret_file", "secret_env") if t[k]]
+        if bool(t["url"]) == bool(t["webhook"]):
+            raise r.fail(where, "set exactly one of url (an Apprise URL) or webhook "
+                                "(a signed JSON webhook)")
+        if t["url"]:
+            if secrets:
+                raise r.fail(f"{where}.{secrets[0]}", "belongs to a webhook; an Apprise "
+                                                       "url carries its own credentials")
+            if not _apprise_knows(t["url"]):
+                raise r.fail(f"{where}.url", "is not a URL Apprise understands (the value is "
+                                             "not shown); see https://github.com/caronc/"
+                                             "apprise/wiki for each service's URL")
+        elif len(secrets) != 1:
+            raise r.fail(where, "a webhook needs exactly one of secret_file, secret_env or "
+                                "secret (the HMAC-SHA256 key)")
+        url = t["url"] or t["webhook"]
+        channel = NotifyChannel(
+            kind="apprise" if t["url"] else "webhook", url=url, events=expand(t["events"]),
+            name=t["name"] or f"{url.split(':', 1)[0].lower() if t['url'] else 'webhook'}"
+                              f"-{i}",
+            secret=t["secret"] or None,
+            secret_file=_resolve(base, t["secret_file"]) if t["secret_file"] else None,
+            secret_env=t["secret_env"] or None)
+        if any(c.key == channel.key for c in out):
+            raise r.fail(where, "the same URL is already another channel")
+        if any(c.name == channel.name for c in out):
+            raise r.fail(f"{where}.name", f"{channel.name!r} is already another channel")
+        out.append(channel)
+    return tuple(out)
+
+
+def _apprise_knows(url: str) -> bool:
+    """Apprise parses ``url`` into a service (imported here only: most configs have none)."""
+    import logging
+
+    import apprise
+
+    logging.getLogger("apprise").addHandler(logging.NullHandler())  # never to stderr
+    return apprise.Apprise.instantiate(url, suppress_exceptions=True) is not None
 
 
 def _check_ours(r: _Reader, path: Path, app: str) -> None:

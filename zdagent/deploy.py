@@ -10,17 +10,18 @@ prints.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from zdagent import gitsource, hooks, retention
 from zdagent.config import AppConfig, BuildSource, GitSource, check_version
-from zdagent.errors import DeployFailed, HookFailed, ZdError
+from zdagent.errors import DeployFailed, HookFailed, LockBusy, ZdError
 from zdagent.events import Emit, Event
 from zdagent.lock import app_lock
 from zdagent.nginx import Nginx
+from zdagent.notifications.outbox import queue as queue_notice
 from zdagent.probe import http_client, probe_once, slot_url, wait_healthy
 from zdagent.recovery import BEFORE_SWITCH, RecoveryPlan, reconcile, recovery_plan
 from zdagent.slots import Slots, connect, other
@@ -55,6 +56,7 @@ class _Run:
                  *, fresh: bool = True, kind: str = "deploy", version: str | None = None,
                  reason: str | None = None) -> None:
         self.engine = engine
+        engine._deploy_id = deploy_id  # a failure's notification names the record
         self.fresh = fresh
         self.kind = kind
         self.notes: list[str] = []
@@ -107,6 +109,7 @@ class Engine:
         self.slots = Slots(cfg, docker_client if docker_client is not None else connect(),
                            emit)
         self.nginx = Nginx(cfg, emit)
+        self._deploy_id: int | None = None  # the record of the running operation
 
     def close(self) -> None:
         self.store.close()
@@ -124,11 +127,14 @@ class Engine:
 
     def deploy(self, version: str, *, wait: bool = True) -> Result:
         """Build or pull ``version`` (for a git source: a ref) and make it live."""
-        src = self.cfg.source
-        if isinstance(src, GitSource):
+        if isinstance(self.cfg.source, GitSource):
             gitsource.check_ref(version)
         else:
             check_version(version)
+        return self._notifying("deploy", version, lambda: self._deploy(version, wait))
+
+    def _deploy(self, version: str, wait: bool) -> Result:
+        src = self.cfg.source
         self.nginx.preflight()
         with app_lock(self.cfg.state_dir, self.cfg.name, f"deploy {version}", self.emit,
                       wait=wait):
@@ -149,6 +155,9 @@ class Engine:
         """Switch back to the standby, or redeploy ``to`` from history."""
         if to is not None:
             check_version(to)
+        return self._notifying("rollback", to, lambda: self._rollback(to, wait))
+
+    def _rollback(self, to: str | None, wait: bool) -> Result:
         self.nginx.preflight()
         what = f"rollback to {to}" if to else "rollback"
         with app_lock(self.cfg.state_dir, self.cfg.name, what, self.emit, wait=wait):
@@ -173,15 +182,19 @@ class Engine:
         The watchdog decided on what it saw before the lock was taken, so the decision is
         re-checked under the lock: refuses (DeployFailed) unless ``expected_live`` is still
         live and the standby is running and healthy, and (LockBusy) when a deploy holds the
-        lock.
+        lock. A refusal is not notified here: the watchdog's ``revert-failed`` state is (as
+        ``degraded``).
         """
-        self.nginx.preflight()
-        with app_lock(self.cfg.state_dir, self.cfg.name, "auto-revert", self.emit,
-                      wait=False):
-            self.reconcile()
-            self._expect_live(expected_live)
-            return self._rollback_to_standby(kind="auto-revert", reason=reason,
-                                              require_running=True)
+        def revert() -> Result:
+            self.nginx.preflight()
+            with app_lock(self.cfg.state_dir, self.cfg.name, "auto-revert", self.emit,
+                          wait=False):
+                self.reconcile()
+                self._expect_live(expected_live)
+                return self._rollback_to_standby(kind="auto-revert", reason=reason,
+                                                  require_running=True)
+
+        return self._notifying("auto-revert", None, revert, reason=reason)
 
     def recover(self) -> list[str]:
         """Reconcile under the app's lock, waiting for it (the daemon does this at start)."""
@@ -225,8 +238,43 @@ class Engine:
                                     f"says {stored}: trusting the upstream file"))
         return from_file or stored
 
+    # --- notifications --------------------------------------------------------------------
+
     def notify(self, event: str, **fields: Any) -> None:
-        """Queue a notification (implemented by the notifications module)."""
+        """Queue ``event`` in the store's outbox for the channels that want it. Never raises
+        and never sends: the daemon (or the CLI after the operation) delivers."""
+        if not self.cfg.notify:
+            return
+        try:
+            notice = queue_notice(self.store, self.cfg, event, fields)
+        except Exception as e:  # a notification must never fail or stop an operation
+            self.emit(Event("warn", f"could not queue the {event} notification: "
+                                    f"{type(e).__name__}: {e}"))
+            return
+        if notice is not None:
+            self.emit(Event("info", f"notification queued: {event}",
+                            data={"notification": notice.id}))
+
+    def _notifying(self, kind: str, version: str | None, op: Callable[[], Result],
+                   **extra: Any) -> Result:
+        """Run ``op``; notify its success (``<kind>-succeeded``, ``auto-revert``) or failure
+        (``<kind>-failed``). An auto-revert's refusal and a busy lock are not notified."""
+        self._deploy_id = None
+        try:
+            result = op()
+        except BaseException as e:
+            if kind != "auto-revert" and not isinstance(e, LockBusy):
+                msg = e.message if isinstance(e, ZdError) else (
+                    "interrupted" if isinstance(e, KeyboardInterrupt) else
+                    f"{type(e).__name__}: {e}")
+                self.notify(f"{kind}-failed", version=version, deploy_id=self._deploy_id,
+                            error=msg, **extra)
+            raise
+        self.notify(kind if kind == "auto-revert" else f"{kind}-succeeded",
+                    deploy_id=result.deploy_id, version=result.version, slot=result.slot,
+                    from_slot=result.from_slot, seconds=round(result.seconds, 2),
+                    notes=result.notes or None, **extra)
+        return result
 
     # --- the flows ----------------------------------------------------------------------
 
@@ -242,6 +290,9 @@ class Engine:
         self.emit(Event("info", f"{kind} #{did}: {version} -> {target} slot "
                                 f"(live: {live or 'none'})", data={"deploy_id": did}))
         deploying = kind == "deploy"  # a rollback goes back to a version that served
+        if deploying:
+            self.notify("deploy-started", deploy_id=did, version=version, slot=target,
+                        from_slot=live, ref=ref)
         with self._recorded(run):
             if deploying:
                 self._pre_hook(run, "pre_deploy")

@@ -1,13 +1,15 @@
 """Embedded, crash-safe state and history: stdlib sqlite3 in WAL mode.
 
-Two tables: ``deploys`` is the audit trail (one row per deploy, rollback or recovery, with
+``deploys`` is the audit trail (one row per deploy, rollback or recovery, with
 per-phase timings), and ``app_state`` holds the phase an app is in right now, the slot being
 started and whether it is a fresh candidate or the standby a rollback restarts, so a crash
-mid-deploy is found by a lookup on the next run rather than guessed.
+mid-deploy is found by a lookup on the next run rather than guessed. ``notify_outbox`` and
+``notify_delivery`` are the notifications' durable outbox (zdagent.notifications.outbox).
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -53,6 +55,25 @@ CREATE TABLE IF NOT EXISTS app_state (
     updated_at REAL NOT NULL,
     candidate_kind TEXT
 );
+CREATE TABLE IF NOT EXISTS notify_outbox (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    event TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS notify_delivery (
+    event_id TEXT NOT NULL REFERENCES notify_outbox(id),
+    channel TEXT NOT NULL,
+    app TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    delivered_at REAL,
+    gave_up_at REAL,
+    last_error TEXT,
+    PRIMARY KEY (event_id, channel)
+);
+CREATE INDEX IF NOT EXISTS notify_due ON notify_delivery(app, delivered_at, next_attempt_at);
 """
 
 
@@ -161,6 +182,14 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` write transaction (for tables kept by other modules)."""
+        return self._tx()
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """A read outside any transaction (for tables kept by other modules)."""
+        return self._db.execute(sql, params).fetchall()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

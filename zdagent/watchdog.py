@@ -56,13 +56,19 @@ class WatchState:
     last_restart: float | None = None
     failed_actions: int = 0
     checks: int = 0  # probe rounds done: tests and status see the loop advance
+    # Called with (old, new) after each change of status (the daemon's notifications).
+    on_change: Callable[[str, str], None] | None = field(default=None, repr=False,
+                                                         compare=False)
 
     def set(self, status: str, reason: str | None = None) -> None:
         """Enter ``status``; the reason is replaced too, so the text is never stale."""
-        if status != self.status:
+        old = self.status
+        if status != old:
             self.last_change = time.time()
         self.status = status
         self.last_reason = reason
+        if status != old and self.on_change is not None:
+            self.on_change(old, status)
 
     def observe(self, ok: bool, policy: WatchdogConfig) -> bool:
         """Count a probe; True when K consecutive failures were reached."""

@@ -5,7 +5,8 @@ host), so six long deploys would keep a seventh app's auto-revert and every ``st
 Here operations (deploys, rollbacks, recovery) get a pool as large as the number of apps (each
 app runs one at a time), watchdog actions another of the same size (one per app at a time,
 under the app's lock), and reads a small one of their own: a burst of ``status`` requests
-never delays a revert. Threads are made on demand; the pools grow when a reload adds apps.
+never delays a revert. Notifications have one thread of their own (a slow receiver delays
+only other notifications). Threads are made on demand; the pools grow when a reload adds apps.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ WEB = 2  # the status page's and /metrics' looks at the slots: never a control r
 
 
 class Pools:
-    """``operations``, ``watchdog`` and ``reads`` executors; ``fit`` grows the first two."""
+    """``operations``, ``watchdog``, ``reads`` and ``notify`` executors; ``fit`` grows the
+    first two."""
 
     def __init__(self, apps: int = 0) -> None:
         self.reads = ThreadPoolExecutor(READS, thread_name_prefix="zd-read")
         self.web = ThreadPoolExecutor(WEB, thread_name_prefix="zd-web")
+        self.notify = ThreadPoolExecutor(1, thread_name_prefix="zd-notify")
         self.operations = self._make("op", MIN_OPERATIONS, apps)
         self.watchdog = self._make("watch", MIN_WATCHDOG, apps)
         self._old: list[ThreadPoolExecutor] = []
@@ -65,6 +68,7 @@ class Pools:
 
     def shutdown(self) -> None:
         """No new work; threads still running end on their own (joined at exit)."""
-        for pool in (self.operations, self.watchdog, self.reads, self.web, *self._old):
+        for pool in (self.operations, self.watchdog, self.reads, self.web, self.notify,
+                     *self._old):
             pool.shutdown(wait=False)
 

@@ -26,6 +26,7 @@ from zdagent import __version__, api
 from zdagent.client import DEFAULT_SOCKET
 from zdagent.config import AppConfig, load_app_dir
 from zdagent.daemon.engines import Engines
+from zdagent.daemon.outbox import Delivery
 from zdagent.daemon.pools import Pools
 from zdagent.daemon.queue import AppRuntime, Operation, Queue
 from zdagent.daemon.routes import Routes
@@ -82,6 +83,9 @@ class Daemon:
         self.background: set[asyncio.Task[None]] = set()
         self.recovering: set[str] = set()  # added on SIGHUP, not watched until recovered
         self.traffic: dict[str, TrafficState] = {}
+        self.delivery = Delivery(lambda: [rt.cfg for rt in self.apps.values()],
+                                 lambda: self.pools.notify, self.stop, log)
+        self.deliverer = Supervised("notifications", self.delivery.run, log)
         self.web: Web | None = None  # status page and /metrics (prometheus_client: only then)
         if http:
             from zdagent.daemon.web import Web
@@ -91,6 +95,10 @@ class Daemon:
 
     def stopping(self) -> bool:
         return self.stop.is_set()
+
+    def outbox_depth(self) -> int:
+        """Notifications still to deliver, as of each app's last delivery round."""
+        return sum(self.delivery.pending.values())
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -120,6 +128,7 @@ class Daemon:
             self.web_server = await self.web.start()
         for name in self.apps:
             self._start_watch(name)
+        self.deliverer.start()  # what a crash left in the outboxes goes out now
         self.notifier.ready(self.summary())
         log(f"ready; control socket {self.socket_path}")
         return server
@@ -158,6 +167,7 @@ class Daemon:
         await self.queue.drain()  # running operations finish; queued ones end unstarted
         await asyncio.gather(*self.background, return_exceptions=True)
         await asyncio.gather(*(self._stop_watch(name) for name in list(self.watchers)))
+        await self.deliverer.stop(STOP_WATCH_TIMEOUT)  # a send in flight ends by its timeout
         # A watch task stopped mid-action ends once its engine call does (it holds the lock).
         await asyncio.gather(*self.background, return_exceptions=True)
         self.socket_path.unlink(missing_ok=True)
@@ -294,6 +304,8 @@ class Daemon:
         rt = self.apps[name]
         stop = asyncio.Event()
         cfg = rt.cfg
+        rt.state.on_change = self.delivery.watch_changes(name, lambda: rt.cfg,
+                                                         lambda: rt.state.last_reason)
 
         def failed(error: str, delay: float) -> None:
             rt.state.set("restarting", f"watch task failed ({error}); restarting in {delay:g}s")
@@ -331,10 +343,12 @@ class Daemon:
         task.add_done_callback(self.background.discard)
 
     def all_alive(self) -> bool:
-        return all(t.alive for w in self.watchers.values() for t in w.tasks())
+        return all(t.alive for w in self.watchers.values() for t in w.tasks()) and \
+            self.deliverer.alive
 
     def tasks_supervised(self) -> bool:
-        return all(t.supervised for w in self.watchers.values() for t in w.tasks())
+        return all(t.supervised for w in self.watchers.values() for t in w.tasks()) and \
+            self.deliverer.supervised
 
     def _hooks(self, rt: AppRuntime) -> WatchHooks:
         async def revert(reason: str, expected_live: str | None = None) -> str | None:
@@ -400,6 +414,7 @@ class Daemon:
                            "config_dir": str(self.config_dir),
                            "config_errors": dict(self.config_errors),
                            "reloads": self.reloads, "tasks_alive": self.all_alive(),
+                           "notifications": self.deliverer.to_dict(),
                            "connections": self.api.open,
                            "http": self.web.info() if self.web else None},
                 "apps": {n: self.app_status(n, rt) for n, rt in self.apps.items()},

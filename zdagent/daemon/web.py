@@ -138,9 +138,8 @@ class Web:
         self.d = daemon
         self.listen = listen
         self.log = daemon.engines.log
-        # The notification outbox's depth, once the daemon has one (``outbox_depth()``).
         self.metrics = Metrics(lambda: self._last, daemon.started,
-                               getattr(daemon, "outbox_depth", None))
+                               daemon.outbox_depth)
         self.server = api.Server(self.handle, daemon.limits, self.log)
         self.error: str | None = None  # why it does not listen
         self._looks: dict[str, Look] = {}

@@ -1,0 +1,94 @@
+"""The daemon's side of notifications: the delivery loop and the watchdog's alerts.
+
+One supervised task drains every app's outbox each ``INTERVAL`` in the daemon's notification
+thread (``Pools.notify``), so a slow receiver never holds up the event loop, a deploy or a
+read. The watchdog's state changes become ``degraded`` / ``recovered`` events (one per
+transition, see ``HealthAlerts``), queued from the same thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from zdagent.config import AppConfig
+from zdagent.notifications import outbox
+from zdagent.notifications.deliver import drain
+from zdagent.notifications.events import HealthAlerts
+from zdagent.store import Store
+
+INTERVAL = 1.0  # a queued event waits at most this long for its first try
+ROUND_SECONDS = 20.0  # one app's drain round, at most (each send is bounded too)
+
+
+class Delivery:
+    """Drains the outboxes of the daemon's apps; remembers what it logged, to log changes."""
+
+    def __init__(self, apps: Callable[[], list[AppConfig]], executor: Callable[[], Executor],
+                 stop: asyncio.Event, log: Callable[[str], None]) -> None:
+        self.apps = apps
+        self.executor = executor
+        self.stop = stop
+        self.log = log
+        self.alerts: dict[str, HealthAlerts] = {}
+        self._logged: dict[tuple[str, str], str] = {}
+        self.pending: dict[str, int] = {}  # per app, after its last round (status shows it)
+
+    async def run(self) -> None:
+        """The supervised loop: a round per app, then wait ``INTERVAL`` (or stop)."""
+        loop = asyncio.get_running_loop()
+        while not self.stop.is_set():
+            await asyncio.gather(*(loop.run_in_executor(self.executor(), self._round, cfg)
+                                   for cfg in self.apps() if cfg.notify))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), INTERVAL)
+
+    def _round(self, cfg: AppConfig) -> None:
+        store = Store(cfg.state_dir)
+        try:
+            done = drain(store, cfg, time.time() + ROUND_SECONDS)
+        finally:
+            store.close()
+        self.pending[cfg.name] = done.left
+        for channel in cfg.notify:
+            key = (cfg.name, channel.name)
+            error = done.failed.get(channel.name)
+            if error and self._logged.get(key) != error:
+                self.log(f"{cfg.name}: notification to {channel.name} failed (retrying with "
+                         f"backoff): {error}")
+                self._logged[key] = error
+            elif error is None and key in self._logged and done.sent:
+                self.log(f"{cfg.name}: notifications to {channel.name} are delivered again")
+                del self._logged[key]
+
+    def watch_changes(self, name: str, cfg: Callable[[], AppConfig],
+                      reason: Callable[[], str | None]) -> Callable[[str, str], None]:
+        """A WatchState.on_change for app ``name``: queues degraded / recovered."""
+        alerts = self.alerts.setdefault(name, HealthAlerts())
+
+        def changed(old: str, new: str) -> None:
+            event = alerts.transition(new)
+            if event is None or not cfg().notify:
+                return
+            fields = {"state": new, "previous": old, "reason": reason()}
+            loop = asyncio.get_running_loop()
+            fut = loop.run_in_executor(self.executor(), self._queue, cfg(), event, fields)
+            fut.add_done_callback(lambda f: f.exception())  # _queue logs, never raises
+
+        return changed
+
+    def _queue(self, cfg: AppConfig, event: str, fields: dict[str, Any]) -> None:
+        try:
+            store = Store(cfg.state_dir)
+            try:
+                outbox.queue(store, cfg, event, fields)
+            finally:
+                store.close()
+        except Exception as e:
+            self.log(f"{cfg.name}: could not queue the {event} notification: "
+                     f"{type(e).__name__}: {e}")
+

@@ -1,0 +1,219 @@
+"""Sending: Apprise for every service it knows, httpx for the HMAC-signed JSON webhook.
+
+Why the webhook is not Apprise's ``json://``: Apprise can add fixed headers (``+Name=value``)
+but cannot compute a header from the body it sends, so an HMAC over the exact bytes on the wire
+is impossible there. The signed webhook is therefore a plain POST with httpx: the body is the
+event's JSON, ``X-Zdagent-Signature: sha256=<hex HMAC-SHA256 of the body>``, and
+``X-Zdagent-Event-Id`` (the receiver's dedup key: delivery is at least once).
+
+Each send is bounded (``SEND_TIMEOUT``); nothing here raises to a caller that runs a deploy:
+``drain`` records failures in the outbox and ``flush`` swallows everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from zdagent import __version__
+from zdagent.config import AppConfig, NotifyChannel
+from zdagent.errors import shorten
+from zdagent.notifications import outbox
+from zdagent.notifications.events import make_notice, title_and_body
+from zdagent.store import Store
+
+SEND_TIMEOUT = 10.0  # connect and read, per send (outbox.LEASE is longer)
+SIGNATURE_HEADER = "X-Zdagent-Signature"
+EVENT_ID_HEADER = "X-Zdagent-Event-Id"
+EVENT_HEADER = "X-Zdagent-Event"
+
+# Apprise reports a failed send only through its logger, which is global: one Apprise send at
+# a time, so each capture holds its own send's lines only. (Webhooks do not wait for it.)
+_APPRISE = threading.Lock()
+logging.getLogger("apprise").addHandler(logging.NullHandler())  # never to stderr
+
+
+class DeliveryError(Exception):
+    """A send that did not arrive; the message never holds the URL or the secret."""
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The signature header's value: ``sha256=`` and the HMAC-SHA256 of ``body``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def body_of(payload: dict[str, Any]) -> bytes:
+    """The webhook body: compact JSON with sorted keys (the bytes the signature covers)."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+
+
+def secret_of(channel: NotifyChannel) -> bytes:
+    """The webhook's HMAC key, read now (the daemon may read what the config reader cannot)."""
+    if channel.secret is not None:
+        return channel.secret.encode()
+    if channel.secret_env is not None:
+        value = os.environ.get(channel.secret_env)
+        if not value:
+            raise DeliveryError(f"the environment variable {channel.secret_env} (secret_env) "
+                                "is not set for this process")
+        return value.encode()
+    assert channel.secret_file is not None
+    try:
+        value = channel.secret_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or type(e).__name__
+        raise DeliveryError(f"cannot read secret_file {channel.secret_file}: {why}") from None
+    if not value:
+        raise DeliveryError(f"secret_file {channel.secret_file} is empty")
+    return value.encode()
+
+
+def label(channel: NotifyChannel) -> str:
+    """How a channel is shown: its name and the URL without credentials, path or query."""
+    if channel.kind == "webhook":
+        parts = urlsplit(channel.url)
+        return f"{channel.name} ({parts.scheme}://{parts.hostname}/…)"
+    return f"{channel.name} ({channel.url.split(':', 1)[0]}://…)"
+
+
+def send(channel: NotifyChannel, payload: dict[str, Any],
+         timeout: float = SEND_TIMEOUT) -> None:
+    """Deliver ``payload`` to ``channel`` now; DeliveryError when it did not arrive."""
+    if channel.kind == "webhook":
+        _post_webhook(channel, payload, timeout)
+    else:
+        _apprise(channel, payload, timeout)
+
+
+def _post_webhook(channel: NotifyChannel, payload: dict[str, Any], timeout: float) -> None:
+    import httpx
+
+    body = body_of(payload)
+    headers = {"Content-Type": "application/json", "User-Agent": f"zdagent/{__version__}",
+               SIGNATURE_HEADER: sign(secret_of(channel), body),
+               EVENT_ID_HEADER: payload["id"], EVENT_HEADER: payload["event"]}
+    try:
+        r = httpx.post(channel.url, content=body, headers=headers, timeout=timeout,
+                       follow_redirects=False)
+    except httpx.HTTPError as e:
+        text = str(e).replace(channel.url, "<url>")  # never the URL: it may hold a token
+        raise DeliveryError(f"{type(e).__name__}: {shorten(text, 160)}") from None
+    if not 200 <= r.status_code < 300:
+        raise DeliveryError(f"the receiver answered HTTP {r.status_code}")
+
+
+def _apprise(channel: NotifyChannel, payload: dict[str, Any], timeout: float) -> None:
+    import apprise
+
+    plugin = apprise.Apprise.instantiate(channel.url, suppress_exceptions=True)
+    if plugin is None:
+        raise DeliveryError("Apprise no longer understands this URL (check the config)")
+    plugin.socket_connect_timeout = timeout
+    plugin.socket_read_timeout = timeout
+    title, body = title_and_body(payload)
+    with _APPRISE, apprise.LogCapture(level=logging.WARNING) as log:
+        ok = plugin.notify(body=body, title=title)
+    if not ok:
+        lines = [ln for ln in log.getvalue().splitlines() if ln.strip()]
+        raise DeliveryError(shorten(lines[-1] if lines else "Apprise reported a failure", 200))
+
+
+# --- draining the outbox -----------------------------------------------------------------
+
+@dataclass
+class Round:
+    """What one drain round did (``failed`` holds channel name -> error)."""
+
+    sent: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    left: int = 0  # still to deliver after the round
+
+
+def drain(store: Store, cfg: AppConfig, deadline: float,
+          clock: Callable[[], float] = time.time) -> Round:
+    """Send what is due for ``cfg``'s channels until done or ``deadline`` (a clock() time)."""
+    channels = {c.key: c for c in cfg.notify}
+    result = Round()
+    outbox.drop_unknown(store, cfg.name, set(channels), clock())
+    for item in outbox.due(store, cfg.name, clock()):
+        remaining = deadline - clock()
+        if remaining <= 0.5:
+            break
+        channel = channels[item.channel]
+        if channel.name in result.failed:
+            continue  # failed in this round: its next try waits for its backoff
+        if not outbox.claim(store, item, clock()):
+            continue  # another sender has it
+        try:
+            send(channel, item.payload, min(SEND_TIMEOUT, remaining))
+        except DeliveryError as e:
+            outbox.failed(store, item, clock(), str(e))
+            result.failed[channel.name] = str(e)
+            continue
+        except Exception as e:  # a plugin's bug must not stop the other deliveries
+            outbox.failed(store, item, clock(), f"unexpected {type(e).__name__}")
+            result.failed[channel.name] = f"unexpected {type(e).__name__}"
+            continue
+        outbox.delivered(store, item, clock())
+        result.sent += 1
+    result.left = outbox.outbox_depth(store, cfg.name)
+    return result
+
+
+def flush(cfg: AppConfig, seconds: float) -> Round | None:
+    """Deliver what is due within ``seconds`` (the CLI after an in-process deploy). Never
+    raises: what fails stays queued for the daemon or the next run. None if no channel."""
+    if not cfg.notify:
+        return None
+    try:
+        store = Store(cfg.state_dir)
+    except Exception:
+        return None
+    try:
+        return drain(store, cfg, time.time() + seconds)
+    except Exception as e:
+        return Round(failed={"outbox": f"{type(e).__name__}: {e}"})
+    finally:
+        store.close()
+
+
+def send_test(cfg: AppConfig) -> dict[str, str | None]:
+    """`zdagent notify test`: a test event to every channel now, not queued. Channel name ->
+    None (delivered) or the error."""
+    notice = make_notice(cfg.name, "test", {"message": "zdagent notify test"})
+    out: dict[str, str | None] = {}
+    for channel in cfg.notify:
+        try:
+            send(channel, notice.payload)
+            out[channel.name] = None
+        except DeliveryError as e:
+            out[channel.name] = str(e)
+        except Exception as e:
+            out[channel.name] = f"unexpected {type(e).__name__}"
+    return out
+
+
+def status(cfg: AppConfig, state_dir: Path | None = None) -> dict[str, Any]:
+    """`zdagent notify status`: per channel, what the outbox holds."""
+    store = Store(state_dir or cfg.state_dir)
+    try:
+        stats = outbox.channel_stats(store, cfg.name)
+        depth = outbox.outbox_depth(store, cfg.name)
+    finally:
+        store.close()
+    empty = {"pending": 0, "delivered": 0, "given_up": 0, "last_delivered_at": None,
+             "last_error": None}
+    return {"app": cfg.name, "pending": depth,
+            "channels": [{"name": c.name, "kind": c.kind, "target": label(c),
+                          "events": sorted(c.events), **stats.get(c.key, empty)}
+                         for c in cfg.notify]}
