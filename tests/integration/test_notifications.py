@@ -1,0 +1,204 @@
+"""Notifications to real local receivers: a webhook receiver that checks the HMAC signature
+and an SMTP server (aiosmtpd); deploys on real Docker and Nginx, in-process and through the
+daemon, with the receiver down meanwhile and the daemon killed with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.integration.test_daemon import FAST_WATCHDOG, daemon_factory, live_in_file, wait_for
+from tests.receivers import SmtpReceiver, WebhookReceiver
+from tests.unit.test_config import MINIMAL
+from zdagent.config import load_config
+from zdagent.notifications import outbox
+from zdagent.notifications.deliver import drain, send, send_test
+from zdagent.notifications.events import make_notice
+from zdagent.store import Store
+
+__all__ = ["daemon_factory"]  # the fixture, used by name
+
+SECRET = "s3cret-hmac-key"
+
+
+def app_with(tmp_path, notify: str):
+    path = tmp_path / "app.toml"
+    path.write_text(MINIMAL + notify)
+    return load_config(path)
+
+
+def webhook_cfg(tmp_path, url: str, events: str = '"all"'):
+    return app_with(tmp_path, f'\n[[notify]]\nwebhook = "{url}"\nsecret = "{SECRET}"\n'
+                              f"events = {events}\n")
+
+
+@pytest.fixture
+def webhook():
+    rx = WebhookReceiver(SECRET.encode())
+    yield rx
+    rx.stop()
+
+
+@pytest.fixture
+def smtp():
+    rx = SmtpReceiver().start()
+    yield rx
+    rx.stop()
+
+
+def notify_toml(rx: WebhookReceiver, events: str = '"all"', extra: str = "") -> str:
+    return (f'\n[[notify]]\nname = "hook"\nwebhook = "{rx.url}"\nsecret_env = "ZD_HOOK_SECRET"'
+            f"\nevents = {events}\n{extra}")
+
+
+def outbox_rows(app) -> list[tuple]:
+    cfg = load_config(app.config)
+    store = Store(cfg.state_dir)
+    try:
+        return [tuple(r) for r in store.rows(
+            "SELECT o.event, d.attempts, d.delivered_at IS NOT NULL, d.last_error FROM"
+            " notify_delivery d JOIN notify_outbox o ON o.id = d.event_id WHERE d.app=?"
+            " ORDER BY o.created_at", (cfg.name,))]
+    finally:
+        store.close()
+
+
+# --- sends, no Docker ---------------------------------------------------------------
+
+def test_webhook_send_is_signed_and_carries_the_event_id(tmp_path):
+    rx = WebhookReceiver(SECRET.encode()).start()
+    try:
+        cfg = webhook_cfg(tmp_path, rx.url)
+        notice = make_notice(cfg.name, "deploy-failed", {"error": "boom"})
+        send(cfg.notify[0], notice.payload)
+        [got] = rx.got
+        assert got.signature_ok
+        assert got.headers["X-Zdagent-Event-Id"] == notice.id
+        assert got.headers["X-Zdagent-Event"] == "deploy-failed"
+        assert got.payload["summary"] == f"{cfg.name}: deploy failed: boom"
+    finally:
+        rx.stop()
+
+
+def test_a_wrong_secret_is_refused_by_the_receiver(tmp_path):
+    rx = WebhookReceiver(b"another key").start()
+    try:
+        cfg = webhook_cfg(tmp_path, rx.url)
+        assert send_test(cfg) == {"webhook-0": "the receiver answered HTTP 401"}
+    finally:
+        rx.stop()
+
+
+def test_email_through_apprise_to_a_local_smtp_server(tmp_path):
+    smtp = SmtpReceiver().start()
+    try:
+        cfg = app_with(tmp_path, f'\n[[notify]]\nurl = "{smtp.url()}"\n')
+        assert send_test(cfg) == {"mailto-0": None}
+        [msg] = smtp.messages
+        assert msg.rcpt_tos == ["ops@example.com"]
+        text = msg.content.decode()
+        assert "test notification from zdagent" in text and "event id:" in text
+    finally:
+        smtp.stop()
+
+
+def test_a_receiver_down_then_up_gets_every_event_once(tmp_path):
+    rx = WebhookReceiver(SECRET.encode())  # not started: its port is closed
+    cfg = webhook_cfg(tmp_path, rx.url, '"failures"')
+    store = Store(cfg.state_dir)
+    now = [1000.0]
+    queued = [outbox.queue(store, cfg, e, {}, now[0]) for e in
+              ("deploy-started", "deploy-failed", "degraded", "auto-revert")]
+    assert queued[0] is None  # not a failure: this channel does not want it
+    first = drain(store, cfg, deadline=now[0] + 30, clock=lambda: now[0])
+    assert first.sent == 0 and "ConnectError" in first.failed["webhook-0"] and first.left == 3
+    rx.start()
+    try:
+        for _ in range(20):  # rounds as the daemon runs them, time moving on
+            now[0] += outbox.MAX_BACKOFF
+            drain(store, cfg, deadline=now[0] + 30, clock=lambda: now[0])
+        assert sorted(rx.ids()) == sorted(n.id for n in queued if n)
+        assert set(rx.ids().values()) == {1}
+        assert outbox.outbox_depth(store, cfg.name) == 0
+    finally:
+        rx.stop()
+        store.close()
+
+
+# --- deploys ------------------------------------------------------------------------------
+
+def test_in_process_deploys_notify_webhook_and_email(make_app, webhook, smtp):
+    webhook.start()
+    app = make_app(extra=notify_toml(webhook) + f'\n[[notify]]\nurl = "{smtp.url()}"\n'
+                                                'events = "failures"\n')
+    app.env["ZD_HOOK_SECRET"] = SECRET
+    app.ok("deploy", "v1", "--local")
+    # Delivered before the CLI returned (its bounded flush), signed.
+    assert [e["event"] for e in webhook.events()] == ["deploy-started", "deploy-succeeded"]
+    assert all(r.signature_ok for r in webhook.got)
+    assert smtp.messages == []  # email wants failures only
+    failed = app.cli("deploy", "crash", "--local")
+    assert failed.returncode == 1
+    events = webhook.events()
+    assert [e["event"] for e in events][2:] == ["deploy-started", "deploy-failed"]
+    assert events[-1]["fields"]["error"] and events[-1]["fields"]["version"] == "crash"
+    [mail] = smtp.messages
+    body = mail.content.decode()
+    assert "deploy failed (crash)" in body and events[-1]["id"] in body
+    assert all(row[2] for row in outbox_rows(app))  # every delivery marked delivered
+    test = app.cli("notify", "test", "--json")
+    assert test.returncode == 0, test.stderr
+    assert [c["ok"] for c in json.loads(test.stdout)["channels"]] == [True, True]
+    assert webhook.events()[-1]["event"] == "test" and len(smtp.messages) == 2
+    status = json.loads(app.ok("notify", "status", "--json").stdout)
+    assert status["pending"] == 0
+    assert [(c["name"], c["delivered"]) for c in status["channels"]] == [("hook", 4),
+                                                                         ("mailto-1", 1)]
+    assert SECRET not in test.stdout + test.stderr + json.dumps(status)
+
+
+def test_receiver_down_and_daemon_killed_then_every_event_arrives_once(
+        make_app, daemon_factory, webhook):
+    """Events queued while the receiver is down survive a kill -9 of the daemon; after the
+    restart, with the receiver back, each arrives exactly once, signed."""
+    app = make_app(extra=notify_toml(webhook))
+    d = daemon_factory([app], env={"ZD_HOOK_SECRET": SECRET}).start()
+    app.ok("deploy", "v1")  # through the daemon; the receiver's port is closed
+    wait_for(lambda: len(rows := outbox_rows(app)) == 2 and all(r[1] >= 1 and r[3]
+                                                                  for r in rows),
+             30, "both events tried and failed")
+    assert not any(r[2] for r in outbox_rows(app))
+    d.kill9()
+    webhook.start()
+    d.start()
+    wait_for(lambda: all(r[2] for r in outbox_rows(app)), 60, "delivery after the restart")
+    ids = webhook.ids()
+    assert [e["event"] for e in webhook.events()] == ["deploy-started", "deploy-succeeded"]
+    assert set(ids.values()) == {1}, ids  # exactly once per event id
+    assert all(r.signature_ok for r in webhook.got)
+    assert "notification to hook failed" in d.log.read_text()
+
+
+def test_watchdog_auto_revert_degraded_and_recovered(make_app, daemon_factory, webhook,
+                                                     docker_client):
+    webhook.start()
+    app = make_app(extra=FAST_WATCHDOG + notify_toml(webhook, '["failures", "recovered"]'))
+    d = daemon_factory([app], env={"ZD_HOOK_SECRET": SECRET}).start()
+    app.ok("deploy", "v1")
+    app.ok("deploy", "v2")
+    docker_client.containers.get(f"{app.name}-green").exec_run(
+        ["/bin/busybox", "touch", "/tmp/unhealthy"])
+    webhook.wait_for(lambda ev: [e["event"] for e in ev] == ["auto-revert"], 30, "auto-revert")
+    assert live_in_file(app) == "blue"
+    app.nginx.stop()
+    webhook.wait_for(lambda ev: len(ev) == 2, 30, "degraded")
+    degraded = webhook.events()[1]
+    assert degraded["event"] == "degraded" and degraded["fields"]["state"] == "nginx-down"
+    app.nginx.start()
+    webhook.wait_for(lambda ev: len(ev) == 3, 30, "recovered")
+    assert webhook.events()[2]["event"] == "recovered"
+    seen = d.status()["apps"][app.name]["checks"]  # more rounds, healthy: nothing more sent
+    wait_for(lambda: d.status()["apps"][app.name]["checks"] >= seen + 5, 30, "5 more rounds")
+    assert [e["event"] for e in webhook.events()] == ["auto-revert", "degraded", "recovered"]
+    assert set(webhook.ids().values()) == {1}

@@ -1,0 +1,115 @@
+"""Real local receivers for notification tests: an HTTP webhook receiver that checks the
+HMAC signature, and an SMTP server (aiosmtpd). Both listen on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from benchmarks.harness import free_port
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    signature_ok: bool
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+
+@dataclass
+class WebhookReceiver:
+    """POSTs to http://127.0.0.1:<port>/hook, each with its signature verified by secret.
+    ``start`` may be called after the sender has tried (the port is chosen up front)."""
+
+    secret: bytes
+    port: int = field(default_factory=free_port)
+    status: int = 200
+    got: list[Received] = field(default_factory=list)
+    _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def start(self) -> WebhookReceiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                want = "sha256=" + hmac.new(receiver.secret, body, hashlib.sha256).hexdigest()
+                sig = self.headers.get("X-Zdagent-Signature", "")
+                ok = hmac.compare_digest(want, sig)
+                with receiver._lock:
+                    receiver.got.append(Received(dict(self.headers), body, ok))
+                self.send_response(receiver.status if ok else 401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def events(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r.payload for r in self.got if r.signature_ok]
+
+    def ids(self) -> Counter[str]:
+        return Counter(e["id"] for e in self.events())
+
+    def wait_for(self, predicate: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.events()):
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: " \
+                                                f"{[e['event'] for e in self.events()]}"
+            time.sleep(0.05)
+
+
+class SmtpReceiver:
+    """An aiosmtpd server on 127.0.0.1 that keeps every message."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.messages: list[Any] = []
+        receiver = self
+
+        class Handler:
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                receiver.messages.append(envelope)
+                return "250 OK"
+
+        self.port = free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> SmtpReceiver:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def url(self, to: str = "ops@example.com") -> str:
+        """Apprise's URL for a plain (no TLS, no login) SMTP server on this port."""
+        return f"mailto://127.0.0.1:{self.port}?from=zdagent@example.com&to={to}"
