@@ -10,6 +10,7 @@ from typing import Any
 
 from zdagent.deploy import Engine, Phase
 from zdagent.errors import EnvironmentProblem
+from zdagent.notifications.outbox import outbox_depth
 from zdagent.probe import http_client, probe_once, slot_url
 from zdagent.slots import SLOTS, container_name, other
 
@@ -56,6 +57,8 @@ def collect(engine: Engine) -> dict[str, Any]:
         "store": {"live_slot": state.live_slot, "phase": state.phase,
                   "deploy_id": state.deploy_id},
         "last_deploy": last,
+        "notifications": {"channels": len(cfg.notify),
+                          "pending": outbox_depth(engine.store, cfg.name)},
         "drift": drift,
         "ok": not drift and bool(in_file) and slots.get(in_file or "", {}).get("health")
         == "healthy",

@@ -156,6 +156,8 @@ def test_in_process_deploys_notify_webhook_and_email(make_app, webhook, smtp):
     assert [(c["name"], c["delivered"]) for c in status["channels"]] == [("hook", 4),
                                                                          ("mailto-1", 1)]
     assert SECRET not in test.stdout + test.stderr + json.dumps(status)
+    st = json.loads(app.ok("status", "--json", "--local").stdout)
+    assert st["notifications"] == {"channels": 2, "pending": 0}
 
 
 def test_receiver_down_and_daemon_killed_then_every_event_arrives_once(

@@ -191,3 +191,14 @@ def test_notify_channels_are_parsed_and_never_shown(tmp_path):
     shown = repr(cfg) + label(slack) + label(hook)
     assert "TOK" not in shown
     assert slack.key != hook.key and len(slack.key) == 16
+
+
+def test_the_annotated_example_has_both_kinds_of_channel(tmp_path):
+    example = Path(__file__).resolve().parents[2] / "zdagent" / "example.toml"
+    (tmp_path / "web.toml").write_text(example.read_text())
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "Dockerfile").write_text("FROM scratch\n")
+    slack, hook = load_config(tmp_path / "web.toml").notify
+    assert (slack.kind, slack.events) == ("apprise", FAILURES | {"recovered"})
+    assert (hook.kind, hook.name, hook.secret_file) == ("webhook", "ci-hook",
+                                                       Path("/etc/zdagent/hook.secret"))

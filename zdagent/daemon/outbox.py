@@ -36,7 +36,6 @@ class Delivery:
         self.log = log
         self.alerts: dict[str, HealthAlerts] = {}
         self._logged: dict[tuple[str, str], str] = {}
-        self.pending: dict[str, int] = {}  # per app, after its last round (status shows it)
 
     async def run(self) -> None:
         """The supervised loop: a round per app, then wait ``INTERVAL`` (or stop)."""
@@ -53,7 +52,6 @@ class Delivery:
             done = drain(store, cfg, time.time() + ROUND_SECONDS)
         finally:
             store.close()
-        self.pending[cfg.name] = done.left
         for channel in cfg.notify:
             key = (cfg.name, channel.name)
             error = done.failed.get(channel.name)
