@@ -21,6 +21,7 @@ from zdagent.notifications.events import (
     FAILURES,
     HealthAlerts,
     check_events,
+    describe,
     expand,
     make_notice,
     wanted,
@@ -50,6 +51,9 @@ def test_filter_shorthands_and_names():
     assert expand("all") >= {"deploy-started", "recovered", "hook-failed"}
     assert wanted("deploy-failed", expand("failures"))
     assert not wanted("deploy-succeeded", expand("failures"))
+    assert describe(expand(["recovered", "failures"])) == ["failures", "recovered"]
+    assert describe(expand(["deploy-failed", "failures"])) == ["failures"]
+    assert describe(expand("all")) == ["all"]
     assert wanted("test", frozenset())  # the test event goes to every channel
     assert "did you mean 'deploy-failed'" in (check_events(["deploy-faild"]) or "")
     assert check_events([]) is not None and check_events(3) is not None

@@ -29,7 +29,7 @@ from zdagent import __version__
 from zdagent.config import AppConfig, NotifyChannel
 from zdagent.errors import shorten
 from zdagent.notifications import outbox
-from zdagent.notifications.events import make_notice, title_and_body
+from zdagent.notifications.events import describe, make_notice, title_and_body
 from zdagent.store import Store
 
 SEND_TIMEOUT = 10.0  # connect and read, per send (outbox.LEASE is longer)
@@ -121,7 +121,7 @@ def _apprise(channel: NotifyChannel, payload: dict[str, Any], timeout: float) ->
     plugin.socket_connect_timeout = timeout
     plugin.socket_read_timeout = timeout
     title, body = title_and_body(payload)
-    with _APPRISE, apprise.LogCapture(level=logging.WARNING) as log:
+    with _APPRISE, apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as log:
         ok = plugin.notify(body=body, title=title)
     if not ok:
         lines = [ln for ln in log.getvalue().splitlines() if ln.strip()]
@@ -215,5 +215,5 @@ def status(cfg: AppConfig, state_dir: Path | None = None) -> dict[str, Any]:
              "last_error": None}
     return {"app": cfg.name, "pending": depth,
             "channels": [{"name": c.name, "kind": c.kind, "target": label(c),
-                          "events": sorted(c.events), **stats.get(c.key, empty)}
+                          "events": describe(c.events), **stats.get(c.key, empty)}
                          for c in cfg.notify]}

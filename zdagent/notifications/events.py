@@ -57,6 +57,16 @@ def expand(value: str | list[str]) -> frozenset[str]:
     return frozenset(out)
 
 
+def describe(events: frozenset[str]) -> list[str]:
+    """A filter as short as the config could say it: shorthands first, then the rest."""
+    for name, members in SHORTHANDS.items():
+        if events == members:
+            return [name]
+    if events > FAILURES:
+        return ["failures", *sorted(events - FAILURES)]
+    return sorted(events)
+
+
 def wanted(event: str, events: frozenset[str]) -> bool:
     """Does a channel with filter ``events`` get ``event``? The test event goes everywhere."""
     return event == TEST or event in events
