@@ -10,7 +10,7 @@ import pytest
 
 from tests.integration.test_daemon import FAST_WATCHDOG, daemon_factory, live_in_file, wait_for
 from tests.receivers import SmtpReceiver, WebhookReceiver
-from tests.unit.test_config import MINIMAL
+from tests.unit.test_notifications import SECRET, app_with, webhook_cfg
 from zdagent.config import load_config
 from zdagent.notifications import outbox
 from zdagent.notifications.deliver import drain, send, send_test
@@ -18,20 +18,6 @@ from zdagent.notifications.events import make_notice
 from zdagent.store import Store
 
 __all__ = ["daemon_factory"]  # the fixture, used by name
-
-SECRET = "s3cret-hmac-key"
-
-
-def app_with(tmp_path, notify: str):
-    path = tmp_path / "app.toml"
-    path.write_text(MINIMAL + notify)
-    return load_config(path)
-
-
-def webhook_cfg(tmp_path, url: str, events: str = '"all"'):
-    return app_with(tmp_path, f'\n[[notify]]\nwebhook = "{url}"\nsecret = "{SECRET}"\n'
-                              f"events = {events}\n")
-
 
 @pytest.fixture
 def webhook():

@@ -206,3 +206,18 @@ def test_the_annotated_example_has_both_kinds_of_channel(tmp_path):
     assert (slack.kind, slack.events) == ("apprise", FAILURES | {"recovered"})
     assert (hook.kind, hook.name, hook.secret_file) == ("webhook", "ci-hook",
                                                        Path("/etc/zdagent/hook.secret"))
+
+
+def test_prune_deletes_only_old_finished_events(tmp_path):
+    store = Store(tmp_path)
+    done, waiting, new = (make_notice("web", "degraded", {}, now=t) for t in (0.0, 0.0, 50.0))
+    for n in (done, waiting, new):
+        outbox.enqueue(store, n, ["a"], n.payload["timestamp"])
+    item = next(i for i in outbox.due(store, "web", 1.0) if i.event_id == done.id)
+    assert outbox.claim(store, item, 1.0)
+    outbox.delivered(store, item, 1.0)
+    assert outbox.prune(store, "web", before=10.0) == 1
+    left = {r[0] for r in store.rows("SELECT id FROM notify_outbox")}
+    assert left == {waiting.id, new.id}
+    assert outbox.outbox_depth(store, "web") == 2
+    store.close()

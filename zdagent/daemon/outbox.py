@@ -23,6 +23,7 @@ from zdagent.store import Store
 
 INTERVAL = 1.0  # a queued event waits at most this long for its first try
 ROUND_SECONDS = 20.0  # one app's drain round, at most (each send is bounded too)
+TIDY_EVERY = 60.0  # removed channels' deliveries given up, old events deleted
 
 
 class Delivery:
@@ -36,6 +37,7 @@ class Delivery:
         self.log = log
         self.alerts: dict[str, HealthAlerts] = {}
         self._logged: dict[tuple[str, str], str] = {}
+        self._tidied: dict[str, float] = {}
 
     async def run(self) -> None:
         """The supervised loop: a round per app, then wait ``INTERVAL`` (or stop)."""
@@ -47,11 +49,15 @@ class Delivery:
                 await asyncio.wait_for(self.stop.wait(), INTERVAL)
 
     def _round(self, cfg: AppConfig) -> None:
+        now = time.time()
+        tidy = now - self._tidied.get(cfg.name, 0.0) >= TIDY_EVERY
         store = Store(cfg.state_dir)
         try:
-            done = drain(store, cfg, time.time() + ROUND_SECONDS)
+            done = drain(store, cfg, now + ROUND_SECONDS, tidy=tidy)
         finally:
             store.close()
+        if tidy:
+            self._tidied[cfg.name] = now
         for channel in cfg.notify:
             key = (cfg.name, channel.name)
             error = done.failed.get(channel.name)
@@ -73,9 +79,10 @@ class Delivery:
             if event is None or not cfg().notify:
                 return
             fields = {"state": new, "previous": old, "reason": reason()}
-            loop = asyncio.get_running_loop()
-            fut = loop.run_in_executor(self.executor(), self._queue, cfg(), event, fields)
-            fut.add_done_callback(lambda f: f.exception())  # _queue logs, never raises
+            try:  # called inside the watchdog's tick: never raise into it
+                self.executor().submit(self._queue, cfg(), event, fields)
+            except RuntimeError as e:  # the pool is shut down: the daemon is stopping
+                self.log(f"{name}: {event} notification not queued: {e}")
 
         return changed
 

@@ -140,11 +140,14 @@ class Round:
 
 
 def drain(store: Store, cfg: AppConfig, deadline: float,
-          clock: Callable[[], float] = time.time) -> Round:
-    """Send what is due for ``cfg``'s channels until done or ``deadline`` (a clock() time)."""
+          clock: Callable[[], float] = time.time, tidy: bool = True) -> Round:
+    """Send what is due for ``cfg``'s channels until done or ``deadline`` (a clock() time).
+    ``tidy``: first give up deliveries to removed channels and delete old finished events."""
     channels = {c.key: c for c in cfg.notify}
     result = Round()
-    outbox.drop_unknown(store, cfg.name, set(channels), clock())
+    if tidy:
+        outbox.drop_unknown(store, cfg.name, set(channels), clock())
+        outbox.prune(store, cfg.name, clock() - outbox.KEEP)
     for item in outbox.due(store, cfg.name, clock()):
         remaining = deadline - clock()
         if remaining <= 0.5:

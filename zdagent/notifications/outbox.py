@@ -25,6 +25,7 @@ FIRST_BACKOFF = 2.0
 MAX_BACKOFF = 300.0
 LEASE = 30.0  # longer than any send (deliver.SEND_TIMEOUT): a claim outlives its send
 MAX_AGE = 24 * 3600.0  # an event still undelivered after a day is given up
+KEEP = 30 * 24 * 3600.0  # finished events are deleted after this long
 
 
 def backoff(attempts: int) -> float:
@@ -123,6 +124,17 @@ def drop_unknown(store: Store, app: str, channels: set[str], now: float) -> int:
             " config' WHERE app=? AND delivered_at IS NULL AND gave_up_at IS NULL" + where,
             (now, app, *channels))
         return cur.rowcount
+
+
+def prune(store: Store, app: str, before: float) -> int:
+    """Delete ``app``'s events created before ``before`` that no channel still waits for."""
+    with store.transaction() as db:
+        old = "SELECT id FROM notify_outbox WHERE app=? AND created_at < ? AND NOT EXISTS" \
+              " (SELECT 1 FROM notify_delivery d WHERE d.event_id = notify_outbox.id AND" \
+              " d.delivered_at IS NULL AND d.gave_up_at IS NULL)"
+        db.execute(f"DELETE FROM notify_delivery WHERE event_id IN ({old})", (app, before))
+        return db.execute(f"DELETE FROM notify_outbox WHERE id IN ({old})",
+                          (app, before)).rowcount
 
 
 def outbox_depth(store: Store, app: str | None = None) -> int:
