@@ -5,6 +5,8 @@ daemon, with the receiver down meanwhile and the daemon killed with SIGKILL."""
 from __future__ import annotations
 
 import json
+import socket
+import time
 
 import pytest
 
@@ -13,7 +15,7 @@ from tests.receivers import SmtpReceiver, WebhookReceiver
 from tests.unit.test_notifications import SECRET, app_with, webhook_cfg
 from zdagent.config import load_config
 from zdagent.notifications import outbox
-from zdagent.notifications.deliver import drain, send, send_test
+from zdagent.notifications.deliver import drain, flush, send, send_test
 from zdagent.notifications.events import make_notice
 from zdagent.store import Store
 
@@ -109,6 +111,26 @@ def test_a_receiver_down_then_up_gets_every_event_once(tmp_path):
         assert outbox.outbox_depth(store, cfg.name) == 0
     finally:
         rx.stop()
+        store.close()
+
+
+def test_a_receiver_that_never_answers_costs_the_cli_its_bound_only(tmp_path):
+    """A webhook that accepts the connection and never answers: the CLI's flush gives up at
+    its bound, and the events stay queued (claimed: retried after the lease)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # never accepted, never answered
+        cfg = webhook_cfg(tmp_path, f"http://127.0.0.1:{silent.getsockname()[1]}/hook")
+        store = Store(cfg.state_dir)
+        for event in ("deploy-started", "deploy-succeeded", "degraded"):
+            outbox.queue(store, cfg, event, {})
+        t0 = time.monotonic()
+        done = flush(cfg, 2.0)
+        took = time.monotonic() - t0
+        assert done is not None and done.sent == 0 and done.left == 3
+        assert "Timeout" in done.failed["webhook-0"]
+        assert took < 2.0 + 1.0, took
+        assert outbox.outbox_depth(store, cfg.name) == 3
         store.close()
 
 
