@@ -38,7 +38,8 @@ import h11
 
 from zdagent.errors import as_known
 
-ROUTE = re.compile(r"^/v1/apps/([a-z0-9][a-z0-9-]{0,39})/(status|history|deploy|rollback)$")
+ROUTE = re.compile(
+    r"^/v1/apps/([a-z0-9][a-z0-9-]{0,39})/(status|history|deploy|rollback|notify-test)$")
 
 
 @dataclass(frozen=True)

@@ -630,35 +630,37 @@ def nginx_render(
 
 
 @notify_app.command("test")
-def notify_test(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def notify_test(config: ConfigOpt = None, as_json: JsonOpt = False, local: LocalOpt = False,
+                socket: SocketOpt = None) -> None:
     """Send a test event to every channel now (whatever its events filter) and report each.
 
-    Exit 0 when every channel took it, 1 when any did not, 2 when there is no channel.
-    Webhook secrets are read by this process: run it as the user the daemon runs as.
+    Sent by the daemon when it manages the app (it reads the webhook secrets), else by this
+    process. Exit 0 when every channel took it, 1 when any did not, 2 when there is none.
     """
     with _guard():
-        from zdagent.notifications.deliver import label, send_test
-
         cfg = _load(config)
-        if not cfg.notify:
-            raise UsageError(f"{cfg.name} has no notification channel",
-                             hint="add a [[notify]] table to its config (see `zdagent config "
-                                  "example`)")
-        results = send_test(cfg)
-        labels = {c.name: label(c) for c in cfg.notify}
-        if as_json:
-            out.print_json(json.dumps({"app": cfg.name, "channels": [
-                {"name": n, "target": labels[n], "ok": e is None, "error": e}
-                for n, e in results.items()]}))
+        client = _daemon(cfg, socket, local, quiet=as_json)
+        if client is not None:
+            with _daemon_link():
+                report = next(iter(client.stream(f"/v1/apps/{cfg.name}/notify-test", {})))
         else:
-            for name, error in results.items():
-                line = "ok    " + labels[name] if error is None else \
-                    f"failed {labels[name]}: {error}"
-                out.print(line, markup=False)
-        failed = [n for n, e in results.items() if e is not None]
+            from zdagent.notifications.deliver import send_test
+
+            if not cfg.notify:
+                raise UsageError(f"{cfg.name} has no notification channel",
+                                 hint="add a [[notify]] table to its config (see `zdagent "
+                                      "config example`)")
+            report = send_test(cfg)
+        if as_json:
+            out.print_json(json.dumps(report))
+        else:
+            for ch in report["channels"]:
+                out.print(f"ok     {ch['target']}" if ch["ok"] else
+                          f"failed {ch['target']}: {ch['error']}", markup=False)
+        failed = [ch["name"] for ch in report["channels"] if not ch["ok"]]
         if failed:
-            raise ZdError(f"{len(failed)} of {len(results)} channel(s) did not take the test "
-                          f"event: {', '.join(failed)}",
+            raise ZdError(f"{len(failed)} of {len(report['channels'])} channel(s) did not "
+                          f"take the test event: {', '.join(failed)}",
                           hint="check each channel's URL, secret and receiver; "
                                "`zdagent notify status` shows the outbox")
 

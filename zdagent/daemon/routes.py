@@ -15,6 +15,7 @@ from zdagent.config import AppConfig, GitSource, check_version
 from zdagent.daemon.queue import Operation
 from zdagent.errors import ConfigError
 from zdagent.gitsource import check_ref
+from zdagent.notifications.deliver import send_test
 from zdagent.runbook import with_link
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ class Routes:
             return {"history": await pools.run(pools.reads, self.d.engines.history, rt.cfg,
                                                _limit(req.query))}
         _method(req, "POST")
+        if what == "notify-test":
+            return await self._notify_test(rt.cfg, req)
         if self.d.stopping():
             raise api.ApiError(503, "the daemon is stopping", exit_code=3,
                                hint="retry once it is back")
@@ -67,6 +70,16 @@ class Routes:
         op = Operation(what, args.get("version") or args.get("to"), req.peer.user, req.gone)
         return self.d.queue.submit(
             rt, op, lambda cfg, emit: self.d.engines.operate(cfg, emit, what, args, op.performer))
+
+    async def _notify_test(self, cfg: AppConfig, req: api.Request) -> dict[str, Any]:
+        """Send the test event from here: the daemon reads secrets its clients may not."""
+        if req.body:
+            raise api.ApiError(400, "notify-test takes no fields")
+        if not cfg.notify:
+            raise api.ApiError(400, f"{cfg.name} has no notification channel", exit_code=2,
+                               hint="add a [[notify]] table to its config")
+        pools = self.d.pools
+        return await pools.run(pools.notify, send_test, cfg)
 
 
 def _method(req: api.Request, want: str) -> None:

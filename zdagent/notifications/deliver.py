@@ -190,20 +190,22 @@ def flush(cfg: AppConfig, seconds: float) -> Round | None:
         store.close()
 
 
-def send_test(cfg: AppConfig) -> dict[str, str | None]:
-    """`zdagent notify test`: a test event to every channel now, not queued. Channel name ->
-    None (delivered) or the error."""
+def send_test(cfg: AppConfig) -> dict[str, Any]:
+    """`zdagent notify test`: a test event to every channel now, not queued; per channel
+    its name, target (no secrets), ok and error."""
     notice = make_notice(cfg.name, "test", {"message": "zdagent notify test"})
-    out: dict[str, str | None] = {}
+    channels = []
     for channel in cfg.notify:
+        error: str | None = None
         try:
             send(channel, notice.payload)
-            out[channel.name] = None
         except DeliveryError as e:
-            out[channel.name] = str(e)
+            error = str(e)
         except Exception as e:
-            out[channel.name] = f"unexpected {type(e).__name__}"
-    return out
+            error = f"unexpected {type(e).__name__}"
+        channels.append({"name": channel.name, "target": label(channel), "ok": error is None,
+                         "error": error})
+    return {"app": cfg.name, "channels": channels}
 
 
 def status(cfg: AppConfig, state_dir: Path | None = None) -> dict[str, Any]:
