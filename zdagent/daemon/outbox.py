@@ -51,23 +51,33 @@ class Delivery:
     def _round(self, cfg: AppConfig) -> None:
         now = time.time()
         tidy = now - self._tidied.get(cfg.name, 0.0) >= TIDY_EVERY
-        store = Store(cfg.state_dir)
-        try:
-            done = drain(store, cfg, now + ROUND_SECONDS, tidy=tidy)
-        finally:
-            store.close()
+        try:  # one app's unusable store must not hold up the other apps' notifications
+            store = Store(cfg.state_dir)
+            try:
+                done = drain(store, cfg, now + ROUND_SECONDS, tidy=tidy)
+            finally:
+                store.close()
+        except Exception as e:
+            self._log_once((cfg.name, ""), f"{cfg.name}: notifications: {type(e).__name__}: {e}")
+            return
+        self._logged.pop((cfg.name, ""), None)
         if tidy:
             self._tidied[cfg.name] = now
         for channel in cfg.notify:
             key = (cfg.name, channel.name)
             error = done.failed.get(channel.name)
-            if error and self._logged.get(key) != error:
-                self.log(f"{cfg.name}: notification to {channel.name} failed (retrying with "
-                         f"backoff): {error}")
-                self._logged[key] = error
-            elif error is None and key in self._logged and done.sent:
+            if error:
+                self._log_once(key, f"{cfg.name}: notification to {channel.name} failed "
+                                    f"(retrying with backoff): {error}")
+            elif key in self._logged and channel.name in done.reached:
                 self.log(f"{cfg.name}: notifications to {channel.name} are delivered again")
                 del self._logged[key]
+
+    def _log_once(self, key: tuple[str, str], line: str) -> None:
+        """Log ``line`` unless it is what was last logged for ``key`` (no line per retry)."""
+        if self._logged.get(key) != line:
+            self.log(line)
+            self._logged[key] = line
 
     def watch_changes(self, name: str, cfg: Callable[[], AppConfig],
                       reason: Callable[[], str | None]) -> Callable[[str, str], None]:

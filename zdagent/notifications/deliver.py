@@ -136,6 +136,7 @@ class Round:
 
     sent: int = 0
     failed: dict[str, str] = field(default_factory=dict)
+    reached: set[str] = field(default_factory=set)  # channel names that took one
     left: int = 0  # still to deliver after the round
 
 
@@ -169,6 +170,7 @@ def drain(store: Store, cfg: AppConfig, deadline: float,
             continue
         outbox.delivered(store, item, clock())
         result.sent += 1
+        result.reached.add(channel.name)
     result.left = outbox.outbox_depth(store, cfg.name)
     return result
 
