@@ -139,31 +139,34 @@ def test_a_receiver_that_never_answers_costs_the_cli_its_bound_only(tmp_path):
 
 def test_in_process_deploys_notify_webhook_and_email(make_app, webhook, smtp):
     webhook.start()
-    app = make_app(extra=notify_toml(webhook) + f'\n[[notify]]\nurl = "{smtp.url()}"\n'
-                                                'events = "failures"\n')
+    app = make_app(extra='[hooks]\npost_deploy = ["/bin/false"]\n' + notify_toml(webhook)
+                   + f'\n[[notify]]\nurl = "{smtp.url()}"\nevents = "failures"\n')
     app.env["ZD_HOOK_SECRET"] = SECRET
     app.ok("deploy", "v1", "--local")
     # Delivered before the CLI returned (its bounded flush), signed.
-    assert [e["event"] for e in webhook.events()] == ["deploy-started", "deploy-succeeded"]
+    assert [e["event"] for e in webhook.events()] == ["deploy-started", "hook-failed",
+                                                      "deploy-succeeded"]
     assert all(r.signature_ok for r in webhook.got)
-    assert smtp.messages == []  # email wants failures only
+    assert webhook.events()[1]["fields"]["hook"] == "post_deploy"
+    [hook_mail] = smtp.messages  # email wants failures only: the hook's
+    assert "hook failed" in hook_mail.content.decode()
     failed = app.cli("deploy", "crash", "--local")
     assert failed.returncode == 1
     events = webhook.events()
-    assert [e["event"] for e in events][2:] == ["deploy-started", "deploy-failed"]
+    assert [e["event"] for e in events][3:] == ["deploy-started", "deploy-failed"]
     assert events[-1]["fields"]["error"] and events[-1]["fields"]["version"] == "crash"
-    [mail] = smtp.messages
-    body = mail.content.decode()
+    assert len(smtp.messages) == 2
+    body = smtp.messages[1].content.decode()
     assert "deploy failed (crash)" in body and events[-1]["id"] in body
     assert all(row[2] for row in outbox_rows(app))  # every delivery marked delivered
     test = app.cli("notify", "test", "--json")
     assert test.returncode == 0, test.stderr
     assert [c["ok"] for c in json.loads(test.stdout)["channels"]] == [True, True]
-    assert webhook.events()[-1]["event"] == "test" and len(smtp.messages) == 2
+    assert webhook.events()[-1]["event"] == "test" and len(smtp.messages) == 3
     status = json.loads(app.ok("notify", "status", "--json").stdout)
     assert status["pending"] == 0
-    assert [(c["name"], c["delivered"]) for c in status["channels"]] == [("hook", 4),
-                                                                         ("mailto-1", 1)]
+    assert [(c["name"], c["delivered"]) for c in status["channels"]] == [("hook", 5),
+                                                                         ("mailto-1", 2)]
     assert SECRET not in test.stdout + test.stderr + json.dumps(status)
     st = json.loads(app.ok("status", "--json", "--local").stdout)
     assert st["notifications"] == {"channels": 2, "pending": 0}
