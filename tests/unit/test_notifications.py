@@ -16,7 +16,7 @@ from tests.unit.test_config import MINIMAL
 from zdagent.config import load_config
 from zdagent.errors import ConfigError
 from zdagent.notifications import outbox
-from zdagent.notifications.deliver import body_of, label, sign
+from zdagent.notifications.deliver import body_of, label, scrub, sign
 from zdagent.notifications.events import (
     FAILURES,
     HealthAlerts,
@@ -221,3 +221,13 @@ def test_prune_deletes_only_old_finished_events(tmp_path):
     assert left == {waiting.id, new.id}
     assert outbox.outbox_depth(store, "web") == 2
     store.close()
+
+
+def test_errors_lose_every_credential_of_the_url():
+    url = "tgram://123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/-1001234567/?format=text"
+    said = ("Failed to send Telegram notification to https://api.telegram.org/"
+            "bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/sendMessage: error=404.")
+    out = scrub(said, url)
+    assert "AAHdq" not in out and "123456789" not in out and "1001234567" not in out
+    assert out.startswith("Failed to send Telegram notification") and "error=404" in out
+    assert "s3cr3t" not in scrub("login failed for ops:s3cr3t%21", "mailtos://ops:s3cr3t%21@h")

@@ -17,13 +17,14 @@ import hmac
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from zdagent import __version__
 from zdagent.config import AppConfig, NotifyChannel
@@ -106,7 +107,7 @@ def _post_webhook(channel: NotifyChannel, payload: dict[str, Any], timeout: floa
         r = httpx.post(channel.url, content=body, headers=headers, timeout=timeout,
                        follow_redirects=False)
     except httpx.HTTPError as e:
-        text = str(e).replace(channel.url, "<url>")  # never the URL: it may hold a token
+        text = scrub(str(e), channel.url)  # never the URL: it may hold a token
         raise DeliveryError(f"{type(e).__name__}: {shorten(text, 160)}") from None
     if not 200 <= r.status_code < 300:
         raise DeliveryError(f"the receiver answered HTTP {r.status_code}")
@@ -125,7 +126,18 @@ def _apprise(channel: NotifyChannel, payload: dict[str, Any], timeout: float) ->
         ok = plugin.notify(body=body, title=title)
     if not ok:
         lines = [ln for ln in log.getvalue().splitlines() if ln.strip()]
-        raise DeliveryError(shorten(lines[-1] if lines else "Apprise reported a failure", 200))
+        text = lines[-1] if lines else "Apprise reported a failure"
+        raise DeliveryError(shorten(scrub(text, channel.url), 200))
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` without any part of ``url`` that may be a credential: some Apprise services
+    log the API URL they called, token included (e.g. Telegram's bot token in the path)."""
+    parts = re.split(r"[/:@?&=#,+]", url.split("://", 1)[-1])
+    for part in sorted({unquote(p) for p in parts} | set(parts), key=len, reverse=True):
+        if len(part) >= 6:
+            text = text.replace(part, "…")
+    return text
 
 
 # --- draining the outbox -----------------------------------------------------------------
