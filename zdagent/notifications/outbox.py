@@ -76,7 +76,7 @@ def due(store: Store, app: str, now: float, limit: int = 50) -> list[Pending]:
         "SELECT d.event_id, d.channel, o.event, o.payload, d.attempts, o.created_at"
         " FROM notify_delivery d JOIN notify_outbox o ON o.id = d.event_id"
         " WHERE d.app=? AND d.delivered_at IS NULL AND d.gave_up_at IS NULL"
-        " AND d.next_attempt_at <= ? ORDER BY o.created_at, d.event_id LIMIT ?",
+        " AND d.next_attempt_at <= ? ORDER BY o.created_at, o.rowid, d.rowid LIMIT ?",
         (app, now, limit))
     return [Pending(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
 
