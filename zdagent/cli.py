@@ -246,9 +246,9 @@ def _flush_notifications(cfg: AppConfig) -> None:
     from zdagent.notifications.deliver import flush
 
     done = flush(cfg, FLUSH_SECONDS)
-    if done is not None and done.left:
+    if done is not None and (done.left or done.failed):
         why = "; ".join(f"{name}: {error}" for name, error in done.failed.items())
-        err.print(f"[yellow]![/] {done.left} notification(s) not delivered yet"
+        err.print(f"[yellow]![/] {done.left or 'some'} notification(s) not delivered yet"
                   + (f" ({escape(why)})" if why else "")
                   + "; kept in the outbox: the daemon or the next run retries")
 

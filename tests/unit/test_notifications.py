@@ -16,7 +16,7 @@ from tests.unit.test_config import MINIMAL
 from zdagent.config import load_config
 from zdagent.errors import ConfigError
 from zdagent.notifications import outbox
-from zdagent.notifications.deliver import body_of, label, scrub, sign
+from zdagent.notifications.deliver import body_of, drain, label, scrub, sign
 from zdagent.notifications.events import (
     FAILURES,
     HealthAlerts,
@@ -231,3 +231,15 @@ def test_errors_lose_every_credential_of_the_url():
     assert "AAHdq" not in out and "123456789" not in out and "1001234567" not in out
     assert out.startswith("Failed to send Telegram notification") and "error=404" in out
     assert "s3cr3t" not in scrub("login failed for ops:s3cr3t%21", "mailtos://ops:s3cr3t%21@h")
+
+
+def test_a_removed_channel_is_skipped_then_given_up(tmp_path):
+    cfg = app_with(tmp_path, '\n[[notify]]\nwebhook = "http://127.0.0.1:9/x"\nsecret = "k"\n')
+    store = Store(cfg.state_dir)
+    outbox.enqueue(store, make_notice(cfg.name, "degraded", {}, now=0.0), ["gone"], 0.0)
+    done = drain(store, cfg, deadline=100.0, clock=lambda: 1.0, tidy=False)
+    assert (done.sent, done.failed, done.left) == (0, {}, 1)  # skipped, not a KeyError
+    done = drain(store, cfg, deadline=100.0, clock=lambda: 1.0, tidy=True)
+    assert done.left == 0
+    assert outbox.channel_stats(store, cfg.name)["gone"]["given_up"] == 1
+    store.close()

@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -165,9 +164,9 @@ def drain(store: Store, cfg: AppConfig, deadline: float,
         remaining = deadline - clock()
         if remaining <= 0.5:
             break
-        channel = channels[item.channel]
-        if channel.name in result.failed:
-            continue  # failed in this round: its next try waits for its backoff
+        channel = channels.get(item.channel)
+        if channel is None or channel.name in result.failed:
+            continue  # removed (tidied later), or failed in this round: it waits its backoff
         if not outbox.claim(store, item, clock()):
             continue  # another sender has it
         try:
@@ -222,9 +221,9 @@ def send_test(cfg: AppConfig) -> dict[str, Any]:
     return {"app": cfg.name, "channels": channels}
 
 
-def status(cfg: AppConfig, state_dir: Path | None = None) -> dict[str, Any]:
+def status(cfg: AppConfig) -> dict[str, Any]:
     """`zdagent notify status`: per channel, what the outbox holds."""
-    store = Store(state_dir or cfg.state_dir)
+    store = Store(cfg.state_dir)
     try:
         stats = outbox.channel_stats(store, cfg.name)
         depth = outbox.outbox_depth(store, cfg.name)
