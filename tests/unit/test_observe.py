@@ -177,7 +177,7 @@ def test_host_names():
 
 def _web(token: str | None) -> Web:
     daemon = SimpleNamespace(engines=SimpleNamespace(log=lambda m: None), started=time.time(),
-                             limits=api.Limits())
+                             limits=api.Limits(), outbox_depth=lambda: 0)
     return Web(daemon, Listen("127.0.0.1" if token is None else "0.0.0.0", 1, token))
 
 

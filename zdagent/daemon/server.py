@@ -32,8 +32,9 @@ from zdagent.daemon.queue import AppRuntime, Operation, Queue
 from zdagent.daemon.routes import Routes
 from zdagent.daemon.supervise import Supervised
 from zdagent.errors import EnvironmentProblem, ZdError
+from zdagent.notifications import outbox
 from zdagent.notify import Notifier
-from zdagent.store import read_history
+from zdagent.store import Store, read_history
 from zdagent.traffic.monitor import TrafficHooks, TrafficState, monitor
 from zdagent.watchdog import WatchHooks, watch
 
@@ -97,8 +98,19 @@ class Daemon:
         return self.stop.is_set()
 
     def outbox_depth(self) -> int:
-        """Notifications still to deliver, as of each app's last delivery round."""
-        return sum(self.delivery.pending.values())
+        """Notifications still to deliver, for the apps with channels (one store per dir)."""
+        by_dir: dict[Path, list[str]] = {}
+        for rt in self.apps.values():
+            if rt.cfg.notify:
+                by_dir.setdefault(rt.cfg.state_dir, []).append(rt.cfg.name)
+        total = 0
+        for state_dir, names in by_dir.items():
+            store = Store(state_dir)
+            try:
+                total += sum(outbox.outbox_depth(store, name) for name in names)
+            finally:
+                store.close()
+        return total
 
     # --- lifecycle ----------------------------------------------------------------------
 
