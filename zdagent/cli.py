@@ -52,6 +52,10 @@ app.add_typer(nginx_app, name="nginx")
 notify_app = typer.Typer(help="Notification channels ([[notify]] in the app config): send a "
                               "test, show the outbox.", no_args_is_help=True)
 app.add_typer(notify_app, name="notify")
+tls_app = typer.Typer(help="HTTPS: obtain and renew the site's certificate with certbot "
+                           "(webroot), reload Nginx once per new certificate.",
+                      no_args_is_help=True)
+app.add_typer(tls_app, name="tls")
 
 # Piped output (CI logs, ssh) is not squeezed into 80 columns.
 err = Console(stderr=True, highlight=False, soft_wrap=True,
@@ -511,6 +515,14 @@ def init(
     switch_mode: Annotated[str | None, typer.Option(
         help="reload or njs. Default: njs where Nginx's njs module is installed "
              "(no reload, nothing dropped), else reload.")] = None,
+    tls: Annotated[bool, typer.Option(
+        "--tls", help="HTTPS with a certbot certificate for --server-name: the site serves "
+                      "ACME challenges now; `zdagent tls issue` obtains the certificate and "
+                      "turns on the HTTPS server and the redirect.")] = False,
+    https_listen: Annotated[str, typer.Option(
+        help="With --tls: Nginx's HTTPS listen (port or address:port).")] = "443",
+    tls_email: Annotated[str, typer.Option(
+        help="With --tls: the ACME account's e-mail (expiry notices).")] = "",
 ) -> None:
     """Write a new app's config, Nginx site and placeholder upstream, and install the
     daemon's systemd unit; set up the deploy group. Prints each file; refuses to overwrite
@@ -533,7 +545,8 @@ def init(
             app=app_name, root=Path(root).resolve(), source=kind, source_value=value,
             port=port, blue_port=blue_port, green_port=green_port, listen=listen,
             server_name=server_name, health_path=health_path, force=force, group=group,
-            switch_mode=switch_mode)
+            switch_mode=switch_mode,
+            tls=scaffold.TlsOptions(https_listen, tls_email) if tls else None)
         # The unit runs the zdagentd of this installation (the venv it lives in), not
         # whichever one PATH finds first.
         beside = Path(sys.executable).parent / "zdagent"
@@ -542,9 +555,10 @@ def init(
         for line in scaffold.write(options, executable):
             out.print(line, markup=False)
         out.print(scaffold.enable_unit(options.root), markup=False)
-        out.print("next: check the config, `nginx -t && nginx -s reload`, then "
-                  f"`zdagent deploy <version> --config {options.root}/etc/zdagent/apps/"
-                  f"{app_name}.toml`", markup=False)
+        app_config = f"{options.root}/etc/zdagent/apps/{app_name}.toml"
+        out.print("next: check the config, `nginx -t && nginx -s reload`, "
+                  + (f"`zdagent tls issue --config {app_config}`, " if tls else "")
+                  + f"then `zdagent deploy <version> --config {app_config}`", markup=False)
 
 
 @config_app.command("check")
@@ -683,6 +697,65 @@ def notify_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
                       f"{ch['given_up']} given up; events: {', '.join(ch['events'])}"
                       + (f"; last error: {ch['last_error']}" if ch["last_error"] else ""),
                       markup=False)
+
+
+def _tls_run(config: str | None, action: Callable[[AppConfig, Any], Any]) -> Any:
+    with _guard():
+        cfg = _load(config)
+        renderer = ProgressRenderer(err)
+        try:
+            return action(cfg, renderer)
+        finally:
+            renderer.close()
+
+
+@tls_app.command("issue")
+def tls_issue(config: ConfigOpt = None) -> None:
+    """Obtain the certificate for nginx.server_name with certbot --webroot.
+
+    Nginx must already serve the site (its plain-HTTP server answers the ACME challenge from
+    tls.webroot). certbot's deploy hook, `zdagent tls deployed`, then installs the HTTPS
+    server and the redirect (tls.site_file), tests and reloads Nginx once. Rerunning it while
+    the certificate is valid changes nothing.
+    """
+    from zdagent import tls
+
+    def run(cfg: AppConfig, emit: Any) -> None:
+        tls.run_certbot(cfg, emit)
+        if tls.install_needed(cfg):  # a certificate kept from before: no hook ran
+            tls.deployed(cfg, emit)
+
+    _tls_run(config, run)
+
+
+@tls_app.command("renew")
+def tls_renew(
+    config: ConfigOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Renew now even if the certificate "
+                                                        "is not due (certbot --force-renewal).")
+                     ] = False,
+) -> None:
+    """Renew the certificate if due (certbot renew); the deploy hook reloads Nginx once.
+
+    Needed only by hand: Debian's certbot package renews every certificate from its own
+    timer (certbot.timer, twice a day) and runs the same deploy hook.
+    """
+    from zdagent import tls
+
+    _tls_run(config, lambda cfg, emit: tls.run_certbot(cfg, emit, renew=True, force=force))
+
+
+@tls_app.command("deployed")
+def tls_deployed(config: ConfigOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """certbot's deploy hook: install the HTTPS site if missing, nginx -t, reload Nginx once,
+    and check that Nginx serves the new certificate (exit 1 if it does not)."""
+    from zdagent import tls
+
+    result = _tls_run(config, tls.deployed)
+    if as_json:
+        out.print_json(json.dumps({"site_written": result.site_written,
+                                   "sha256": result.fingerprint}))
 
 
 @app.command()

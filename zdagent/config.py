@@ -184,6 +184,32 @@ class NginxConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """HTTPS for the app's site: certbot (webroot) obtains the certificate (see tls.py)."""
+
+    enabled: bool
+    listen: str
+    domains: tuple[str, ...]  # the plain names of nginx.server_name; the first names the cert
+    certificate: Path
+    certificate_key: Path
+    webroot: Path
+    email: str
+    acme_server: str
+    certbot_command: tuple[str, ...]
+    site_file: Path | None
+
+    @property
+    def listen_port(self) -> int:
+        return listen_port_of(self.listen)
+
+    @property
+    def ready(self) -> bool:
+        """HTTPS is on and its certificate exists: only then is the HTTPS server rendered
+        (Nginx refuses a config naming missing files) and are switches verified over it."""
+        return self.enabled and self.certificate.is_file() and self.certificate_key.is_file()
+
+
+@dataclass(frozen=True)
 class WatchdogConfig:
     """The daemon's watch on the live slot (see docs in example.toml)."""
 
@@ -282,6 +308,7 @@ class AppConfig:
     smoke: tuple[SmokeCheck, ...] = ()
     analysis: AnalysisConfig = field(default_factory=lambda: DEFAULT_ANALYSIS)
     notify: tuple[NotifyChannel, ...] = ()  # [[notify]] channels (zdagent.notifications)
+    tls: TlsConfig | None = None  # None: no [tls] enabled
 
     @property
     def policy(self) -> AnalysisConfig:
@@ -296,7 +323,16 @@ class AppConfig:
 
     @property
     def verify_url(self) -> str:
-        return self.nginx.public_url.rstrip("/") + self.nginx.verify_path
+        """Where switches are verified. With HTTPS live, plain HTTP only redirects: verify
+        over HTTPS on the same address (the ``Host`` header doubles as the TLS name)."""
+        base = self.nginx.public_url.rstrip("/")
+        if self.tls is not None and self.tls.ready:
+            u = urlsplit(base)
+            port = self.tls.listen_port
+            base = f"https://{u.hostname}{'' if port == 443 else f':{port}'}{u.path}"
+            if ":" in (u.hostname or ""):  # IPv6 literal
+                base = base.replace(f"//{u.hostname}", f"//[{u.hostname}]", 1)
+        return base + self.nginx.verify_path
 
     @property
     def verify_headers(self) -> dict[str, str]:
@@ -631,6 +667,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_reverts": Key(3, _int(1, 100)),
         "window": Key(3600.0, _num(1, 604800)),
     },
+    # --- HTTPS (zdagent/tls.py) ---
+    "tls": {
+        "enabled": Key(False, _bool),
+        "listen": Key("443", _listen),
+        "certificate": Key("", _str(empty=True)),
+        "certificate_key": Key("", _str(empty=True)),
+        "webroot": Key("/var/www/zdagent-acme", _str()),
+        "email": Key("", _str(re.compile(r"^[^\s@,;'\"]+@[^\s@,;'\"]+$"), "an e-mail address",
+                              empty=True)),
+        "acme_server": Key("", lambda v: None if v == "" else _url(v)),
+        "certbot_command": Key(["certbot"], _argv),
+        "site_file": Key("", _str(empty=True)),
+    },
     "nginx": {
         "upstream_file": Key(REQUIRED, _str()),
         "upstream_template": Key("", _str(empty=True)),
@@ -812,6 +861,7 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
     hooks = _hooks(r.section("hooks"), base)
     smoke = tuple(_smoke_check(t) for t in r.tables("smoke"))
     analysis = r.section("analysis")
+    tls = _tls(r, base, ngx)
 
     if slots["blue_port"] == slots["green_port"]:
         raise r.fail("slots.green_port", "must differ from slots.blue_port")
@@ -895,6 +945,36 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
         smoke=smoke,
         analysis=_analysis(analysis),
         notify=_notify(r, base),
+        tls=tls,
+    )
+
+
+LETSENCRYPT_LIVE = Path("/etc/letsencrypt/live")
+
+
+def _tls(r: _Reader, base: Path, ngx: dict[str, Any]) -> TlsConfig | None:
+    """The [tls] section when enabled; certificate paths default to certbot's live files."""
+    t = r.section("tls")
+    if not t["enabled"]:
+        return None
+    domains = tuple(n for n in ngx["server_name"].split()
+                    if n != "_" and "*" not in n and not n.startswith(("~", ".")))
+    if not domains:
+        raise r.fail("tls.enabled", "needs nginx.server_name to name the site's domain "
+                                    "(not _ or a wildcard): the certificate is issued for it")
+    if listen_port_of(t["listen"]) == listen_port_of(ngx["listen"]):
+        raise r.fail("tls.listen", f"must differ from nginx.listen ({ngx['listen']!r}), "
+                                   "which serves the ACME challenge and the redirect")
+    live = LETSENCRYPT_LIVE / domains[0]
+    return TlsConfig(
+        enabled=True, listen=t["listen"], domains=domains,
+        certificate=_resolve(base, t["certificate"]) if t["certificate"]
+        else live / "fullchain.pem",
+        certificate_key=_resolve(base, t["certificate_key"]) if t["certificate_key"]
+        else live / "privkey.pem",
+        webroot=_resolve(base, t["webroot"]), email=t["email"], acme_server=t["acme_server"],
+        certbot_command=tuple(t["certbot_command"]),
+        site_file=_resolve(base, t["site_file"]) if t["site_file"] else None,
     )
 
 

@@ -550,10 +550,13 @@ def served(cfg: AppConfig) -> Served:
     import httpx
 
     from zdagent.nginx import UPSTREAM_HEADER
+    from zdagent.probe import sni, tls_context
 
     headers = {"Connection": "close", "User-Agent": "zdagent-doctor", **cfg.verify_headers}
     try:
-        r = httpx.get(cfg.verify_url, headers=headers, timeout=3)
+        with httpx.Client(verify=tls_context()) as client:
+            r = client.get(cfg.verify_url, headers=headers, timeout=3,
+                           extensions=sni(cfg.verify_url, cfg.verify_headers))
     except httpx.HTTPError as e:
         return Served(cfg.verify_url, error=_short(e) or type(e).__name__)
     return Served(cfg.verify_url, header=r.headers.get(UPSTREAM_HEADER))

@@ -32,6 +32,13 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+def sni(url: str, headers: dict[str, str] | None) -> dict[str, str]:
+    """httpx request extensions for a request through Nginx over HTTPS: the TLS name (SNI and
+    the certificate check) is the ``Host`` header's, not the URL's 127.0.0.1."""
+    host = (headers or {}).get("Host")
+    return {"sni_hostname": host} if host and url.startswith("https:") else {}
+
+
 def http_client(agent: str) -> httpx.Client:
     """A client for probes and verification: fresh connections, the shared TLS context."""
     return httpx.Client(headers={"Connection": "close", "User-Agent": agent},
@@ -146,7 +153,7 @@ async def aget(url: str, timeout: float, header: str = "",
     address, tls, host, request, needle = _target(url, header, host_header)
     try:
         async with asyncio.timeout(timeout):
-            head = await (_head_tls(address, host, request) if tls else
+            head = await (_head_tls(address, host_header or host, request) if tls else
                           _head_plain(address, request))
     except TimeoutError:
         return Answer(error=f"no answer within {timeout:g}s", unreachable=True)

@@ -67,6 +67,14 @@ def njs_available() -> bool:
 
 
 @dataclass(frozen=True)
+class TlsOptions:
+    """``init --tls``: HTTPS with a certbot certificate for the server name."""
+
+    listen: str = "443"
+    email: str = ""
+
+
+@dataclass(frozen=True)
 class InitOptions:
     app: str
     root: Path
@@ -81,6 +89,7 @@ class InitOptions:
     force: bool
     group: str = DEFAULT_GROUP
     switch_mode: str | None = None  # None: njs where the module exists, else reload
+    tls: TlsOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -215,7 +224,32 @@ server_name = {_q(o.server_name)}
 public_url = {_q(public_url(o.listen))}
 {_access_log_line(o)}# {why}
 switch_mode = {_q(o.switch_mode or "reload")}
-"""
+{render_tls(o)}"""
+
+
+def render_tls(o: InitOptions) -> str:
+    """The [tls] section of ``init --tls``: certbot's files (under ``root`` when not /), the
+    site file that `zdagent tls deployed` completes with the HTTPS server."""
+    if o.tls is None:
+        return ""
+    r = o.root
+    name = o.server_name.split()[0]
+    lines = ["", "# HTTPS: `zdagent tls issue` obtains the certificate (certbot --webroot);",
+             "# certbot's timer renews it, its deploy hook reloads Nginx once.",
+             "[tls]", "enabled = true", f"listen = {_q(o.tls.listen)}",
+             f"webroot = {_q(str(r / 'var/www/zdagent-acme'))}",
+             f"site_file = {_q(str(r / f'etc/nginx/sites-available/zdagent-{o.app}.conf'))}"]
+    if o.tls.email:
+        lines.append(f"email = {_q(o.tls.email)}")
+    if r != Path("/"):
+        live = r / "etc/letsencrypt/live" / name
+        lines += [f"certificate = {_q(str(live / 'fullchain.pem'))}",
+                  f"certificate_key = {_q(str(live / 'privkey.pem'))}",
+                  "certbot_command = " + json.dumps(
+                      ["certbot", "--config-dir", str(r / "etc/letsencrypt"),
+                       "--work-dir", str(r / "var/lib/letsencrypt"),
+                       "--logs-dir", str(r / "var/log/letsencrypt")])]
+    return "\n".join(lines) + "\n"
 
 
 def _access_log_line(o: InitOptions) -> str:

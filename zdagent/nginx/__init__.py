@@ -31,7 +31,7 @@ from zdagent import config as _config
 from zdagent.config import MANAGED_RE, AppConfig, managed_header
 from zdagent.errors import EnvironmentProblem, NginxError, ZdError
 from zdagent.events import Emit, Event
-from zdagent.probe import http_client
+from zdagent.probe import http_client, sni
 from zdagent.runbook import with_link
 
 UPSTREAM_HEADER = "X-Zdagent-Upstream"
@@ -58,7 +58,8 @@ def upstream_name(app: str) -> str:
 def _environment(directory: str) -> jinja2.Environment:
     """One environment per template directory: templates compile once (auto_reload on change)."""
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(directory),
+        # An operator's template may include the bundled pieces (tls_*.conf.j2).
+        loader=jinja2.FileSystemLoader(list(dict.fromkeys([directory, str(templates_dir())]))),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,  # Nginx config, not HTML
@@ -167,7 +168,8 @@ def served_by(client: httpx.Client, url: str, timeout: float = 2.0,
     blocks on one port, only that makes the app's own server block answer.
     """
     try:
-        r = client.get(url, timeout=timeout, headers={**(headers or {}), "Connection": "close"})
+        r = client.get(url, timeout=timeout, headers={**(headers or {}), "Connection": "close"},
+                       extensions=sni(url, headers))
     except (httpx.HTTPError, httpx.InvalidURL):  # InvalidURL is no HTTPError
         return None
     return answering_upstream(r.headers.get(UPSTREAM_HEADER, ""))
@@ -281,6 +283,11 @@ class Nginx:
 
     def reload_verified(self, slot: str, old: frozenset[int]) -> None:
         """Reload; wait for new workers, then for ``slot`` to answer through Nginx."""
+        self.verify_serving(slot, self.reload(old))
+
+    def reload(self, old: frozenset[int]) -> float:
+        """Reload and wait until workers other than ``old`` run (the master took the new
+        config); return the deadline left for further checks."""
         problem = self.run_command(self.cfg.nginx.reload_command, "nginx reload")
         if problem:
             raise NginxError(f"nginx reload failed: {problem}")
@@ -293,7 +300,7 @@ class Nginx:
                     hint="look for [emerg] in Nginx's error log (e.g. bind() failed)",
                 )
             time.sleep(0.005)
-        self.verify_serving(slot, deadline)
+        return deadline
 
     def verify_serving(self, slot: str, deadline: float) -> None:
         """Three fresh requests in a row through Nginx answered by ``slot``, by ``deadline``."""

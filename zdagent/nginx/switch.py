@@ -280,7 +280,22 @@ def _site(cfg: AppConfig, template: str) -> str:
         active_file=str(cfg.nginx.active_file), upstream_file=str(cfg.nginx.upstream_file),
         listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
         access_log=str(cfg.nginx.access_log), log_format=_config.log_format_name(cfg.name),
+        **site_tls(cfg),
     )
+
+
+def site_tls(cfg: AppConfig) -> dict[str, object]:
+    """The site's HTTPS variables: ``acme_webroot`` once [tls] is enabled (plain HTTP serves
+    the challenge), ``https`` once the certificate exists too (the HTTPS server, the
+    redirect). Before that Nginx would refuse a config naming missing certificate files."""
+    tls = cfg.tls
+    if tls is None:
+        return {"acme_webroot": None, "https": None}
+    port = tls.listen_port
+    https = {"listen": tls.listen, "port_suffix": "" if port == 443 else f":{port}",
+             "certificate": str(tls.certificate),
+             "certificate_key": str(tls.certificate_key)} if tls.ready else None
+    return {"acme_webroot": str(tls.webroot), "https": https}
 
 
 SWITCHERS: dict[str, type[Switcher]] = {s.mode: s for s in (ReloadSwitcher, NjsSwitcher)}
