@@ -110,6 +110,7 @@ def deployed(cfg: AppConfig, emit: Emit) -> Deployed:
     if not tls.ready:
         raise ConfigError(f"no certificate at {tls.certificate} yet",
                           hint="run `zdagent tls issue` first")
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)  # as the store does
     with app_lock(cfg.state_dir, cfg.name, "tls reload", emit):
         nginx = Nginx(cfg, emit)
         try:
