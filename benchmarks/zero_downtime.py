@@ -58,10 +58,11 @@ def build_images() -> None:
 
 
 def run_mode(mode: str, workdir: Path, plan: list[str], rate: float, gap: float,
-             app: str | None = None) -> dict:
+             app: str | None = None, plot: Path | None = None) -> dict:
     """Deploy v1, then run the plan under load; return the analysed figures.
 
     ``app``: the zdagent app's name (default: the mode's); its containers are removed at the end.
+    ``plot``: also write the run's timeline picture there (PNG, see benchmarks/plot.py).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     strategy = STRATEGIES[mode](workdir, REPO, app)
@@ -87,7 +88,29 @@ def run_mode(mode: str, workdir: Path, plan: list[str], rate: float, gap: float,
         records = load.records()
     finally:
         strategy.close()
-    return analyse(mode, ops, records, t_start, t_stop)
+    result = analyse(mode, ops, records, t_start, t_stop)
+    if plot is not None:
+        result["plot"] = str(plot_run(plot, mode, ops, records, result))
+    return result
+
+
+CLIENT_LABELS = {"close": "close (new connection each)", "retry": "retry (browser-like)",
+                 "raw": "raw keep-alive (never retries)"}
+
+
+def plot_run(out: Path, mode: str, ops: list[Op], records: list[Record],
+             result: dict[str, Any]) -> Path:
+    """The run as a timeline: load and failures per client kind, latency, each switch."""
+    from benchmarks.plot import Marker, Sample, plot_timeline
+
+    failed = sum(c["failed"] for c in result["clients"].values())
+    return plot_timeline(
+        out, [Sample(r.t, r.dt, r.kind, r.ok) for r in records],
+        [Marker(op.switch_at, f"{op.action} {op.version}",
+                "switch" if op.action == "deploy" else "rollback") for op in ops],
+        title=f"{mode}: {result['deploys']} deploys + {result['rollbacks']} rollbacks under "
+              f"load, {result['requests']} requests, {failed} failed",
+        labels=CLIENT_LABELS)
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -290,18 +313,29 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--gap", type=float, default=1.0, help="seconds between operations")
     ap.add_argument("--modes", default="zdagent,zdagent-njs,bare,naive")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/zero_downtime.json"))
+    ap.add_argument("--plots", type=Path, default=Path("docs"),
+                    help="write docs/zero-downtime-timeline-<mode>.png per mode (needs "
+                         "matplotlib: pip install '.[bench]'); '' for none")
     args = ap.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     unknown = set(modes) - set(STRATEGIES)
     if unknown:
         ap.error(f"unknown modes {sorted(unknown)}; choose from {sorted(STRATEGIES)}")
+    if str(args.plots) not in ("", "."):
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            ap.error("--plots needs matplotlib: pip install '.[bench]' (or --plots '')")
     build_images()
     plan = schedule(args.deploys, args.rollbacks)
     results = []
     with tempfile.TemporaryDirectory(prefix="zdbench-") as tmp:
         for mode in modes:
             print(f"== {mode}: {len(plan)} operations under load", flush=True)
-            results.append(run_mode(mode, Path(tmp) / mode, plan, args.rate, args.gap))
+            plot = (args.plots / f"zero-downtime-timeline-{mode}.png"
+                    if str(args.plots) not in ("", ".") else None)
+            results.append(run_mode(mode, Path(tmp) / mode, plan, args.rate, args.gap,
+                                    plot=plot))
     report(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)},

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(docker.io nginx libnginx-mod-http-js busybox-static docker-registry openssh-server wrk git
+          pebble certbot
           python3-venv passwd
           curl chromium)
 missing=()

@@ -1,0 +1,107 @@
+"""HTTPS as data: the [tls] keys, the rendered site in its two stages, certbot's argv and
+the deploy hook's quoting, and where switches are verified."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_config import MINIMAL, error_of, write
+from zdagent.config import LETSENCRYPT_LIVE, load_config
+from zdagent.nginx import render_site
+from zdagent.tls import certbot_argv, deploy_hook
+
+NAMED = MINIMAL.replace('upstream_file = "up.conf"',
+                        'upstream_file = "up.conf"\nserver_name = "example.com www.example.com"'
+                        '\npublic_url = "http://127.0.0.1:8080/"\nlisten = "8080"')
+TLS = NAMED + '\n[tls]\nenabled = true\nlisten = "8443"\n'
+
+
+def with_cert(tmp_path: Path, extra: str = "") -> str:
+    (tmp_path / "c.pem").write_text("cert")
+    (tmp_path / "k.pem").write_text("key")
+    return TLS + f'certificate = "{tmp_path}/c.pem"\ncertificate_key = "{tmp_path}/k.pem"\n' + extra
+
+
+def test_tls_is_off_by_default_and_defaults_to_certbots_live_files(tmp_path):
+    assert load_config(write(tmp_path, NAMED)).tls is None
+    tls = load_config(write(tmp_path, TLS)).tls
+    assert tls is not None and tls.domains == ("example.com", "www.example.com")
+    assert tls.certificate == LETSENCRYPT_LIVE / "example.com" / "fullchain.pem"
+    assert tls.certificate_key == LETSENCRYPT_LIVE / "example.com" / "privkey.pem"
+    assert tls.webroot == Path("/var/www/zdagent-acme") and tls.certbot_command == ("certbot",)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    (MINIMAL + "[tls]\nenabled = true\n", "tls.enabled: needs nginx.server_name"),
+    (NAMED + '[tls]\nenabled = true\nlisten = "8080"\n', "tls.listen: must differ"),
+    (TLS + 'email = "not an address"\n', "tls.email: must be an e-mail address"),
+    (TLS + 'acme_server = "ftp://x"\n', "tls.acme_server: must be an http(s):// URL"),
+    (TLS + 'certbot_command = "certbot renew"\n', "tls.certbot_command: must be a non-empty"),
+    (TLS + "enabeld = true\n", "did you mean 'enabled'"),
+])
+def test_bad_tls_keys_name_the_key(tmp_path, text, fragment):
+    assert fragment in error_of(tmp_path, text)
+
+
+def test_site_before_the_certificate_serves_the_challenge_and_proxies(tmp_path):
+    cfg = load_config(write(tmp_path, TLS))
+    assert cfg.tls is not None and not cfg.tls.ready
+    site = render_site(cfg)
+    assert "location ^~ /.well-known/acme-challenge/ {\n        root /var/www/zdagent-acme;" in site
+    assert " ssl;" not in site and "return 301" not in site
+    assert "proxy_pass http://zdagent_web;" in site
+    assert cfg.verify_url == "http://127.0.0.1:8080/"  # no HTTPS server yet
+
+
+@pytest.mark.parametrize("mode", ["reload", "njs"])
+def test_site_with_the_certificate_redirects_and_serves_https(tmp_path, mode):
+    text = with_cert(tmp_path).replace('listen = "8080"',
+                                       f'listen = "8080"\nswitch_mode = "{mode}"')
+    cfg = load_config(write(tmp_path, text))
+    site = render_site(cfg)
+    http, https = site.split("\nserver {\n")[1:]
+    assert "acme-challenge" in http and "return 301 https://$host:8443$request_uri;" in http
+    assert "proxy_pass" not in http
+    assert https.startswith("    listen 8443 ssl;\n    server_name example.com www.example.com;")
+    assert f"ssl_certificate {tmp_path}/c.pem;" in https
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in https and "ssl_session_tickets off;" in https
+    # HSTS sits beside the location's own add_header (Nginx drops inherited ones there).
+    assert 'add_header Strict-Transport-Security "max-age=63072000" always;' in https
+    assert "X-Zdagent-Upstream" in https
+    assert cfg.verify_url == "https://127.0.0.1:8443/"
+    assert cfg.verify_headers == {"Host": "example.com"}
+
+
+def test_site_without_tls_is_unchanged_by_the_tls_blocks(tmp_path):
+    site = render_site(load_config(write(tmp_path, NAMED)))
+    assert "acme" not in site and "ssl" not in site and "Strict-Transport" not in site
+
+
+def test_certbot_argv_issue_and_renew(tmp_path):
+    extra = ('email = "ops@example.com"\nacme_server = "https://127.0.0.1:14000/dir"\n'
+             'certbot_command = ["certbot", "--config-dir", "/tmp/le dir"]\n')
+    cfg = load_config(write(tmp_path, TLS + extra))
+    hook = deploy_hook(cfg)
+    assert certbot_argv(cfg) == [
+        "certbot", "--config-dir", "/tmp/le dir", "--non-interactive", "certonly",
+        "--agree-tos", "--webroot", "-w", "/var/www/zdagent-acme", "--cert-name",
+        "example.com", "--keep-until-expiring", "-d", "example.com", "-d", "www.example.com",
+        "--email", "ops@example.com", "--server", "https://127.0.0.1:14000/dir",
+        "--deploy-hook", hook]
+    assert certbot_argv(cfg, renew=True, force=True) == [
+        "certbot", "--config-dir", "/tmp/le dir", "--non-interactive", "renew", "--cert-name",
+        "example.com", "--server", "https://127.0.0.1:14000/dir", "--force-renewal",
+        "--deploy-hook", hook]
+
+
+def test_deploy_hook_is_one_quoted_command(tmp_path):
+    odd = tmp_path / "a dir; touch $HOME" / "web.toml"
+    odd.parent.mkdir()
+    odd.write_text(TLS)
+    cfg = load_config(odd)
+    assert shlex.split(deploy_hook(cfg)) == [sys.executable, "-m", "zdagent", "tls",
+                                            "deployed", "--config", str(odd)]
