@@ -229,6 +229,7 @@ async def watch(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
             await asyncio.wait((stopped,), timeout=policy.interval)
             if stop.is_set():
                 return
+            edge = edge_for(cfg, edge)
             try:
                 await tick(cfg, state, hooks, routed, edge)
                 last_error = None
@@ -237,6 +238,16 @@ async def watch(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
     finally:
         stopped.cancel()
         edge.close()
+
+
+def edge_for(cfg: AppConfig, edge: KeptAlive) -> KeptAlive:
+    """The kept-alive probe of the app's current verify URL: it moves from http to https
+    when the app's certificate appears ([tls]), after which plain HTTP only redirects."""
+    url = cfg.verify_url
+    if edge.url == url:
+        return edge
+    edge.close()
+    return KeptAlive(url, UPSTREAM_HEADER, cfg.verify_headers.get("Host"))
 
 
 def _tick_failed(cfg: AppConfig, state: WatchState, hooks: WatchHooks, e: Exception,

@@ -105,3 +105,16 @@ def test_deploy_hook_is_one_quoted_command(tmp_path):
     cfg = load_config(odd)
     assert shlex.split(deploy_hook(cfg)) == [sys.executable, "-m", "zdagent", "tls",
                                             "deployed", "--config", str(odd)]
+
+
+def test_watchdog_probe_moves_to_https_when_the_certificate_appears(tmp_path):
+    from zdagent.probe import KeptAlive
+    from zdagent.watchdog import edge_for
+
+    cfg = load_config(write(tmp_path, TLS + f'certificate = "{tmp_path}/c.pem"\n'
+                                             f'certificate_key = "{tmp_path}/k.pem"\n'))
+    edge = KeptAlive(cfg.verify_url)
+    assert edge_for(cfg, edge) is edge and edge.url == "http://127.0.0.1:8080/"
+    with_cert(tmp_path)  # certbot wrote the files
+    moved = edge_for(cfg, edge)
+    assert moved.url == "https://127.0.0.1:8443/" and moved.host_header == "example.com"
