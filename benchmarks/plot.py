@@ -109,19 +109,25 @@ def plot_timeline(out: Path, samples: Sequence[Sample], markers: Sequence[Marker
     labels = labels or {}
     fig, (ax_rps, ax_fail, ax_lat) = plt.subplots(
         3, 1, figsize=(11, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 2, 2]})
-    for c in tl.clients:
-        ax_rps.plot(tl.starts, tl.rps[c], lw=1.2, label=labels.get(c, c))
+    order = [c for c in labels if c in tl.clients] + [c for c in tl.clients if c not in labels]
+    colors = {c: f"C{i}" for i, c in enumerate(order)}
+    for c in order:
+        ax_rps.plot(tl.starts, tl.rps[c], lw=1, color=colors[c], label=labels.get(c, c))
     ax_rps.set_ylabel("requests / s")
     ax_rps.set_ylim(bottom=0)
-    ax_rps.legend(loc="lower left", fontsize=8, ncol=3)
+    ax_rps.legend(loc="lower left", fontsize=8, ncol=3, title="requests / s per client",
+                  title_fontsize=8)
 
-    width = bucket_s / max(1, len(tl.clients))
-    for k, c in enumerate(tl.clients):
+    width = bucket_s / max(1, len(order))
+    for k, c in enumerate(order):
         ax_fail.bar([x + k * width for x in tl.starts], tl.failed[c], width=width,
-                    align="edge", label=f"{labels.get(c, c)}: {tl.total_failed[c]}")
-    ax_fail.set_ylabel("failed requests")
-    ax_fail.set_ylim(bottom=0, top=max(1, *(max(v) for v in tl.failed.values())) * 1.2)
-    ax_fail.legend(loc="upper left", fontsize=8, ncol=3, title="failed in total", title_fontsize=8)
+                    align="edge", color=colors[c],
+                    label=f"{labels.get(c, c)}: {tl.total_failed[c]}")
+    ax_fail.set_ylabel(f"failed per {bucket_s:g} s")
+    # Headroom above the bars for the legend (the totals): it must never hide a bar.
+    ax_fail.set_ylim(bottom=0, top=max(1, *(max(v) for v in tl.failed.values())) * 2)
+    ax_fail.legend(loc="upper center", fontsize=8, ncol=3, title="failed requests in total",
+                   title_fontsize=8)
 
     ax_lat.plot(tl.starts, tl.p50_ms, lw=1, label="p50")
     ax_lat.plot(tl.starts, tl.p99_ms, lw=1, label="p99")

@@ -94,8 +94,10 @@ def run_mode(mode: str, workdir: Path, plan: list[str], rate: float, gap: float,
     return result
 
 
-CLIENT_LABELS = {"close": "close (new connection each)", "retry": "retry (browser-like)",
-                 "raw": "raw keep-alive (never retries)"}
+# Per client kind and method: a browser-like client retries GETs, never POSTs.
+CLIENT_LABELS = {f"{kind}/{method}": f"{name} {method}" for kind, name in (
+    ("close", "close"), ("retry", "retrying keep-alive"), ("raw", "raw keep-alive"))
+    for method in METHODS}
 
 
 def plot_run(out: Path, mode: str, ops: list[Op], records: list[Record],
@@ -105,7 +107,7 @@ def plot_run(out: Path, mode: str, ops: list[Op], records: list[Record],
 
     failed = sum(c["failed"] for c in result["clients"].values())
     return plot_timeline(
-        out, [Sample(r.t, r.dt, r.kind, r.ok) for r in records],
+        out, [Sample(r.t, r.dt, f"{r.kind}/{r.method}", r.ok) for r in records],
         [Marker(op.switch_at, f"{op.action} {op.version}",
                 "switch" if op.action == "deploy" else "rollback") for op in ops],
         title=f"{mode}: {result['deploys']} deploys + {result['rollbacks']} rollbacks under "
@@ -338,7 +340,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                                     plot=plot))
     report(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)},
+    args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out),
+                                                              "plots": str(args.plots)},
                                     "results": results}, indent=2))
     print(f"wrote {args.out}")
     return results

@@ -74,7 +74,11 @@ def run_certbot(cfg: AppConfig, emit: Emit, *, renew: bool = False,
     """Run certbot (argv, no shell); its output streams to our stderr as events."""
     tls = tls_of(cfg)
     if not renew:
-        tls.webroot.mkdir(parents=True, exist_ok=True, mode=0o755)
+        try:
+            tls.webroot.mkdir(parents=True, exist_ok=True, mode=0o755)
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot create tls.webroot {tls.webroot}: {e.strerror}",
+                                     hint="run as root (certbot needs root too)") from None
     argv = certbot_argv(cfg, renew=renew, force=force)
     emit(Event("info", f"running {argv[0]} {'renew' if renew else 'certonly'} for "
                        f"{', '.join(tls.domains)}"))
@@ -110,7 +114,11 @@ def deployed(cfg: AppConfig, emit: Emit) -> Deployed:
     if not tls.ready:
         raise ConfigError(f"no certificate at {tls.certificate} yet",
                           hint="run `zdagent tls issue` first")
-    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)  # as the store does
+    try:
+        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)  # as the store does
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot create the state dir {cfg.state_dir}: {e.strerror}",
+                                 hint="run as root, as certbot's deploy hook does") from None
     with app_lock(cfg.state_dir, cfg.name, "tls reload", emit):
         nginx = Nginx(cfg, emit)
         try:
