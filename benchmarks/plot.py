@@ -7,7 +7,7 @@ client kind, ok) and its operations as ``Marker`` (time, label, kind), e.g.::
     from benchmarks.plot import Marker, Sample, plot_timeline
     plot_timeline(Path("docs/bad-release-timeline.png"),
                   [Sample(r.t, r.dt, r.kind, r.ok) for r in records],
-                  [Marker(t_revert, "revert", "revert")], title="bad release")
+                  [Marker(t_revert, "revert", "revert", start=t_bad)], title="bad release")
 
 matplotlib is a benchmark-only dependency (the ``bench`` extra), imported here only.
 """
@@ -30,9 +30,10 @@ class Sample(NamedTuple):
 
 
 class Marker(NamedTuple):
-    t: float
+    t: float  # the moment itself (a line): e.g. the switch
     label: str
     kind: str = "switch"  # switch | rollback | revert | anything: picks the line style
+    start: float | None = None  # the operation's start: shaded from here to ``t``
 
 
 MARKER_STYLE = {"switch": ("tab:green", "-"), "rollback": ("tab:blue", "--"),
@@ -99,7 +100,7 @@ def plot_timeline(out: Path, samples: Sequence[Sample], markers: Sequence[Marker
                   title: str, bucket_s: float = 0.5, labels: dict[str, str] | None = None
                   ) -> Path:
     """Write a PNG: requests/s per client, failed requests per client, latency p50/p99;
-    every marker as a vertical line across all three panels."""
+    every marker as a vertical line across all three panels (its operation shaded)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -141,6 +142,8 @@ def plot_timeline(out: Path, samples: Sequence[Sample], markers: Sequence[Marker
         x = m.t - tl.t0
         for ax in (ax_rps, ax_fail, ax_lat):
             ax.axvline(x, color=color, ls=style, lw=0.9, alpha=0.8)
+            if m.start is not None:
+                ax.axvspan(m.start - tl.t0, x, color=color, alpha=0.08, lw=0)
         ax_rps.annotate(m.label, (x, 1), xycoords=("data", "axes fraction"), rotation=90,
                         fontsize=7, va="top", ha="right", color=color)
     fig.suptitle(title, fontsize=11)

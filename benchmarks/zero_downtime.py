@@ -109,7 +109,8 @@ def plot_run(out: Path, mode: str, ops: list[Op], records: list[Record],
     return plot_timeline(
         out, [Sample(r.t, r.dt, f"{r.kind}/{r.method}", r.ok) for r in records],
         [Marker(op.switch_at, f"{op.action} {op.version}",
-                "switch" if op.action == "deploy" else "rollback") for op in ops],
+                "switch" if op.action == "deploy" else "rollback", start=op.t_cmd)
+         for op in ops],
         title=f"{mode}: {result['deploys']} deploys + {result['rollbacks']} rollbacks under "
               f"load, {result['requests']} requests, {failed} failed",
         labels=CLIENT_LABELS)

@@ -31,7 +31,8 @@ def test_plot_writes_a_png_with_markers(tmp_path):
     import matplotlib.image
 
     out = plot_timeline(tmp_path / "docs" / "t.png", recorded(),
-                        [Marker(1001.5, "deploy v2"), Marker(1002.5, "revert", "revert")],
+                        [Marker(1001.5, "deploy v2", start=1001.0),
+                         Marker(1002.5, "revert", "revert")],
                         title="test run", bucket_s=0.5)
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
