@@ -55,7 +55,8 @@ def certbot_argv(cfg: AppConfig, *, renew: bool = False, force: bool = False) ->
     tls = tls_of(cfg)
     argv = [*tls.certbot_command, "--non-interactive"]
     if renew:
-        argv += ["renew", "--cert-name", tls.domains[0]]
+        # Run by hand: no random wait of up to 8 minutes (that is for certbot's timer).
+        argv += ["renew", "--cert-name", tls.domains[0], "--no-random-sleep-on-renew"]
     else:
         argv += ["certonly", "--agree-tos", "--webroot", "-w", str(tls.webroot),
                  "--cert-name", tls.domains[0], "--keep-until-expiring"]

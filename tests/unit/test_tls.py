@@ -94,8 +94,8 @@ def test_certbot_argv_issue_and_renew(tmp_path):
         "--deploy-hook", hook]
     assert certbot_argv(cfg, renew=True, force=True) == [
         "certbot", "--config-dir", "/tmp/le dir", "--non-interactive", "renew", "--cert-name",
-        "example.com", "--server", "https://127.0.0.1:14000/dir", "--force-renewal",
-        "--deploy-hook", hook]
+        "example.com", "--no-random-sleep-on-renew", "--server", "https://127.0.0.1:14000/dir",
+        "--force-renewal", "--deploy-hook", hook]
 
 
 def test_deploy_hook_is_one_quoted_command(tmp_path):
