@@ -278,3 +278,24 @@ def test_smoke_checks_send_method_path_and_host_and_name_the_failure(app_port):
     assert e.value.message == 'smoke check "slow page" failed: no answer within 0.2s'
     assert "nothing was switched" in e.value.hint
     assert [p for _, p, _ in _App.seen[2:]] == ["/orders", "/slow"]
+
+
+def test_an_interrupted_host_hook_is_killed_with_its_group(tmp_path):
+    """Ctrl-C (or any error while its output is followed) must not leave the hook running:
+    it has its own session, so the terminal's SIGINT never reaches it."""
+    pid_file = tmp_path / "hook.pid"
+    hook = script(tmp_path, f"echo $$ > {pid_file}\necho started\nexec sleep 60\n")
+
+    def interrupt(ev: Event) -> None:
+        if ev.message == "started":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_host_hook("pre_deploy", (str(hook),), CTX, 30, interrupt)
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            pytest.fail("the interrupted hook kept running")
+        time.sleep(0.05)
