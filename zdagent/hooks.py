@@ -271,11 +271,14 @@ def run_host_hook(hook: str, argv: tuple[str, ...], ctx: HookContext, timeout: f
         raise HookFailed(f"{what} could not start: {e.strerror or e}",
                          hint=f"check hooks.{hook}") from None
     assert proc.stdout is not None
-    ended = follow(_read_all(proc.stdout), out, time.monotonic() + timeout,
-                   exited=lambda: proc.poll() is not None)
-    if not ended:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    ended = False
+    try:
+        ended = follow(_read_all(proc.stdout), out, time.monotonic() + timeout,
+                       exited=lambda: proc.poll() is not None)
+    finally:
+        if not ended:  # the timeout, or Ctrl-C: its own session never sees the terminal's
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
     code = proc.wait()
     if not ended:
         raise HookFailed(f"{what} did not finish within {timeout:g}s (hooks.timeout): "
