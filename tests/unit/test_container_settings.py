@@ -111,6 +111,12 @@ def test_memory_sizes(text, size):
     ('volumes = ["d:/x"]', "container.volumes", "neither an absolute host path nor a volume"),
     ('volumes = ["aa:/x", "/b:/x"]', "container.volumes", "/x is mounted twice"),
     ('volumes = "data:/data"', "container.volumes", "must be a list"),
+    # The host's root, kernel interfaces and device nodes: never an app's storage, and
+    # /proc/sys or /sys written by a root container reconfigures the host's kernel.
+    ('volumes = ["/:/host"]', "container.volumes", "the whole host"),
+    ('volumes = ["/proc:/host/proc"]', "container.volumes", "/proc"),
+    ('volumes = ["/sys/fs/cgroup:/cg:ro"]', "container.volumes", "/sys"),
+    ('volumes = ["/dev/sda:/disk"]', "container.volumes", "/dev"),
     ('command = "npm start"', "container.command", "['npm', 'start']"),
     ('entrypoint = [1]', "container.entrypoint", "list of strings"),
     ('memory = "lots"', "container.memory", 'like "512m"'),
@@ -145,3 +151,28 @@ def test_good_users(tmp_path, user):
 def test_zdagent_is_fine_inside_another_prefix(tmp_path):
     cfg = with_settings(tmp_path, 'labels = { "com.example.zdagent.note" = "x" }\n')
     assert cfg.container.labels == {"com.example.zdagent.note": "x"}
+
+
+def test_the_docker_socket_is_allowed_but_warned_about(tmp_path):
+    """Mounting the Docker socket (or a directory holding it) hands the app root on this host
+    and control of zdagent's own slots: a deliberate choice for a few apps, so it loads, and
+    ``config check`` names it."""
+    from zdagent.config import risky_volumes
+
+    cfg = with_settings(tmp_path, 'volumes = ["/var/run/docker.sock:/var/run/docker.sock", '
+                                  '"/run:/host-run:ro", "/srv/proc:/proc-data", "data:/d"]\n')
+    assert risky_volumes(cfg.container) == [
+        "/var/run/docker.sock:/var/run/docker.sock", "/run:/host-run:ro"]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert risky_volumes(with_settings(plain).container) == []
+    import os
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "zdagent", "config", "check", "--config",
+                        str(cfg.path)], capture_output=True, text=True, timeout=60,
+                       check=False, env={**os.environ, "NO_COLOR": "1"})
+    assert p.returncode == 0, p.stderr
+    assert "container.volumes: /var/run/docker.sock:/var/run/docker.sock reaches the " \
+           "Docker socket" in p.stderr
