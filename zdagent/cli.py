@@ -575,6 +575,7 @@ def config_check(
 
     with _guard():
         if not all_apps:
+            from zdagent.config import risky_volumes
             from zdagent.hooks import missing_programs
 
             cfg = _load(config)
@@ -583,6 +584,9 @@ def config_check(
             for hook in missing_programs(cfg.hooks):
                 err.print(f"[yellow]![/] {escape(hook)} is not an executable file here "
                           "(the hook fails when it runs)")
+            for volume in risky_volumes(cfg.container):
+                err.print(f"[yellow]![/] container.volumes: {escape(volume)} reaches the Docker "
+                          "socket: the app gets root on this host and control of its slots")
             return
         directory = Path(config_dir) if config_dir else DEFAULT_CONFIG_DIR
         if not directory.is_dir():

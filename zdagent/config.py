@@ -452,6 +452,7 @@ def parse_volume(spec: str) -> Volume:
         raise ValueError(f"{spec!r}: the mode must be ro or rw, got {mode!r}")
     if source.startswith("/"):
         _check_mount_path(spec, source, "host path")
+        _check_host_source(spec, source)
     elif source.startswith((".", "~")) or "/" in source:
         raise ValueError(f"{spec!r}: the host path {source!r} is relative; write it absolute "
                          f"(a relative path would depend on the daemon's directory)")
@@ -471,6 +472,32 @@ def _check_mount_path(spec: str, path: str, what: str) -> None:
             posixpath.normpath(path) != path:
         raise ValueError(f"{spec!r}: the {what} {path!r} is not a plain absolute path "
                          f"(no '..', '.', '//', trailing '/', spaces or special characters)")
+
+
+# Host paths no app mounts for storage: the whole host, the kernel's interfaces (a root
+# container writing /proc/sys or /sys reconfigures the host) and device nodes.
+FORBIDDEN_HOST_TREES = ("/proc", "/sys", "/dev")
+# The Docker socket (root on this host, and control of zdagent's own slots) and the
+# directories that hold it: allowed, as a few apps need it on purpose, but `config check` warns.
+DOCKER_SOCKET_PATHS = frozenset({"/var/run/docker.sock", "/run/docker.sock", "/var/run",
+                                 "/run", "/var"})
+
+
+def _check_host_source(spec: str, source: str) -> None:
+    if source == "/":
+        raise ValueError(f"{spec!r}: mounting / would hand the app the whole host; "
+                         f"mount the directory it needs")
+    for tree in FORBIDDEN_HOST_TREES:
+        if source == tree or source.startswith(tree + "/"):
+            raise ValueError(f"{spec!r}: host paths under {tree} (kernel interfaces, devices) "
+                             f"are refused")
+
+
+def risky_volumes(c: ContainerConfig) -> list[str]:
+    """The volumes that reach the Docker socket (``config check`` warns about each)."""
+    return [v.bind.removesuffix(":rw") for v in c.volumes
+            if not v.named and (v.source in DOCKER_SOCKET_PATHS
+                                or v.source.endswith("/docker.sock"))]
 
 
 def _volumes(v: Any) -> str | None:
