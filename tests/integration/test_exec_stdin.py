@@ -80,3 +80,13 @@ def test_megabytes_both_ways_byte_exact_and_through_the_ssh_gate(app, tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == b"3"
     assert "allowed" in (tmp_path / "gate.log").read_text()
+
+
+def test_a_command_missing_from_the_image_is_a_clear_error(app, docker_client):
+    """Docker refuses to start it (no such file): one line and a hint, not a bug report."""
+    p = zdagent(app, "exec", "--", "/no/such/program", input=b"")
+    err = p.stderr.decode()
+    assert p.returncode == 1, err
+    assert "/no/such/program" in err and "could not start" in err and "hint:" in err, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert oneoffs_left(docker_client, app) == []
