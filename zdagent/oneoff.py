@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import docker.errors
 
 from zdagent.config import read_env_file
-from zdagent.errors import DeployFailed, UsageError
+from zdagent.errors import DeployFailed, UsageError, shorten
 from zdagent.slots import LABEL, SLOTS, Slots, other, runtime_kwargs
 
 SLOT_CHOICES = ("live", "standby", *SLOTS)
@@ -164,7 +164,13 @@ def _attach(slots: Slots, c: Any, *, stdin: bool) -> Iterator[socket.socket]:
     sock = slots.client.api.attach_socket(c.id, params={
         "stdin": int(stdin), "stdout": 1, "stderr": 1, "stream": 1})
     try:
-        c.start()
+        try:
+            c.start()
+        except docker.errors.APIError as e:  # e.g. the command is not in the image
+            why = shorten(str(e.explanation or e), 300)
+            raise DeployFailed(f"the command could not start: {why}",
+                               hint="check that the command exists in the image "
+                                    "(`zdagent exec -- ls /bin`)") from None
         yield getattr(sock, "_sock", sock)
     finally:
         with contextlib.suppress(OSError):
