@@ -70,6 +70,9 @@ host = "shop.example.com"
 @pytest.mark.parametrize(("extra", "key", "says"), [
     ('[hooks]\nrelease = "bin/migrate"', "hooks.release", "list of strings"),
     ('[hooks]\npre_deploy = [""]', "hooks.pre_deploy", "list of strings"),
+    # a NUL cannot be in an argv (Popen raises ValueError): refused at load, named
+    ('[hooks]\npre_deploy = ["/bin/true\\u0000x"]', "hooks.pre_deploy", "NUL"),
+    ('[hooks]\nrelease = ["migrate", "a\\u0000"]', "hooks.release", "NUL"),
     ('[hooks]\npost_deplyo = ["x"]', "hooks.post_deplyo", "did you mean 'post_deploy'"),
     ('[hooks]\ntimeout = 0', "hooks.timeout", "between 1 and 3600"),
     ('[[smoke]]\nmethod = "GET"', "smoke[0].path", "is required"),
