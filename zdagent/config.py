@@ -409,6 +409,8 @@ def _bool(v: Any) -> str | None:
 def _argv(v: Any) -> str | None:
     if not isinstance(v, list) or not v or not all(isinstance(a, str) and a for a in v):
         return "must be a non-empty list of strings (argv, no shell)"
+    if any("\0" in a for a in v):
+        return "must not contain a NUL character (no program can receive it)"
     return None
 
 
