@@ -115,6 +115,26 @@ def test_output_emits_every_line_and_keeps_the_tail():
     assert out.last_lines() == "; last output: one | two | three"
 
 
+def test_output_without_newlines_stays_bounded():
+    """A progress bar drawn with \\r, or binary noise, never ends its line: what is kept of
+    it must not grow with the stream (nor be copied whole for every chunk)."""
+    import tracemalloc
+
+    seen: list[Event] = []
+    out = Output(seen.append, "release")
+    chunk = b"x" * (1 << 20)
+    tracemalloc.start()
+    try:
+        for _ in range(32):
+            out.feed(chunk)
+        out.feed(b"\nnext\n")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak >> 20} MiB held for 32 MiB without a newline"
+    assert [e.message for e in seen] == ["x" * 2000, "next"]
+
+
 def script(tmp_path: Path, body: str) -> Path:
     p = tmp_path / "hook.sh"
     p.write_text("#!/bin/sh\n" + body)
