@@ -52,15 +52,22 @@ class Output:
         self.phase = phase
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._partial = b""
+        self._cut = False  # the current line was already emitted at MAX_LINE: skip its rest
 
     def feed(self, chunk: bytes) -> None:
         lines = (self._partial + chunk).split(b"\n")
         self._partial = lines.pop()
         for line in lines:
-            self._line(line)
+            if not self._cut:
+                self._line(line)
+            self._cut = False
+        if len(self._partial) > MAX_LINE * 4:  # a line that never ends: keep it bounded
+            if not self._cut:
+                self._line(self._partial)
+            self._partial, self._cut = b"", True
 
     def close(self) -> None:
-        if self._partial:
+        if self._partial and not self._cut:
             self._line(self._partial)
             self._partial = b""
 
