@@ -322,3 +322,18 @@ def test_an_interrupted_host_hook_is_killed_with_its_group(tmp_path):
             os.kill(pid, 9)
             pytest.fail("the interrupted hook kept running")
         time.sleep(0.05)
+
+
+def test_a_hook_that_closes_its_output_still_has_a_timeout(tmp_path):
+    """The end of its output is not the end of the hook: the timeout still holds after."""
+    pid_file = tmp_path / "hook.pid"
+    hook = script(tmp_path, f"echo $$ > {pid_file}\necho bye\nexec sleep 60 >/dev/null 2>&1\n")
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(HookFailed, match=r"did not finish within 1s .*last output: bye"):
+            run_host_hook("pre_deploy", (str(hook),), CTX, 1, lambda ev: None)
+        assert time.monotonic() - t0 < 15
+        assert not _alive(int(pid_file.read_text()))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid_file.read_text()), 9)
