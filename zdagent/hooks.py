@@ -278,10 +278,16 @@ def run_host_hook(hook: str, argv: tuple[str, ...], ctx: HookContext, timeout: f
         raise HookFailed(f"{what} could not start: {e.strerror or e}",
                          hint=f"check hooks.{hook}") from None
     assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
     ended = False
     try:
-        ended = follow(_read_all(proc.stdout), out, time.monotonic() + timeout,
-                       exited=lambda: proc.poll() is not None)
+        if follow(_read_all(proc.stdout), out, deadline,
+                  exited=lambda: proc.poll() is not None):
+            # its output ended; it may not have (it closed stdout and went on)
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            ended = True
+    except subprocess.TimeoutExpired:
+        pass
     finally:
         if not ended:  # the timeout, or Ctrl-C: its own session never sees the terminal's
             with contextlib.suppress(ProcessLookupError):
