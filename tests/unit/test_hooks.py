@@ -21,7 +21,7 @@ from zdagent.events import Event
 from zdagent.hooks import (
     HookContext,
     Output,
-    missing_programs,
+    hook_problems,
     run_host_hook,
     run_smoke,
     smoke_problem,
@@ -249,9 +249,9 @@ post_deploy = ["./hooks/missing"]
 post_switch = ["sh", "-c", "true"]
 post_revert = ["zdagent-no-such-program"]
 """))
-    assert missing_programs(cfg.hooks) == [
-        f"hooks.post_deploy: {tmp_path / 'hooks' / 'missing'}",
-        "hooks.post_revert: zdagent-no-such-program"]
+    assert hook_problems(cfg.hooks) == [
+        f"hooks.post_deploy: {tmp_path / 'hooks' / 'missing'} is not an executable file",
+        "hooks.post_revert: zdagent-no-such-program is not an executable file"]
 
 
 class _App(http.server.BaseHTTPRequestHandler):
@@ -337,3 +337,24 @@ def test_a_hook_that_closes_its_output_still_has_a_timeout(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid_file.read_text()), 9)
+
+
+def test_a_hook_others_can_rewrite_is_refused(tmp_path):
+    """Hooks run as the daemon's user (root): a program, or a directory holding it, that
+    another user can write would hand that user root (the rule of sshd's StrictModes)."""
+    hooks_dir = tmp_path / "hooks"
+    hooks_dir.mkdir()
+    hook = script(hooks_dir, "exit 0\n")
+    run_host_hook("pre_deploy", (str(hook),), CTX, 10, lambda ev: None)  # 0755: fine
+    for target, mode in ((hook, 0o777), (hooks_dir, 0o777)):
+        before = target.stat().st_mode & 0o7777
+        target.chmod(mode)
+        try:
+            with pytest.raises(HookFailed, match="writable by others") as e:
+                run_host_hook("pre_deploy", (str(hook),), CTX, 10, lambda ev: None)
+            assert "chmod go-w" in e.value.hint
+            cfg = load_config(write(tmp_path, MINIMAL + f'[hooks]\npre_deploy = ["{hook}"]\n'))
+            [problem] = hook_problems(cfg.hooks)  # and config check says so
+            assert problem.startswith(f"hooks.pre_deploy: {hook} ") and "writable" in problem
+        finally:
+            target.chmod(before)
