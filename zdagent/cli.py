@@ -576,14 +576,13 @@ def config_check(
     with _guard():
         if not all_apps:
             from zdagent.config import risky_volumes
-            from zdagent.hooks import missing_programs
+            from zdagent.hooks import hook_problems
 
             cfg = _load(config)
             err.print(f"[green]ok[/] {cfg.path}: app {cfg.name}, slots 127.0.0.1:"
                       f"{cfg.slots.blue_port}/{cfg.slots.green_port}")
-            for hook in missing_programs(cfg.hooks):
-                err.print(f"[yellow]![/] {escape(hook)} is not an executable file here "
-                          "(the hook fails when it runs)")
+            for problem in hook_problems(cfg.hooks):
+                err.print(f"[yellow]![/] {escape(problem)} (the hook fails when it runs)")
             for volume in risky_volumes(cfg.container):
                 err.print(f"[yellow]![/] container.volumes: {escape(volume)} reaches the Docker "
                           "socket: the app gets root on this host and control of its slots")

@@ -20,6 +20,7 @@ import queue
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -250,11 +251,33 @@ def _program(argv0: str) -> str | None:
     return exe if exe and os.path.isfile(exe) and os.access(exe, os.X_OK) else None
 
 
-def missing_programs(hooks: HooksConfig) -> list[str]:
-    """``hooks.<name>: <program>`` for each host hook whose program is not executable here
+def _writable_by_others(exe: str) -> str | None:
+    """Why another user could change what ``exe`` runs (it runs as the daemon's user, root):
+    the file or its directory writable by group or others, or owned by someone else."""
+    me = os.geteuid()
+    dirs = {os.path.dirname(os.path.abspath(exe)), os.path.dirname(os.path.realpath(exe))}
+    for path in (exe, *sorted(dirs)):
+        st = os.stat(path)
+        if st.st_mode & 0o022 or st.st_uid not in (0, me):
+            return (f"{path} is writable by others (mode {stat.S_IMODE(st.st_mode):04o}, "
+                    f"uid {st.st_uid})")
+    return None
+
+
+def hook_problem(argv0: str) -> str | None:
+    """Why the program ``argv0`` names cannot run as a hook, or None."""
+    exe = _program(argv0)
+    if exe is None:
+        return "is not an executable file"
+    unsafe = _writable_by_others(exe)
+    return f"is unsafe to run: {unsafe}" if unsafe else None
+
+
+def hook_problems(hooks: HooksConfig) -> list[str]:
+    """``hooks.<name>: <program> <problem>`` for each host hook that would fail here
     (``zdagent config check`` warns: a missing pre_deploy would fail every deploy)."""
-    return [f"hooks.{name}: {argv[0]}" for name in HOST_HOOKS
-            if (argv := getattr(hooks, name)) and _program(argv[0]) is None]
+    return [f"hooks.{name}: {argv[0]} {problem}" for name in HOST_HOOKS
+            if (argv := getattr(hooks, name)) and (problem := hook_problem(argv[0]))]
 
 
 def run_host_hook(hook: str, argv: tuple[str, ...], ctx: HookContext, timeout: float,
@@ -267,6 +290,11 @@ def run_host_hook(hook: str, argv: tuple[str, ...], ctx: HookContext, timeout: f
         raise HookFailed(f"{hook} hook: {argv[0]} is not an executable file",
                          hint=f"fix hooks.{hook} (an absolute path, or relative to the "
                               "config's directory) and chmod +x it")
+    unsafe = _writable_by_others(exe)
+    if unsafe:
+        raise HookFailed(f"{hook} hook: {argv[0]} is unsafe to run: {unsafe}",
+                         hint="hooks run as the daemon's user: chown it to root and "
+                              "`chmod go-w` it and its directory")
     what = f"{hook} hook {shlex.join(argv)}"
     emit(Event("info", f"running the {what}"))
     out = Output(emit, hook)
