@@ -358,3 +358,16 @@ def test_a_hook_others_can_rewrite_is_refused(tmp_path):
             assert problem.startswith(f"hooks.pre_deploy: {hook} ") and "writable" in problem
         finally:
             target.chmod(before)
+
+
+def test_a_hooks_arguments_are_never_printed(tmp_path):
+    """A host hook gets no env of the operator's choosing, so a token or a webhook URL can
+    only come as an argument: it must not appear in progress events, errors or history."""
+    secret = "https://hooks.example.com/services/T0/B0/s3cr3t-token"
+    hook = script(tmp_path, 'echo "posting"\nexit 2\n')
+    seen: list[Event] = []
+    with pytest.raises(HookFailed) as e:
+        run_host_hook("post_deploy", (str(hook), "--url", secret), CTX, 10, seen.append)
+    assert "s3cr3t" not in e.value.message + (e.value.hint or "")
+    assert not [ev.message for ev in seen if "s3cr3t" in ev.message]
+    assert e.value.message.startswith(f"post_deploy hook {hook} ")  # still named
