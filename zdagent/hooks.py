@@ -295,7 +295,8 @@ def run_host_hook(hook: str, argv: tuple[str, ...], ctx: HookContext, timeout: f
         raise HookFailed(f"{hook} hook: {argv[0]} is unsafe to run: {unsafe}",
                          hint="hooks run as the daemon's user: chown it to root and "
                               "`chmod go-w` it and its directory")
-    what = f"{hook} hook {shlex.join(argv)}"
+    # the program only: its arguments are how a hook gets a token or a webhook URL
+    what = f"{hook} hook {argv[0]}"
     emit(Event("info", f"running the {what}"))
     out = Output(emit, hook)
     try:
