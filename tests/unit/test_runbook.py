@@ -213,3 +213,26 @@ def test_any_other_build_error_stays_a_build_failure(tmp_path):
     with pytest.raises(BuildFailed) as e:
         _build(tmp_path, chunks)
     assert not isinstance(e.value, DiskFull)
+
+
+class _RefusingContainers:
+    def create(self, **_: object):
+        raise docker.errors.APIError("500 Server Error", explanation="mkdir /var/lib/docker/"
+                                     "overlay2/x-init: no space left on device")
+
+
+class _RefusingClient:
+    containers = _RefusingContainers()
+
+
+def test_a_one_off_refused_for_a_full_disk_says_so(tmp_path):
+    """The release command's container (and exec's) is refused like a slot's: a full disk
+    is DiskFull (exit 3, runbook link), not a generic deploy failure."""
+    from tests.unit.test_config import MINIMAL, write
+    from zdagent.config import load_config
+    from zdagent.oneoff import oneoff_container
+
+    slots = Slots(load_config(write(tmp_path, MINIMAL)), _RefusingClient())
+    with pytest.raises(DiskFull) as e, oneoff_container(slots, {"image": "x"}):
+        pass
+    assert "#disk-full" in e.value.hint
