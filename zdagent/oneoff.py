@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import docker.errors
 
 from zdagent.config import read_env_file
-from zdagent.errors import DeployFailed, UsageError, shorten
+from zdagent.errors import DeployFailed, UsageError, disk_full, is_disk_full, shorten
 from zdagent.slots import LABEL, SLOTS, Slots, other, runtime_kwargs
 
 SLOT_CHOICES = ("live", "standby", *SLOTS)
@@ -126,6 +126,9 @@ def oneoff_container(slots: Slots, kwargs: dict[str, Any]) -> Iterator[Any]:
                            hint="deploy again; `zdagent prune --dry-run` shows what is kept"
                            ) from None
     except docker.errors.APIError as e:
+        if is_disk_full(e):
+            raise disk_full("Docker refused the one-off container",
+                            str(e.explanation or e)) from None
         raise DeployFailed(f"Docker refused the one-off container: {e.explanation or e}",
                            hint="check the command and the [container] settings (network, "
                                 "volumes, user, memory, cpus)") from None
