@@ -287,3 +287,59 @@ contains = "schema v1"
             c.remove(force=True)
         with contextlib.suppress(docker.errors.NotFound):
             docker_client.volumes.get(volume).remove(force=True)
+
+
+def test_ctrl_c_during_a_hook_or_the_release_leaves_nothing_running(make_app, docker_client,
+                                                                     tmp_path):
+    """SIGINT (Ctrl-C) to a --local deploy: the hanging pre_deploy hook (its own session,
+    so the terminal's SIGINT never reaches it) and the hanging release container are gone,
+    v1 still serves and the record says failed."""
+    pid_file = tmp_path / "pre_deploy.pid"
+    hook = tmp_path / "pre_deploy.sh"
+    hook.write_text(f'#!/bin/sh\nif [ "$ZDAGENT_VERSION" = v2 ]; then echo $$ > {pid_file}; '
+                    'exec sleep 120; fi\n')
+    hook.chmod(0o755)
+    app = make_app(extra=RELEASE.replace("release_timeout = 3", "release_timeout = 120")
+                   + f'pre_deploy = ["{hook}"]\ntimeout = 120\n')
+    app.ok("deploy", "v1", "--local")
+    before = _containers(docker_client, app)
+    release = {"label": [f"zdagent.app={app.name}", "zdagent.release"], "status": "running"}
+
+    def interrupted(version: str, started) -> None:
+        child = subprocess.Popen([sys.executable, "-m", "zdagent", "deploy", version,
+                                  "--local"],
+                                 env={**os.environ, "ZDAGENT_CONFIG": str(app.config)},
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: started() or child.poll() is not None, 120)
+            assert child.poll() is None, f"the {version} deploy ended before it hung"
+            child.send_signal(signal.SIGINT)
+            child.wait(60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(30)
+        assert app.served_version() == "v1"
+        assert _containers(docker_client, app) == before
+        assert _history(app)[0]["outcome"] == "failed"
+
+    interrupted("v2", pid_file.exists)
+    pid = int(pid_file.read_text())
+    try:
+        wait_for(lambda: not _alive(pid), 30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    interrupted("v3", lambda: bool(docker_client.containers.list(filters=release)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie not yet reaped counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
