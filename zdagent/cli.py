@@ -575,17 +575,11 @@ def config_check(
 
     with _guard():
         if not all_apps:
-            from zdagent.config import risky_volumes
-            from zdagent.hooks import hook_problems
-
             cfg = _load(config)
             err.print(f"[green]ok[/] {cfg.path}: app {cfg.name}, slots 127.0.0.1:"
                       f"{cfg.slots.blue_port}/{cfg.slots.green_port}")
-            for problem in hook_problems(cfg.hooks):
-                err.print(f"[yellow]![/] {escape(problem)} (the hook fails when it runs)")
-            for volume in risky_volumes(cfg.container):
-                err.print(f"[yellow]![/] container.volumes: {escape(volume)} reaches the Docker "
-                          "socket: the app gets root on this host and control of its slots")
+            for warning in _config_warnings(cfg):
+                err.print(f"[yellow]![/] {escape(warning)}")
             return
         directory = Path(config_dir) if config_dir else DEFAULT_CONFIG_DIR
         if not directory.is_dir():
@@ -594,7 +588,8 @@ def config_check(
         result = load_app_dir(directory)
         if as_json:
             out.print_json(json.dumps({
-                "apps": {n: {"ok": True, "path": str(c.path)} for n, c in result.apps.items()}
+                "apps": {n: {"ok": True, "path": str(c.path), "warnings": _config_warnings(c)}
+                         for n, c in result.apps.items()}
                 | {n: {"ok": False, "error": m} for n, m in result.errors.items()}}))
         else:
             for name in sorted({*result.apps, *result.errors}):
@@ -602,12 +597,24 @@ def config_check(
                     c = result.apps[name]
                     out.print(f"ok    {name}: {c.path}, slots 127.0.0.1:{c.slots.blue_port}/"
                               f"{c.slots.green_port}, nginx {c.nginx.listen}", markup=False)
+                    for warning in _config_warnings(c):
+                        out.print(f"warn  {name}: {warning}", markup=False)
                 else:
                     out.print(f"error {name}: {result.errors[name]}", markup=False)
             if not result.apps and not result.errors:
                 err.print(f"no *.toml in {directory}")
         if result.errors:
             raise typer.Exit(2)
+
+
+def _config_warnings(cfg: AppConfig) -> list[str]:
+    """What loads but will bite: hooks that fail when they run, the Docker socket mounted."""
+    from zdagent.config import risky_volumes
+    from zdagent.hooks import hook_problems
+
+    return [*(f"{problem} (the hook fails when it runs)" for problem in hook_problems(cfg.hooks)),
+            *(f"container.volumes: {volume} reaches the Docker socket: the app gets root on "
+              "this host and control of its slots" for volume in risky_volumes(cfg.container))]
 
 
 @config_app.command("example")
