@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -295,19 +297,21 @@ def test_apps_may_share_an_nginx_listen_port(tmp_path):
     assert d.apps["api"].nginx.active_file != d.apps["www"].nginx.active_file
 
 
+def config_check_all(directory: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """The real ``zdagent config check --all`` on ``directory``."""
+    return subprocess.run([sys.executable, "-m", "zdagent", "config", "check", "--all",
+                           "--config-dir", str(directory), *extra], capture_output=True,
+                          text=True, timeout=60, check=False, env={**os.environ, "NO_COLOR": "1"})
+
+
 def test_config_check_all_prints_each_app_and_exits_2_on_any_error(tmp_path):
     import json
-    import subprocess
-    import sys
 
     app_file(tmp_path, "web", 18001, 18002)
     app_file(tmp_path, "www", 18002, 18003)
 
     def check(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "zdagent", "config", "check", "--all",
-                               "--config-dir", str(tmp_path), *extra], capture_output=True,
-                              text=True, timeout=60, check=False,
-                              env={**os.environ, "NO_COLOR": "1"})
+        return config_check_all(tmp_path, *extra)
 
     p = check()
     assert p.returncode == 2, p.stderr

@@ -181,11 +181,8 @@ def test_the_docker_socket_is_allowed_but_warned_about(tmp_path):
 def test_config_check_all_warns_like_the_single_app_check(tmp_path):
     """`config check --all` is what an operator runs for the daemon: the same warnings."""
     import json
-    import os
-    import subprocess
-    import sys
 
-    from tests.unit.test_config import app_file
+    from tests.unit.test_config import app_file, config_check_all
 
     path = app_file(tmp_path, "web", 18001, 18002)
     text = path.read_text().replace(
@@ -193,13 +190,7 @@ def test_config_check_all_warns_like_the_single_app_check(tmp_path):
     path.write_text(text + '\n[hooks]\npost_deploy = ["zdagent-no-such-program"]\n')
     app_file(tmp_path, "www", 18003, 18004)
 
-    def check(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "zdagent", "config", "check", "--all",
-                               "--config-dir", str(tmp_path), *extra], capture_output=True,
-                              text=True, timeout=60, check=False,
-                              env={**os.environ, "NO_COLOR": "1"})
-
-    p = check()
+    p = config_check_all(tmp_path)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0].startswith("ok    web: ") and lines[-1].startswith("ok    www: ")
@@ -207,5 +198,5 @@ def test_config_check_all_warns_like_the_single_app_check(tmp_path):
                                "an executable file") for line in lines), lines
     assert any(line.startswith("warn  web: container.volumes: /var/run/docker.sock:")
                for line in lines), lines
-    data = json.loads(check("--json").stdout)["apps"]
+    data = json.loads(config_check_all(tmp_path, "--json").stdout)["apps"]
     assert len(data["web"]["warnings"]) == 2 and data["www"]["warnings"] == []
