@@ -769,6 +769,28 @@ def tls_deployed(config: ConfigOpt = None,
 
 
 @app.command()
+def runbook(
+    section: Annotated[str | None, typer.Argument(
+        help="The section a hint named (e.g. nginx-down); none lists them.")] = None,
+) -> None:
+    """Print a section of the operations runbook: what a state means, what zdagent already
+    did, what to do. Hints end with `(runbook: zdagent runbook SECTION)`."""
+    from zdagent import runbook as book
+
+    text = book.document()
+    if text is None:
+        _fail("the runbook is missing from this install",
+              "reinstall zdagent (`pip install --force-reinstall`)", 3)
+    parts = book.sections(text)
+    if section is None:
+        out.print("sections: " + ", ".join(parts), markup=False)
+        return
+    if section not in parts:
+        _fail(f"no runbook section {section!r}", "sections: " + ", ".join(parts), 2)
+    out.print(parts[section], markup=False, end="")
+
+
+@app.command()
 def doctor(
     config_dir: ConfigDirOpt = None,
     socket: SocketOpt = None,

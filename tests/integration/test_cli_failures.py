@@ -42,7 +42,7 @@ def test_docker_unreachable_exits_3(make_app):
         p = app.cli(*args)
         assert p.returncode == 3, p.stderr
         assert "cannot reach the Docker engine" in p.stderr and "hint:" in p.stderr
-        assert "(runbook: docs/operations.md#docker-unreachable)" in p.stderr
+        assert "(runbook: zdagent runbook docker-unreachable)" in p.stderr
         assert "Traceback" not in p.stderr
 
 
@@ -51,7 +51,7 @@ def test_nginx_not_running_exits_3_before_any_change(make_app, docker_client):
     p = app.cli("deploy", "v1")
     assert p.returncode == 3
     assert "nginx is not running" in p.stderr
-    assert "(runbook: docs/operations.md#nginx-down)" in p.stderr
+    assert "(runbook: zdagent runbook nginx-down)" in p.stderr
     assert containers(docker_client, app) == []
 
 
@@ -70,7 +70,7 @@ def test_no_wait_fails_while_another_deploy_holds_the_lock_and_slow_health_fails
         p = app.cli("deploy", "v2", "--no-wait")
         assert p.returncode == 1
         assert f"{app.name} is busy: deploy slow by" in p.stderr
-        assert "(runbook: docs/operations.md#lock-held)" in p.stderr
+        assert "(runbook: zdagent runbook lock-held)" in p.stderr
     finally:
         slow.wait(60)
     # the slow image answers its health check after 3 s; probes time out after 2 s

@@ -64,6 +64,8 @@ def test_every_verb_answers_help(prod_venv):
     assert d.returncode == 0 and "--socket-group" in d.stdout, d.stderr
     ex = run(prod_venv, "zdagent", "config", "example")
     assert ex.returncode == 0 and "[app]" in ex.stdout
+    rb = run(prod_venv, "zdagent", "runbook", "nginx-down")  # hints name it: it must ship
+    assert rb.returncode == 0 and rb.stdout.startswith("## nginx-down\n"), rb.stderr
 
 
 def test_init_from_the_installed_package(prod_venv, test_group, tmp_path):

@@ -65,7 +65,8 @@ def _linked_anchors() -> list[tuple[str, str]]:
     found = []
     for path in (ROOT / "zdagent").rglob("*.py"):
         text = path.read_text()
-        found += [(path.name, a) for a in re.findall(r"operations\.md#([a-z0-9-]+)", text)]
+        found += [(path.name, a) for a in re.findall(
+            r"(?:operations\.md#|zdagent runbook )([a-z0-9-]+)", text)]
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) in (
                     "link", "with_link") and node.args:
@@ -111,7 +112,7 @@ def _status(watchdog: dict | None, drift: list[str], nginx_running: bool = True)
     ("failing", "failing"), ("reverted", "reverted"), ("error", "watchdog-error")])
 def test_the_status_line_links_the_watchdog_state(state, anchor):
     text = _status({"status": state, "last_reason": "why"}, [])
-    assert f"watchdog: {state} (why) (runbook: docs/operations.md#{anchor})" in text
+    assert f"watchdog: {state} (why) (runbook: zdagent runbook {anchor})" in text
 
 
 def test_a_healthy_status_has_no_runbook_link():
@@ -119,9 +120,9 @@ def test_a_healthy_status_has_no_runbook_link():
 
 
 def test_drift_lines_link_their_section():
-    assert "(runbook: docs/operations.md#drift)" in _status(None, ["the store says ..."])
+    assert "(runbook: zdagent runbook drift)" in _status(None, ["the store says ..."])
     down = _status(None, ["nginx is not running"], nginx_running=False)
-    assert "(runbook: docs/operations.md#nginx-down)" in down
+    assert "(runbook: zdagent runbook nginx-down)" in down
 
 
 # --- disk full ---------------------------------------------------------------------------
@@ -157,7 +158,7 @@ def test_disk_full_error_is_an_environment_problem_with_the_runbook_link():
     e = disk_full("pull of web:v2 failed", "write /var/lib/docker/x: no space left on device")
     assert isinstance(e, DiskFull) and e.exit_code == EXIT_ENVIRONMENT
     assert e.message.startswith("pull of web:v2 failed: the disk is full (")
-    assert e.hint.endswith("(runbook: docs/operations.md#disk-full)")
+    assert e.hint.endswith("(runbook: zdagent runbook disk-full)")
     assert "the live slot is untouched" in e.hint
 
 
@@ -167,7 +168,7 @@ def test_a_full_disk_anywhere_is_explained_not_reported_as_a_bug():
     assert as_known(RuntimeError("boom")) is None
     status, body = error_reply(sqlite3.OperationalError("database or disk is full"))
     assert status == 503 and body["error"]["exit_code"] == EXIT_ENVIRONMENT
-    assert "#disk-full" in body["error"]["hint"]
+    assert "runbook disk-full" in body["error"]["hint"]
     assert error_reply(RuntimeError("boom"))[0] == 500
 
 
@@ -203,7 +204,7 @@ def test_a_build_that_runs_out_of_disk_says_so(tmp_path):
                                           "left on device"}, "error": "..."}]
     with pytest.raises(DiskFull) as e:
         _build(tmp_path, chunks)
-    assert "build failed at step 2/2" in e.value.message and "#disk-full" in e.value.hint
+    assert "build failed at step 2/2" in e.value.message and "runbook disk-full" in e.value.hint
 
 
 def test_any_other_build_error_stays_a_build_failure(tmp_path):
@@ -235,4 +236,13 @@ def test_a_one_off_refused_for_a_full_disk_says_so(tmp_path):
     slots = Slots(load_config(write(tmp_path, MINIMAL)), _RefusingClient())
     with pytest.raises(DiskFull) as e, oneoff_container(slots, {"image": "x"}):
         pass
-    assert "#disk-full" in e.value.hint
+    assert "runbook disk-full" in e.value.hint
+
+
+def test_each_section_prints_from_the_document_alone():
+    """`zdagent runbook SECTION` prints exactly that heading's section, for every anchor."""
+    parts = runbook.sections(runbook.document())
+    assert runbook.ANCHORS <= set(parts) <= set(doc_anchors())
+    for anchor in runbook.ANCHORS:
+        text = parts[anchor]
+        assert text.startswith(f"## {anchor}\n") and text.count("\n## ") == 0
