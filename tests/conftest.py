@@ -33,6 +33,7 @@ IMAGE_REPO = "zdtest"
 TEST_PREFIX = f"zdt{os.getpid()}-"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 _docker_used = False  # the leftover check looks at Docker only if a test used it
+_late_leftovers: list[str] = []  # found by fixtures torn down before no_leftovers runs
 
 
 def require(ok: bool, what: str) -> None:
@@ -94,9 +95,9 @@ def no_leftovers(tmp_path_factory) -> Iterator[None]:
     Set up first, so torn down last: after every other fixture has cleaned up.
     """
     yield
-    found = _leftover_processes(str(tmp_path_factory.getbasetemp()))
+    found = _leftover_processes(str(tmp_path_factory.getbasetemp())) + _late_leftovers
     if _docker_used:
-        found += _leftover_containers()
+        found += _leftover_containers() + _leftover_services()
     if found:
         pytest.fail("this run left behind (now removed): " + "; ".join(found), pytrace=False)
 
@@ -113,6 +114,46 @@ def _leftover_containers() -> list[str]:
         return [f"container {name}" for _, name in mine]
     finally:
         client.close()
+
+
+def _swarm_active(client) -> bool:
+    return client.info().get("Swarm", {}).get("LocalNodeState") == "active"
+
+
+def _leftover_services(client=None) -> list[str]:
+    """Swarm services of this run's apps (labelled zdagent.app=zdt<pid>-…), removed."""
+    import docker
+
+    own = client is None
+    client = client or docker.from_env()
+    try:
+        if not _swarm_active(client):
+            return []
+        mine = [s for s in client.services.list(filters={"label": "zdagent.app"})
+                if s.attrs["Spec"].get("Labels", {}).get("zdagent.app", "")
+                .startswith(TEST_PREFIX)]
+        for s in mine:
+            with contextlib.suppress(docker.errors.NotFound):
+                s.remove()
+        return [f"service {s.name}" for s in mine]
+    finally:
+        if own:
+            client.close()
+
+
+@pytest.fixture(scope="session")
+def swarm(docker_client) -> Iterator[None]:
+    """A single-node swarm: joined here only if the engine was in none (and left at the end,
+    after this run's services are checked); an active swarm is used and left as found."""
+    was_active = _swarm_active(docker_client)
+    if not was_active:
+        docker_client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+    try:
+        yield
+    finally:
+        _late_leftovers.extend(_leftover_services(docker_client))
+        if not was_active:
+            docker_client.swarm.leave(force=True)
 
 
 def _leftover_processes(basetemp: str) -> list[str]:

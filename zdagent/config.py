@@ -291,6 +291,23 @@ class NotifyChannel:
 
 
 @dataclass(frozen=True)
+class SwarmConfig:
+    """``app.backend = "swarm"``: each slot is a Docker Swarm service (zdagent.services)."""
+
+    replicas: int = 1
+    publish_mode: str = "ingress"  # ingress (routing mesh) | host (one task per node)
+    constraints: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = ()  # Docker secret names, mounted at /run/secrets/<name>
+    healthcheck: tuple[str, ...] = ()  # argv run in each task; () = the image's HEALTHCHECK
+    min_healthy: int = 0  # the watchdog's floor of running tasks; 0 = replicas
+    restart_delay: float = 5.0  # Swarm's pause before it replaces a failed task
+
+    @property
+    def floor(self) -> int:
+        return self.min_healthy or self.replicas
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """Everything zdagent knows about one app, validated."""
 
@@ -314,6 +331,8 @@ class AppConfig:
     def policy(self) -> AnalysisConfig:
         """The traffic analysis policy (``[analysis]``): what ``judge`` applies."""
         return self.analysis
+    backend: str = "container"  # container | swarm
+    swarm: SwarmConfig = SwarmConfig()
 
     def slot_port(self, slot: str) -> int:
         return self.slots.blue_port if slot == "blue" else self.slots.green_port
@@ -547,6 +566,15 @@ def _cpus(v: Any) -> str | None:
     return f"must be 0 (no limit) or between 0.01 and 1024, got {v}"
 
 
+def _str_list(pattern: re.Pattern[str], what: str) -> Check:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list) or not all(isinstance(x, str) and pattern.match(x)
+                                              for x in v):
+            return f"must be a list of strings, each {what}"
+        return None
+    return check
+
+
 def _statuses(v: Any) -> str | None:
     if not isinstance(v, list) or not v:
         return "must be a non-empty list of HTTP status codes"
@@ -633,6 +661,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "name": Key(REQUIRED, _str(APP_NAME_RE, "lowercase letters, digits and '-' (max 40)")),
         "state_dir": Key("/var/lib/zdagent", _str()),
         "retain": Key(5, _int(1, 1000)),
+        "backend": Key("container", _choice("container", "swarm")),
     },
     "source": {
         "image": Key(None, _image_repo),
@@ -678,6 +707,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "green_port": Key(REQUIRED, PORT),
         "after_switch": Key("standby", _choice("standby", "stop")),
         "drain_seconds": Key(10.0, _num(0, 3600)),
+    },
+    "swarm": {
+        "replicas": Key(1, _int(1, 1000)),
+        "publish_mode": Key("ingress", _choice("ingress", "host")),
+        "constraints": Key([], _str_list(re.compile(r"^[A-Za-z0-9_.-]+ *[!=]= *[^\s].*$"),
+                                         "a placement constraint (node.labels.edge == true)")),
+        "secrets": Key([], _str_list(re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"),
+                                     "a Docker secret name")),
+        "healthcheck": Key([], _optional_argv),
+        "min_healthy": Key(0, _int(0, 1000)),
+        "restart_delay": Key(5.0, _num(0, 3600)),
     },
     "health": {
         "path": Key("/", _path),
@@ -891,6 +931,7 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
     smoke = tuple(_smoke_check(t) for t in r.tables("smoke"))
     analysis = r.section("analysis")
     tls = _tls(r, base, ngx)
+    swarm = _swarm(r, app["backend"], source, hooks)
 
     if slots["blue_port"] == slots["green_port"]:
         raise r.fail("slots.green_port", "must differ from slots.blue_port")
@@ -973,6 +1014,8 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
         hooks=hooks,
         smoke=smoke,
         analysis=_analysis(analysis),
+        backend=app["backend"],
+        swarm=swarm,
         notify=_notify(r, base),
         tls=tls,
     )
@@ -1005,6 +1048,29 @@ def _tls(r: _Reader, base: Path, ngx: dict[str, Any]) -> TlsConfig | None:
         certbot_command=tuple(t["certbot_command"]),
         site_file=_resolve(base, t["site_file"]) if t["site_file"] else None,
     )
+
+
+def _swarm(r: _Reader, backend: str, source: object, hooks: HooksConfig) -> SwarmConfig:
+    """The [swarm] section; a swarm app's nodes pull its image, so it needs a registry."""
+    s = r.section("swarm")
+    cfg = SwarmConfig(replicas=s["replicas"], publish_mode=s["publish_mode"],
+                      constraints=tuple(s["constraints"]), secrets=tuple(s["secrets"]),
+                      healthcheck=tuple(s["healthcheck"]), min_healthy=s["min_healthy"],
+                      restart_delay=float(s["restart_delay"]))
+    if backend != "swarm":
+        return cfg
+    if not isinstance(source, ImageSource):
+        raise ConfigError(
+            f"{r.path}: source: app.backend = \"swarm\" needs source.image: every node "
+            "pulls the image from a registry, and a local build exists on this host only",
+            hint="build and push in CI (docker build -t registry.example.com/app:V . && "
+                 "docker push ...), then set source.image = \"registry.example.com/app\"")
+    if hooks.release:
+        raise r.fail("hooks.release", "is not supported with app.backend = \"swarm\" yet "
+                                      "(run migrations from CI or a pre_deploy hook)")
+    if cfg.min_healthy > cfg.replicas:
+        raise r.fail("swarm.min_healthy", f"must be at most swarm.replicas ({cfg.replicas})")
+    return cfg
 
 
 def _hooks(h: dict[str, Any], base: Path) -> HooksConfig:

@@ -24,7 +24,8 @@ from zdagent.nginx import Nginx
 from zdagent.notifications.outbox import queue as queue_notice
 from zdagent.probe import http_client, probe_once, slot_url, wait_healthy
 from zdagent.recovery import BEFORE_SWITCH, RecoveryPlan, reconcile, recovery_plan
-from zdagent.slots import Slots, connect, other
+from zdagent.services import slot_backend
+from zdagent.slots import connect, other
 from zdagent.store import FRESH, STANDBY, Phase, PhaseRecord, Store, current_user
 
 # Re-exported: callers import the phases and the recovery plan from here too.
@@ -106,8 +107,8 @@ class Engine:
         self.performer = performer
         self._owns_client = docker_client is None
         self.store = Store(cfg.state_dir)
-        self.slots = Slots(cfg, docker_client if docker_client is not None else connect(),
-                           emit)
+        self.slots = slot_backend(cfg, docker_client if docker_client is not None
+                                  else connect(), emit)
         self.nginx = Nginx(cfg, emit)
         self._deploy_id: int | None = None  # the record of the running operation
 

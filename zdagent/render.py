@@ -104,7 +104,8 @@ def status_text(paint: Painter, data: dict[str, Any]) -> str:
     rows = [["slot", "state", "version", "image", "health", "port", "deployed"]]
     for name, row in data["slots"].items():
         mark = " (live)" if name == live else ""
-        rows.append([f"{name}{mark}", row["state"], row["version"] or "-", row["image"] or "-",
+        state = f"{row['state']} ({row['tasks']})" if row.get("tasks") else row["state"]
+        rows.append([f"{name}{mark}", state, row["version"] or "-", row["image"] or "-",
                      row["health"], f"127.0.0.1:{row['port']}", ago(row["deployed_at"])])
     header, *body = table(rows)
     lines = [paint("bold", f"zdagent: {data['app']}"), paint("bold", header), *body]

@@ -66,13 +66,22 @@ class SlotInfo:
     deployed_at: float | None = None
     deploy_id: int | None = None
     container_id: str | None = None
+    tasks_running: int | None = None  # swarm backend: running tasks of the slot's service
+    tasks_desired: int | None = None
+
+    @property
+    def tasks(self) -> str | None:
+        """``3/3 running`` for a swarm slot, None for a container."""
+        if self.tasks_desired is None:
+            return None
+        return f"{self.tasks_running or 0}/{self.tasks_desired} running"
 
     @property
     def running(self) -> bool:
         return self.state == "running"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"tasks": self.tasks}
 
 
 def connect() -> docker.DockerClient:

@@ -24,7 +24,7 @@ def collect(engine: Engine) -> dict[str, Any]:
         for slot in SLOTS:
             info = engine.slots.info(slot)
             row = info.to_dict()
-            row["container"] = container_name(cfg.name, slot)
+            row["container"] = container_name(cfg.name, slot)  # or the service, same name
             if info.running:
                 url = slot_url(info.port, cfg.health.path)
                 result = probe_once(client, url, cfg.health, info.version)
@@ -90,6 +90,9 @@ def _drift(stored: str | None, phase: str, in_file: str | None, served: str | No
             out.append(f"the live slot's container {row['container']} is {row['state']}")
         elif name == in_file and row["health"] != "healthy":
             out.append(f"the live slot {name} is {row['health']}")
+        if name == in_file and (row.get("tasks_running") or 0) < (row.get("tasks_desired") or 0):
+            out.append(f"the live service {row['container']} has {row['tasks']} "
+                       "(Swarm is replacing tasks, or a node is lost)")
     return out
 
 

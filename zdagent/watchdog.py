@@ -29,6 +29,7 @@ from typing import Any
 from zdagent.config import AppConfig, WatchdogConfig
 from zdagent.nginx import UPSTREAM_HEADER, answering_upstream, routed_slot
 from zdagent.probe import Answer, KeptAlive, aget
+from zdagent.services import TaskFloor, task_floor
 from zdagent.slots import other
 
 
@@ -222,6 +223,7 @@ async def watch(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
         return
     routed = RoutedSlot(cfg)
     edge = KeptAlive(cfg.verify_url, UPSTREAM_HEADER, cfg.verify_headers.get("Host"))
+    floor = task_floor(cfg)  # swarm: the live service must keep min_healthy tasks
     stopped = asyncio.ensure_future(stop.wait())  # one waiter for the whole loop, not per tick
     last_error: str | None = None
     try:
@@ -231,13 +233,15 @@ async def watch(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
                 return
             edge = edge_for(cfg, edge)
             try:
-                await tick(cfg, state, hooks, routed, edge)
+                await tick(cfg, state, hooks, routed, edge, floor)
                 last_error = None
             except Exception as e:  # one app's bug or bad value must not stop its loop
                 last_error = _tick_failed(cfg, state, hooks, e, last_error)
     finally:
         stopped.cancel()
         edge.close()
+        if floor is not None:
+            floor.close()
 
 
 def edge_for(cfg: AppConfig, edge: KeptAlive) -> KeptAlive:
@@ -293,7 +297,8 @@ async def look(cfg: AppConfig, slot: str, edge: KeptAlive | None = None) -> Verd
 
 
 async def tick(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
-               routed: RoutedSlot, edge: KeptAlive | None = None) -> None:
+               routed: RoutedSlot, edge: KeptAlive | None = None,
+               floor: TaskFloor | None = None) -> None:
     """One probe round for one app, and whatever it calls for."""
     policy = cfg.watchdog
     if hooks.busy():
@@ -307,6 +312,9 @@ async def tick(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
     began = time.monotonic()
     verdict = await look(cfg, live, edge)
     hooks.probed(time.monotonic() - began)
+    if verdict.kind == "ok" and floor is not None:
+        short = await asyncio.to_thread(floor.shortfall, live)
+        verdict = Verdict("failing", short) if short else verdict
     state.checks += 1
     if verdict.kind == "nginx-down":
         state.consecutive = 0

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,8 +26,9 @@ http:
 """
 
 
-@pytest.fixture
-def registry(tmp_path):
+@contextlib.contextmanager
+def run_registry(tmp_path: Path) -> Iterator[str]:
+    """Debian's docker-registry on 127.0.0.1:<free port>, storing under ``tmp_path``."""
     binary = shutil.which("docker-registry")
     require(binary is not None, "docker-registry (apt-get install docker-registry)")
     port = free_port()
@@ -32,18 +36,26 @@ def registry(tmp_path):
     cfg.write_text(REGISTRY_CONFIG.format(root=tmp_path / "data", port=port))
     proc = subprocess.Popen([str(binary), "serve", str(cfg)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the registry did not start"
-        time.sleep(0.1)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the registry did not start"
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    with run_registry(tmp_path) as addr:
+        yield addr
 
 
 def push(docker_client, local: str, repo: str, tag: str) -> None:
