@@ -614,7 +614,10 @@ def _config_warnings(cfg: AppConfig) -> list[str]:
 
     return [*(f"{problem} (the hook fails when it runs)" for problem in hook_problems(cfg.hooks)),
             *(f"container.volumes: {volume} reaches the Docker socket: the app gets root on "
-              "this host and control of its slots" for volume in risky_volumes(cfg.container))]
+              "this host and control of its slots" for volume in risky_volumes(cfg.container)),
+            *(["swarm: the slot ports are published on every interface of every node (Swarm "
+               "cannot bind 127.0.0.1): firewall them (`zdagent doctor` checks; "
+               "docs/scaling.md)"] if cfg.backend == "swarm" else [])]
 
 
 @config_app.command("example")

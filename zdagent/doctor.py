@@ -266,6 +266,84 @@ def port_verdict(app: str, slot: str, f: PortFacts) -> Result:
                   f"stop it, or change slots.{slot}_port in the app's config")
 
 
+# --- swarm ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SwarmFacts:
+    node_state: str | None  # active | inactive | pending | error | locked; None: unknown
+    manager: bool
+    ipvs: bool  # the kernel can do Swarm's routing mesh
+    firewall: str | None  # `iptables -S DOCKER-USER`; None when it cannot be read
+    error: str | None = None
+
+
+def firewalled(rules: str, port: int) -> bool:
+    """A DROP/REJECT rule in DOCKER-USER for ``port`` (``--dport`` or ``--ctorigdstport``,
+    single ports and ranges)."""
+    for line in rules.splitlines():
+        if not re.search(r"-j (DROP|REJECT)\b", line):
+            continue
+        for m in re.finditer(r"--(?:dport|ctorigdstport) (\d+)(?::(\d+))?", line):
+            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+            if lo <= port <= hi:
+                return True
+    return False
+
+
+def swarm_verdicts(cfg: AppConfig, f: SwarmFacts) -> list[Result]:
+    """A swarm app needs a manager, a mesh that works (ingress), and firewalled slot ports:
+    Swarm publishes on every interface of every node and cannot bind 127.0.0.1."""
+    check = f"swarm:{cfg.name}"
+    if f.error is not None or f.node_state != "active":
+        return [Result(check, FAIL, f"app.backend = \"swarm\" but this engine is not in an "
+                                    f"active swarm ({f.error or f.node_state})",
+                       "`docker swarm init --advertise-addr <private IP>` (docs/scaling.md)")]
+    out = [Result(check, OK, "this engine is a swarm manager") if f.manager else
+           Result(check, FAIL, "this node is a swarm worker: services are managed from a "
+                               "manager", "run zdagent on a manager node")]
+    if cfg.swarm.publish_mode == "ingress" and not f.ipvs:
+        out.append(Result(f"{check}/mesh", FAIL, "publish_mode = \"ingress\" needs the "
+                          "routing mesh, and this kernel has no IPVS (/proc/net/ip_vs)",
+                          "load ip_vs (`modprobe ip_vs`) or use a kernel with it; or set "
+                          "swarm.publish_mode = \"host\" (one task per node)"))
+    ports = [cfg.slot_port(s) for s in ("blue", "green")]
+    open_ = [p for p in ports if f.firewall is None or not firewalled(f.firewall, p)]
+    exposure = (f"slot ports {'/'.join(map(str, ports))} are published on every interface "
+                "(Swarm cannot bind them to 127.0.0.1)")
+    if not open_:
+        out.append(Result(f"{check}/exposure", OK,
+                          f"{exposure}, and DOCKER-USER drops them from outside"))
+    else:
+        seen = "cannot read the DOCKER-USER chain" if f.firewall is None else \
+            f"no DROP rule for {'/'.join(map(str, open_))} in DOCKER-USER"
+        out.append(Result(f"{check}/exposure", WARN, f"{exposure}; {seen}",
+                          f"iptables -I DOCKER-USER -i <public interface> -p tcp -m conntrack "
+                          f"--ctorigdstport {min(ports)}:{max(ports)} --ctdir ORIGINAL -j DROP "
+                          "(docs/scaling.md)"))
+    return out
+
+
+def swarm_facts() -> SwarmFacts:
+    import docker
+
+    ipvs = Path("/proc/net/ip_vs").exists()
+    try:
+        rules: str | None = subprocess.run(
+            ["iptables", "-S", "DOCKER-USER"], capture_output=True, text=True, timeout=10,
+            check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        rules = None
+    try:
+        client = docker.from_env(timeout=10)
+        try:
+            sw = client.info().get("Swarm", {})
+        finally:
+            client.close()
+    except Exception as e:
+        return SwarmFacts(None, False, ipvs, rules, _short(e))
+    return SwarmFacts(sw.get("LocalNodeState"), bool(sw.get("ControlAvailable")), ipvs, rules)
+
+
 # --- control socket ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -750,6 +828,10 @@ def run(opts: Options) -> list[Result]:
     results += [app_verdict(stem, None, error, False)
                 for stem, error in sorted(apps.errors.items())]
     for name, cfg in sorted(apps.configs.items()):
+        if cfg.backend == "swarm":  # Swarm holds the slot ports: the swarm checks say more
+            results += _guarded(f"swarm:{name}",
+                                lambda cfg=cfg: swarm_verdicts(cfg, swarm_facts()))
+            continue
         results += _guarded(f"port:{name}", lambda cfg=cfg: [
             port_verdict(cfg.name, slot, port_facts(cfg.slot_port(slot), docker))
             for slot in ("blue", "green")])

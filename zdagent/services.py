@@ -65,6 +65,9 @@ def service_kwargs(cfg: AppConfig, slot: str, image: str, version: str, deploy_i
         "image": image,
         "name": container_name(cfg.name, slot),
         "labels": {**c.labels, **slot_labels(cfg, slot, version, deploy_id)},
+        # Tasks' containers carry the app and slot too: `doctor` and `logs` know them.
+        "container_labels": {**c.labels, f"{LABEL}.app": cfg.name, f"{LABEL}.slot": slot,
+                             f"{LABEL}.version": version},
         "env": [f"{k}={v}" for k, v in
                 {**env, "ZDAGENT_VERSION": version, "ZDAGENT_SLOT": slot}.items()],
         "mode": ServiceMode("replicated", replicas=s.replicas),

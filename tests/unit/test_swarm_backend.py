@@ -1,0 +1,135 @@
+"""app.backend = "swarm": config rules, the service spec as data, doctor's swarm verdicts."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.test_config import MINIMAL, error_of, write
+from zdagent import doctor as d
+from zdagent.config import load_config
+from zdagent.services import ServiceSlots, service_kwargs, slot_backend
+from zdagent.slots import SlotInfo, Slots
+
+SWARM = MINIMAL.replace('state_dir = "state"', 'state_dir = "state"\nbackend = "swarm"')
+
+
+def swarm_cfg(tmp_path, section: str = "", base: str = SWARM):
+    return load_config(write(tmp_path, base + ("\n[swarm]\n" + section if section else "")))
+
+
+def test_swarm_defaults_and_keys(tmp_path):
+    cfg = swarm_cfg(tmp_path, 'replicas = 3\npublish_mode = "host"\nmin_healthy = 2\n'
+                              'constraints = ["node.labels.web == true"]\n'
+                              'secrets = ["db_password"]\nrestart_delay = 1.5\n'
+                              'healthcheck = ["/bin/busybox", "wget", "-q", "http://x/"]')
+    assert cfg.backend == "swarm"
+    s = cfg.swarm
+    assert (s.replicas, s.publish_mode, s.floor, s.restart_delay) == (3, "host", 2, 1.5)
+    assert s.constraints == ("node.labels.web == true",) and s.secrets == ("db_password",)
+    assert load_config(write(tmp_path, MINIMAL)).backend == "container"
+    assert swarm_cfg(tmp_path, "replicas = 4").swarm.floor == 4  # min_healthy 0: all
+
+
+def test_a_swarm_app_refuses_a_local_build_with_a_hint(tmp_path):
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text("FROM scratch\n")
+    text = SWARM.replace('[source]\nimage = "registry.local/web"',
+                         '[source.build]\ncontext = "ctx"')
+    from zdagent.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    assert "needs source.image" in e.value.message and "pulls the image" in e.value.message
+    assert "docker push" in (e.value.hint or "")
+    # the same build source is fine for the container backend
+    load_config(write(tmp_path, text.replace('backend = "swarm"\n', "")))
+
+
+@pytest.mark.parametrize(("section", "key", "fragment"), [
+    ("replicas = 0", "swarm.replicas", "between 1 and 1000"),
+    ('publish_mode = "mesh"', "swarm.publish_mode", "ingress"),
+    ("replicas = 2\nmin_healthy = 3", "swarm.min_healthy", "at most swarm.replicas (2)"),
+    ('constraints = ["rm -rf /"]', "swarm.constraints", "placement constraint"),
+    ('secrets = ["a b"]', "swarm.secrets", "secret name"),
+])
+def test_swarm_errors_name_the_key(tmp_path, section, key, fragment):
+    msg = error_of(tmp_path, SWARM + "\n[swarm]\n" + section)
+    assert key in msg and fragment in msg, msg
+
+
+def test_release_hook_is_refused_for_swarm(tmp_path):
+    msg = error_of(tmp_path, SWARM + '\n[hooks]\nrelease = ["migrate"]\n')
+    assert "hooks.release" in msg and "swarm" in msg
+
+
+def test_service_spec_as_data(tmp_path):
+    cfg = swarm_cfg(tmp_path, 'replicas = 3\nhealthcheck = ["/bin/check"]\n'
+                              'constraints = ["node.role == worker"]',
+                    base=SWARM.replace("port = 8080", 'port = 8080\nmemory = "64m"\ncpus = 0.5'
+                                       '\nuser = "1000"\ncommand = ["serve"]'))
+    kw = service_kwargs(cfg, "green", "reg/web:v2@sha256:ab", "v2", 7, {"A": "1"}, [])
+    assert kw["name"] == "web-green" and kw["image"] == "reg/web:v2@sha256:ab"
+    assert kw["labels"]["zdagent.app"] == "web" and kw["labels"]["zdagent.slot"] == "green"
+    assert kw["labels"]["zdagent.deploy-id"] == "7"
+    assert kw["container_labels"]["zdagent.slot"] == "green"
+    assert sorted(kw["env"]) == ["A=1", "ZDAGENT_SLOT=green", "ZDAGENT_VERSION=v2"]
+    assert kw["mode"].replicas == 3
+    (port,) = kw["endpoint_spec"]["Ports"]
+    assert port == {"Protocol": "tcp", "TargetPort": 8080, "PublishedPort": 18002,
+                    "PublishMode": "ingress"}
+    assert kw["update_config"]["Order"] == "start-first"
+    assert kw["healthcheck"]["Test"] == ["CMD", "/bin/check"]
+    assert kw["resources"]["Limits"] == {"NanoCPUs": 500_000_000, "MemoryBytes": 64 << 20}
+    assert kw["constraints"] == ["node.role == worker"] and kw["maxreplicas"] == 0
+    assert kw["user"] == "1000" and kw["args"] == ["serve"]
+    host = service_kwargs(swarm_cfg(tmp_path, 'publish_mode = "host"'), "blue", "i", "v1", 1,
+                          {}, [])
+    # host mode: the old task holds the port, so it goes first; one task per node
+    assert host["update_config"]["Order"] == "stop-first" and host["maxreplicas"] == 1
+    assert "healthcheck" not in host  # none configured: the image's own HEALTHCHECK
+
+
+def test_the_backend_is_chosen_once_from_config(tmp_path):
+    assert type(slot_backend(swarm_cfg(tmp_path), None)) is ServiceSlots
+    assert type(slot_backend(load_config(write(tmp_path, MINIMAL)), None)) is Slots
+
+
+def test_tasks_per_slot_in_words():
+    assert SlotInfo("blue", 1, "running", tasks_running=2, tasks_desired=3).tasks == \
+        "2/3 running"
+    info = SlotInfo("blue", 1, "running")
+    assert info.tasks is None and info.to_dict()["tasks"] is None
+
+
+RULES = """-N DOCKER-USER
+-A DOCKER-USER -i eth0 -p tcp -m conntrack --ctorigdstport 18001:18002 --ctdir ORIGINAL -j DROP
+-A DOCKER-USER -j RETURN
+"""
+
+
+def test_firewall_rules_are_read_for_the_slot_ports():
+    assert d.firewalled(RULES, 18001) and d.firewalled(RULES, 18002)
+    assert not d.firewalled(RULES, 18003)
+    assert d.firewalled("-A DOCKER-USER -p tcp --dport 9000 -j REJECT", 9000)
+    assert not d.firewalled("-A DOCKER-USER -p tcp --dport 9000 -j ACCEPT", 9000)
+
+
+def test_swarm_verdicts(tmp_path):
+    cfg = swarm_cfg(tmp_path)
+    good = d.swarm_verdicts(cfg, d.SwarmFacts("active", True, True, RULES))
+    assert [r.status for r in good] == [d.OK, d.OK]
+    assert "every interface" in good[1].message
+    off = d.swarm_verdicts(cfg, d.SwarmFacts("inactive", False, True, RULES))
+    assert off[0].status == d.FAIL and "docker swarm init" in off[0].hint
+    worker = d.swarm_verdicts(cfg, d.SwarmFacts("active", False, True, RULES))
+    assert worker[0].status == d.FAIL and "manager" in worker[0].hint
+    no_mesh = d.swarm_verdicts(cfg, d.SwarmFacts("active", True, False, RULES))
+    assert no_mesh[1].status == d.FAIL and "IPVS" in no_mesh[1].message
+    host = swarm_cfg(tmp_path, 'publish_mode = "host"')
+    assert all(r.status == d.OK for r in d.swarm_verdicts(host, d.SwarmFacts(
+        "active", True, False, RULES)))  # host mode needs no mesh
+    open_ = d.swarm_verdicts(cfg, d.SwarmFacts("active", True, True, "-N DOCKER-USER\n"))
+    assert open_[-1].status == d.WARN and "18001/18002" in open_[-1].message
+    assert "--ctorigdstport 18001:18002" in open_[-1].hint
+    unread = d.swarm_verdicts(cfg, d.SwarmFacts("active", True, True, None))
+    assert "cannot read" in unread[-1].message
