@@ -6,6 +6,7 @@ tests prove. Everything listens on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,8 +14,11 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_APP = ROOT / "examples" / "sample-app"
@@ -113,6 +117,83 @@ class NginxServer:
             os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError):
             pass
+
+
+REGISTRY_CONFIG = """\
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {root}
+http:
+  addr: 127.0.0.1:{port}
+"""
+
+
+@contextlib.contextmanager
+def run_registry(tmp_path: Path) -> Iterator[str]:
+    """Debian's docker-registry on 127.0.0.1:<free port>, storing under ``tmp_path``."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        raise FileNotFoundError("docker-registry not found (apt-get install docker-registry)")
+    port = free_port()
+    cfg = tmp_path / "registry.yml"
+    cfg.write_text(REGISTRY_CONFIG.format(root=tmp_path / "data", port=port))
+    proc = subprocess.Popen([str(binary), "serve", str(cfg)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the registry did not start")
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def push(client, local: str, repo: str, tag: str) -> None:
+    """Push the local image ``local`` as ``repo:tag``; only the registry keeps that name."""
+    client.images.get(local).tag(repo, tag)
+    for chunk in client.api.push(repo, tag=tag, stream=True, decode=True):
+        if "error" in chunk:
+            raise RuntimeError(f"push of {repo}:{tag}: {chunk['error']}")
+    client.images.remove(f"{repo}:{tag}")
+
+
+def untag(client, repo: str) -> None:
+    """Remove every name of ``repo`` here (tags and pulled digests), never the images."""
+    for image in client.images.list(name=repo):
+        for ref in [*image.tags, *image.attrs.get("RepoDigests", [])]:
+            if ref.startswith(repo):
+                client.images.remove(ref)
+
+
+@contextlib.contextmanager
+def single_node_swarm(client, on_leave=None) -> Iterator[None]:
+    """A swarm to run services in: joined here only if the engine was in none, and left at
+    the end (after ``on_leave``); an active swarm is used and left as it was found."""
+    was_active = swarm_active(client)
+    if not was_active:
+        client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+    try:
+        yield
+    finally:
+        if on_leave is not None:
+            on_leave()
+        if not was_active:
+            client.swarm.leave(force=True)
+
+
+def swarm_active(client) -> bool:
+    return client.info().get("Swarm", {}).get("LocalNodeState") == "active"
 
 
 def make_context(dest: Path) -> Path:

@@ -19,7 +19,15 @@ from pathlib import Path
 import docker
 import httpx
 
-from benchmarks.harness import NginxServer, app_config, free_port
+from benchmarks.harness import (
+    NginxServer,
+    app_config,
+    free_port,
+    push,
+    run_registry,
+    single_node_swarm,
+    untag,
+)
 from zdagent.config import load_config
 from zdagent.deploy import Engine, Result
 from zdagent.events import Event
@@ -72,7 +80,7 @@ class ZdagentStrategy:
         self.nginx = NginxServer.create(workdir / f"nginx-{self.name}")
         blue, green = free_port(), free_port()
         cfg_path = workdir / f"{self.app}.toml"
-        source = f'[source]\nimage = "{repo}"\npull = "never"'
+        source = self.source(repo)
         cfg_path.write_text(app_config(self.app, workdir / "state", self.nginx, blue, green,
                                        source, extra=self.extra)
                             .replace("drain_seconds = 5", "drain_seconds = 10"))
@@ -82,6 +90,9 @@ class ZdagentStrategy:
         self.nginx.start()
         self.events: list[tuple[float, Event]] = []
         self.engine = Engine(cfg, lambda e: self.events.append((time.time(), e)))
+
+    def source(self, repo: str) -> str:
+        return f'[source]\nimage = "{repo}"\npull = "never"'
 
     def _op(self, action: str, t_cmd: float, result: Result) -> Op:
         ends = {p.name: p.started_at + (p.duration or 0) for p in result.phases}
@@ -118,6 +129,53 @@ class ZdagentNjsStrategy(ZdagentStrategy):
 
     name = "zdagent-njs"
     extra = 'switch_mode = "njs"\n'
+
+
+class ZdagentSwarmStrategy(ZdagentStrategy):
+    """zdagent with app.backend = "swarm": each slot a service on a single-node swarm (joined
+    here if the engine is in none, and left after), images pulled from a local registry.
+
+    Publishing: the routing mesh with 3 replicas where the kernel has IPVS; otherwise host
+    mode, one task per slot (a kernel without IPVS cannot run the mesh).
+    """
+
+    name = "swarm"
+
+    def __init__(self, workdir: Path, repo: str, app: str | None = None) -> None:
+        self.mesh = Path("/proc/net/ip_vs").exists()
+        self.extra = (f'[swarm]\nreplicas = {3 if self.mesh else 1}\npublish_mode = '
+                      f'"{"ingress" if self.mesh else "host"}"\nrestart_delay = 1\n'
+                      'healthcheck = ["/bin/busybox", "wget", "-q", "-O", "/dev/null", '
+                      '"http://127.0.0.1:8080/cgi-bin/health"]\n')
+        self.client = docker.from_env()
+        self.stack = contextlib.ExitStack()
+        try:
+            self.stack.enter_context(single_node_swarm(self.client))
+            (workdir / "registry").mkdir(parents=True, exist_ok=True)
+            registry = self.stack.enter_context(run_registry(workdir / "registry"))
+            pushed = f"{registry}/{repo}"
+            for image in self.client.images.list(name=repo):
+                for tag in image.tags:
+                    push(self.client, tag, pushed, tag.rpartition(":")[2])
+            self.stack.callback(untag, self.client, pushed)
+            super().__init__(workdir, pushed, app)
+        except BaseException:
+            self.stack.close()
+            self.client.close()
+            raise
+
+    def source(self, repo: str) -> str:
+        return f'backend = "swarm"\n\n[source]\nimage = "{repo}"\npull = "always"'
+
+    def close(self) -> None:
+        """Remove both slot services, then as the base class; leave the swarm as found."""
+        try:
+            for svc in self.client.services.list(filters={"label": f"zdagent.app={self.app}"}):
+                svc.remove()
+            super().close()
+        finally:
+            self.stack.close()
+            self.client.close()
 
 
 class _ContainerStrategy:
@@ -204,4 +262,4 @@ class NaiveStrategy(_ContainerStrategy):
 
 
 STRATEGIES = {s.name: s for s in (ZdagentStrategy, ZdagentNjsStrategy, BareReloadStrategy,
-                                  NaiveStrategy)}
+                                  NaiveStrategy, ZdagentSwarmStrategy)}

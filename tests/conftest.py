@@ -116,10 +116,6 @@ def _leftover_containers() -> list[str]:
         client.close()
 
 
-def _swarm_active(client) -> bool:
-    return client.info().get("Swarm", {}).get("LocalNodeState") == "active"
-
-
 def _leftover_services(client=None) -> list[str]:
     """Swarm services of this run's apps (labelled zdagent.app=zdt<pid>-…), removed."""
     import docker
@@ -127,7 +123,7 @@ def _leftover_services(client=None) -> list[str]:
     own = client is None
     client = client or docker.from_env()
     try:
-        if not _swarm_active(client):
+        if not harness.swarm_active(client):
             return []
         mine = [s for s in client.services.list(filters={"label": "zdagent.app"})
                 if s.attrs["Spec"].get("Labels", {}).get("zdagent.app", "")
@@ -143,17 +139,11 @@ def _leftover_services(client=None) -> list[str]:
 
 @pytest.fixture(scope="session")
 def swarm(docker_client) -> Iterator[None]:
-    """A single-node swarm: joined here only if the engine was in none (and left at the end,
-    after this run's services are checked); an active swarm is used and left as found."""
-    was_active = _swarm_active(docker_client)
-    if not was_active:
-        docker_client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
-    try:
+    """A single-node swarm (harness.single_node_swarm: left as found); this run's services
+    are checked before a swarm joined here is left."""
+    with harness.single_node_swarm(
+            docker_client, lambda: _late_leftovers.extend(_leftover_services(docker_client))):
         yield
-    finally:
-        _late_leftovers.extend(_leftover_services(docker_client))
-        if not was_active:
-            docker_client.swarm.leave(force=True)
 
 
 def _leftover_processes(basetemp: str) -> list[str]:

@@ -9,14 +9,15 @@ replicas = 3 runs where the kernel has IPVS.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import IMAGE_REPO
+from benchmarks.harness import push, run_registry, untag
+from tests.conftest import IMAGE_REPO, require
 from tests.integration.test_daemon import daemon_factory, history, live_in_file, wait_for
-from tests.integration.test_pull import push, run_registry
 from tests.traffic import RequestLoop
 
 __all__ = ["daemon_factory"]  # the fixture, shared
@@ -32,15 +33,14 @@ def ipvs_available() -> bool:
 @pytest.fixture(scope="module")
 def swarm_registry(swarm, docker_client, images, tmp_path_factory):
     """A registry holding zdtest:v1, v2 and crash; the swarm's node pulls from it."""
+    require(shutil.which("docker-registry") is not None,
+            "docker-registry (apt-get install docker-registry)")
     with run_registry(tmp_path_factory.mktemp("registry")) as addr:
         repo = f"{addr}/zdswarm"
         for tag in ("v1", "v2", "crash"):
             push(docker_client, f"{IMAGE_REPO}:{tag}", repo, tag)
         yield repo
-        for image in docker_client.images.list(name=repo):  # our names only, never the image
-            for ref in [*image.tags, *image.attrs.get("RepoDigests", [])]:
-                if ref.startswith(repo):
-                    docker_client.images.remove(ref)
+        untag(docker_client, repo)
 
 
 def swarm_app(make_app, repo: str, *, replicas: int = 1, mode: str = "host",
