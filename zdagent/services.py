@@ -394,17 +394,21 @@ class TaskFloor:
             counts = ServiceSlots(self.cfg, self.client).counts(slot)
         except (docker.errors.DockerException, EnvironmentProblem, DeployFailed):
             return None
-        if counts is None:
-            return f"{slot} has no service"
-        running, desired = counts
-        floor = self.cfg.swarm.floor
-        if running < floor:
-            return f"{slot} has {running}/{desired} tasks running (min_healthy {floor})"
-        return None
+        return short_of(slot, counts, self.cfg.swarm.floor)
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
+
+
+def short_of(slot: str, counts: tuple[int, int] | None, floor: int) -> str | None:
+    """Pure: the watchdog's verdict on a live service's (running, desired) tasks."""
+    if counts is None:
+        return f"{slot} has no service"
+    running, desired = counts
+    if running < floor:
+        return f"{slot} has {running}/{desired} tasks running (min_healthy {floor})"
+    return None
 
 
 def task_floor(cfg: AppConfig) -> TaskFloor | None:

@@ -193,3 +193,22 @@ def test_watchdog_reverts_when_three_replicas_fall_below_min_healthy(
     wait_for(lambda: live_in_file(app) == "blue", 30, "the revert")
     w = d.status()["apps"][app.name]
     assert "1/3 tasks running (min_healthy 3)" in w["last_reason"], w
+
+
+def test_the_zero_downtime_benchmark_swarm_mode(swarm, docker_client, tmp_path):
+    """CI-sized `python -m benchmarks.zero_downtime --modes swarm`: the service backend
+    under six clients loses no close or browser-like GET."""
+    require(shutil.which("docker-registry") is not None,
+            "docker-registry (apt-get install docker-registry)")
+    from benchmarks import zero_downtime as bench
+    from tests.conftest import TEST_PREFIX
+
+    bench.build_images()
+    res = bench.run_mode("swarm", tmp_path, bench.schedule(deploys=2, rollbacks=1), rate=40,
+                         gap=0.5, app=f"{TEST_PREFIX}zd-swarm")
+    assert res["deploys"] == 2 and res["rollbacks"] == 1
+    for key in ("close/GET", "close/POST", "retry/GET"):
+        assert res["clients"][key]["failed"] == 0, (key, res["clients"][key])
+        assert res["clients"][key]["requests"] > 50
+    assert res["flip_windows"]["ended_on_new"] == res["flip_windows"]["total"] == 6 * 3
+    assert res["post_replayed"] == 0

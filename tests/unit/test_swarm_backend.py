@@ -7,7 +7,7 @@ import pytest
 from tests.unit.test_config import MINIMAL, error_of, write
 from zdagent import doctor as d
 from zdagent.config import load_config
-from zdagent.services import ServiceSlots, service_kwargs, slot_backend
+from zdagent.services import ServiceSlots, service_kwargs, short_of, slot_backend
 from zdagent.slots import SlotInfo, Slots
 
 SWARM = MINIMAL.replace('state_dir = "state"', 'state_dir = "state"\nbackend = "swarm"')
@@ -133,3 +133,10 @@ def test_swarm_verdicts(tmp_path):
     assert "--ctorigdstport 18001:18002" in open_[-1].hint
     unread = d.swarm_verdicts(cfg, d.SwarmFacts("active", True, True, None))
     assert "cannot read" in unread[-1].message
+
+
+def test_the_watchdog_floor_counts_running_tasks():
+    assert short_of("green", (3, 3), 2) is None
+    assert short_of("green", (2, 3), 2) is None
+    assert short_of("green", (1, 3), 2) == "green has 1/3 tasks running (min_healthy 2)"
+    assert short_of("green", None, 1) == "green has no service"
