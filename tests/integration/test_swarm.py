@@ -98,6 +98,23 @@ def test_deploy_rollback_and_a_crashing_release_on_swarm_services(
                          ("deploy", "failed")], kinds
 
 
+def test_after_switch_stop_scales_the_old_service_to_zero_and_rollback_brings_it_back(
+        make_app, swarm_registry, services):
+    app = swarm_app(make_app, swarm_registry)
+    text = app.config.read_text()
+    app.config.write_text(text.replace("drain_seconds = 5",
+                                       'drain_seconds = 5\nafter_switch = "stop"'))
+    services.append(app.name)
+    app.ok("deploy", "v1")
+    app.ok("deploy", "v2")
+    blue = slot_status(app, "blue")
+    assert (blue["state"], blue["tasks"]) == ("exited", "0/0 running"), blue
+    app.ok("rollback")  # scales blue back up, waits for its task, then switches
+    assert app.served_version() == "v1"
+    assert slot_status(app, "blue")["tasks"] == "1/1 running"
+    assert slot_status(app, "green")["tasks"] == "0/0 running"
+
+
 def test_a_killed_live_task_is_replaced_and_no_request_fails(make_app, swarm_registry,
                                                             services, docker_client):
     app = swarm_app(make_app, swarm_registry)
