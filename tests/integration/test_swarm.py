@@ -65,6 +65,27 @@ def services(docker_client):
             s.remove()
 
 
+def watched_swarm_app(make_app, repo: str, services, daemon_factory, docker_client, **kw):
+    """v1 then v2 live under a fast watchdog; Swarm waits 30 s before replacing a task, so a
+    killed task stays down long enough for K = 3 failed rounds. Returns (app, daemon,
+    the live service)."""
+    app = swarm_app(make_app, repo, **kw)
+    app.config.write_text(app.config.read_text().replace("restart_delay = 0.5",
+                                                         "restart_delay = 30"))
+    services.append(app.name)
+    d = daemon_factory([app]).start()
+    app.ok("deploy", "v1")
+    app.ok("deploy", "v2")
+    wait_for(lambda: d.status()["apps"][app.name]["status"] == "healthy", 30, "healthy")
+    return app, d, docker_client.services.get(f"{app.name}-green")
+
+
+def kill_tasks(docker_client, svc, n: int) -> None:
+    """SIGKILL the containers of ``n`` running tasks of ``svc``."""
+    for task in svc.tasks(filters={"desired-state": "running"})[:n]:
+        docker_client.containers.get(task["Status"]["ContainerStatus"]["ContainerID"]).kill()
+
+
 def slot_status(app, slot: str) -> dict:
     return json.loads(app.ok("status", "--json").stdout)["slots"][slot]
 
@@ -143,23 +164,14 @@ def test_a_killed_live_task_is_replaced_and_no_request_fails(make_app, swarm_reg
 
 def test_watchdog_reverts_when_the_live_service_cannot_keep_min_healthy_tasks(
         make_app, swarm_registry, services, docker_client, daemon_factory):
-    # replicas 1, min_healthy 1; a long restart delay: the killed task stays down long
-    # enough for K = 3 failed rounds (Swarm would bring it back after 30 s by itself). With
-    # one task per node the direct probe sees it down as early as the task count does; the
-    # count alone decides with several tasks behind the mesh (the ingress test below).
-    app = swarm_app(make_app, swarm_registry, extra="min_healthy = 1\n"
-                    "[watchdog]\ninterval = 0.3\nfailures = 3\ncooldown = 60\n")
-    app.config.write_text(app.config.read_text().replace("restart_delay = 0.5",
-                                                         "restart_delay = 30"))
-    services.append(app.name)
-    d = daemon_factory([app]).start()
-    app.ok("deploy", "v1")
-    app.ok("deploy", "v2")
-    wait_for(lambda: d.status()["apps"][app.name]["status"] == "healthy", 30, "healthy")
-    svc = docker_client.services.get(f"{app.name}-green")
-    (task,) = svc.tasks(filters={"desired-state": "running"})
+    # replicas 1, min_healthy 1. With one task per node the direct probe sees it down as
+    # early as the task count does; the count alone decides with several tasks behind the
+    # mesh (the ingress test below).
+    app, d, svc = watched_swarm_app(
+        make_app, swarm_registry, services, daemon_factory, docker_client,
+        extra="min_healthy = 1\n[watchdog]\ninterval = 0.3\nfailures = 3\ncooldown = 60\n")
     t0 = time.monotonic()
-    docker_client.containers.get(task["Status"]["ContainerStatus"]["ContainerID"]).kill()
+    kill_tasks(docker_client, svc, 1)
     wait_for(lambda: any(h["kind"] == "auto-revert" and h["outcome"] == "succeeded"
                          for h in history(app)), 30, "the revert")
     took = time.monotonic() - t0
@@ -195,18 +207,10 @@ def test_watchdog_reverts_when_three_replicas_fall_below_min_healthy(
         make_app, swarm_registry, services, docker_client, daemon_factory):
     """Two of three tasks killed: the mesh still answers from the third, only the task
     count sees the live service below min_healthy = 3."""
-    app = swarm_app(make_app, swarm_registry, replicas=3, mode="ingress",
-                    extra="min_healthy = 3\n[watchdog]\ninterval = 0.3\nfailures = 3\n")
-    app.config.write_text(app.config.read_text().replace("restart_delay = 0.5",
-                                                         "restart_delay = 30"))
-    services.append(app.name)
-    d = daemon_factory([app]).start()
-    app.ok("deploy", "v1")
-    app.ok("deploy", "v2")
-    wait_for(lambda: d.status()["apps"][app.name]["status"] == "healthy", 30, "healthy")
-    svc = docker_client.services.get(f"{app.name}-green")
-    for task in svc.tasks(filters={"desired-state": "running"})[:2]:
-        docker_client.containers.get(task["Status"]["ContainerStatus"]["ContainerID"]).kill()
+    app, d, svc = watched_swarm_app(
+        make_app, swarm_registry, services, daemon_factory, docker_client, replicas=3,
+        mode="ingress", extra="min_healthy = 3\n[watchdog]\ninterval = 0.3\nfailures = 3\n")
+    kill_tasks(docker_client, svc, 2)
     wait_for(lambda: live_in_file(app) == "blue", 30, "the revert")
     w = d.status()["apps"][app.name]
     assert "1/3 tasks running (min_healthy 3)" in w["last_reason"], w
