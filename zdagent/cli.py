@@ -812,7 +812,9 @@ def doctor(
     Nginx running, including each app's upstream file, njs module; slot ports free or
     held by the app's own slot; control socket mode, group and reachability; state
     dirs writable by the daemon's user; systemd unit installed and enabled; each app's
-    config and switch mode (and why).
+    config and switch mode (and why); for `backend = "swarm"` apps: a manager, IPVS
+    for the routing mesh, and the slot ports dropped in DOCKER-USER (Swarm publishes them on
+    every interface).
     --json prints a list of {check, status, message, hint}.
     \b
     Exit codes: 0 no check failed (warnings allowed), 1 at least one check failed.

@@ -91,9 +91,10 @@ def slot_status(app, slot: str) -> dict:
 
 
 def test_deploy_rollback_and_a_crashing_release_on_swarm_services(
-        make_app, swarm_registry, services, docker_client):
+        make_app, swarm_registry, services, docker_client, tmp_path):
     app = swarm_app(make_app, swarm_registry)
     services.append(app.name)
+    assert "published on every interface" in app.ok("config", "check").stderr
     app.ok("deploy", "v1")
     app.ok("deploy", "v2")
     assert app.served_version() == "v2"
@@ -117,6 +118,17 @@ def test_deploy_rollback_and_a_crashing_release_on_swarm_services(
     kinds = [(h["kind"], h["outcome"]) for h in json.loads(app.ok("history", "--json").stdout)]
     assert kinds[:3] == [("rollback", "succeeded"), ("rollback", "succeeded"),
                          ("deploy", "failed")], kinds
+
+    apps = tmp_path / "apps"  # doctor: this node is a manager; the slot ports are exposed
+    apps.mkdir()
+    shutil.copy(app.config, apps / f"{app.name}.toml")
+    p = app.cli("doctor", "--json", "--config-dir", str(apps))
+    checks = {r["check"]: r for r in json.loads(p.stdout)}
+    assert checks[f"swarm:{app.name}"]["status"] == "ok", checks[f"swarm:{app.name}"]
+    exposure = checks[f"swarm:{app.name}/exposure"]
+    assert exposure["status"] == "warn" and "every interface" in exposure["message"], exposure
+    assert f"--ctorigdstport {min(app.blue_port, app.green_port)}:" in exposure["hint"]
+    assert f"swarm:{app.name}/mesh" not in checks  # host mode needs no IPVS
 
 
 def test_after_switch_stop_scales_the_old_service_to_zero_and_rollback_brings_it_back(
