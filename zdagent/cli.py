@@ -576,7 +576,8 @@ def config_check(
     with _guard():
         if not all_apps:
             cfg = _load(config)
-            err.print(f"[green]ok[/] {cfg.path}: app {cfg.name}, slots 127.0.0.1:"
+            where = "swarm services on *:" if cfg.backend == "swarm" else "127.0.0.1:"
+            err.print(f"[green]ok[/] {cfg.path}: app {cfg.name}, slots {where}"
                       f"{cfg.slots.blue_port}/{cfg.slots.green_port}")
             for warning in _config_warnings(cfg):
                 err.print(f"[yellow]![/] {escape(warning)}")
