@@ -116,6 +116,15 @@ def _leftover_containers() -> list[str]:
         client.close()
 
 
+def _test_services(client) -> list[tuple[object, str]]:
+    """(service, app) of every test app's service (zdagent.app=zdt<pid>-…) in the swarm."""
+    if not harness.swarm_active(client):
+        return []
+    found = [(s, s.attrs["Spec"].get("Labels", {}).get("zdagent.app", ""))
+             for s in client.services.list(filters={"label": "zdagent.app"})]
+    return [(s, app) for s, app in found if re.match(r"zdt\d+-", app)]
+
+
 def _leftover_services(client=None) -> list[str]:
     """Swarm services of this run's apps (labelled zdagent.app=zdt<pid>-…), removed."""
     import docker
@@ -123,11 +132,7 @@ def _leftover_services(client=None) -> list[str]:
     own = client is None
     client = client or docker.from_env()
     try:
-        if not harness.swarm_active(client):
-            return []
-        mine = [s for s in client.services.list(filters={"label": "zdagent.app"})
-                if s.attrs["Spec"].get("Labels", {}).get("zdagent.app", "")
-                .startswith(TEST_PREFIX)]
+        mine = [s for s, app in _test_services(client) if app.startswith(TEST_PREFIX)]
         for s in mine:
             with contextlib.suppress(docker.errors.NotFound):
                 s.remove()
@@ -141,8 +146,15 @@ def _leftover_services(client=None) -> list[str]:
 def swarm(docker_client) -> Iterator[None]:
     """A single-node swarm (harness.single_node_swarm: left as found); this run's services
     are checked before a swarm joined here is left."""
+    import docker
+
     with harness.single_node_swarm(
             docker_client, lambda: _late_leftovers.extend(_leftover_services(docker_client))):
+        for s, app in _test_services(docker_client):  # left by runners that have died
+            pid = int(app[3:].split("-", 1)[0])
+            if not app.startswith(TEST_PREFIX) and not psutil.pid_exists(pid):
+                with contextlib.suppress(docker.errors.NotFound):
+                    s.remove()
         yield
 
 
