@@ -188,7 +188,10 @@ class ServiceSlots(Slots):
 
     def counts(self, slot: str) -> tuple[int, int] | None:
         """(running tasks, desired replicas) of the slot's service; None if it has none."""
-        svc = self.service(slot)
+        return self._counts(self.service(slot))
+
+    @staticmethod
+    def _counts(svc: Service | None) -> tuple[int, int] | None:
         if svc is None:
             return None
         desired = int(svc.attrs["Spec"].get("Mode", {}).get("Replicated", {})
@@ -202,7 +205,7 @@ class ServiceSlots(Slots):
     def info(self, slot: str) -> SlotInfo:
         port = self.cfg.slot_port(slot)
         svc = self.service(slot)
-        counts = self.counts(slot) if svc is not None else None
+        counts = self._counts(svc)
         if svc is None or counts is None:
             return SlotInfo(slot=slot, port=port, state="missing")
         running, desired = counts

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.harness import push, run_registry, untag
-from tests.conftest import IMAGE_REPO, require
+from tests.conftest import IMAGE_REPO, TEST_PREFIX, require
 from tests.integration.test_daemon import daemon_factory, history, live_in_file, wait_for
 from tests.traffic import RequestLoop
 
@@ -132,20 +132,34 @@ def test_deploy_rollback_and_a_crashing_release_on_swarm_services(
 
 
 def test_after_switch_stop_scales_the_old_service_to_zero_and_rollback_brings_it_back(
-        make_app, swarm_registry, services):
-    app = swarm_app(make_app, swarm_registry)
-    text = app.config.read_text()
-    app.config.write_text(text.replace("drain_seconds = 5",
-                                       'drain_seconds = 5\nafter_switch = "stop"'))
+        make_app, swarm_registry, services, docker_client):
+    """Also: a Docker secret reaches the tasks as a file, the limits reach the spec."""
+    app = swarm_app(make_app, swarm_registry, extra=f'secrets = ["{TEST_PREFIX}db"]')
+    text = app.config.read_text().replace("drain_seconds = 5",
+                                          'drain_seconds = 5\nafter_switch = "stop"')
+    app.config.write_text(text.replace("stop_timeout = 2", 'stop_timeout = 2\nmemory = "64m"'))
     services.append(app.name)
-    app.ok("deploy", "v1")
-    app.ok("deploy", "v2")
-    blue = slot_status(app, "blue")
-    assert (blue["state"], blue["tasks"]) == ("exited", "0/0 running"), blue
-    app.ok("rollback")  # scales blue back up, waits for its task, then switches
-    assert app.served_version() == "v1"
-    assert slot_status(app, "blue")["tasks"] == "1/1 running"
-    assert slot_status(app, "green")["tasks"] == "0/0 running"
+    secret = docker_client.secrets.create(name=f"{TEST_PREFIX}db", data=b"s3cret")
+    try:
+        app.ok("deploy", "v1")
+        app.ok("deploy", "v2")
+        blue = slot_status(app, "blue")
+        assert (blue["state"], blue["tasks"]) == ("exited", "0/0 running"), blue
+        app.ok("rollback")  # scales blue back up, waits for its task, then switches
+        assert app.served_version() == "v1"
+        assert slot_status(app, "blue")["tasks"] == "1/1 running"
+        assert slot_status(app, "green")["tasks"] == "0/0 running"
+        svc = docker_client.services.get(f"{app.name}-blue")
+        spec = svc.attrs["Spec"]["TaskTemplate"]
+        assert spec["Resources"]["Limits"]["MemoryBytes"] == 64 << 20
+        (task,) = svc.tasks(filters={"desired-state": "running"})
+        c = docker_client.containers.get(task["Status"]["ContainerStatus"]["ContainerID"])
+        out = c.exec_run(["/bin/busybox", "cat", f"/run/secrets/{TEST_PREFIX}db"]).output
+        assert out == b"s3cret"
+    finally:
+        for s in docker_client.services.list(filters={"label": f"zdagent.app={app.name}"}):
+            s.remove()  # a secret in use cannot be removed
+        secret.remove()
 
 
 def test_a_killed_live_task_is_replaced_and_no_request_fails(make_app, swarm_registry,
@@ -234,7 +248,6 @@ def test_the_zero_downtime_benchmark_swarm_mode(swarm, docker_client, tmp_path):
     require(shutil.which("docker-registry") is not None,
             "docker-registry (apt-get install docker-registry)")
     from benchmarks import zero_downtime as bench
-    from tests.conftest import TEST_PREFIX
 
     bench.build_images()
     res = bench.run_mode("swarm", tmp_path, bench.schedule(deploys=2, rollbacks=1), rate=40,
