@@ -275,6 +275,7 @@ class SwarmFacts:
     ipvs: bool  # the kernel can do Swarm's routing mesh
     firewall: str | None  # `iptables -S DOCKER-USER`; None when it cannot be read
     error: str | None = None
+    nodes: int | None = None  # nodes ready to run tasks (a manager knows)
 
 
 def firewalled(rules: str, port: int) -> bool:
@@ -306,6 +307,12 @@ def swarm_verdicts(cfg: AppConfig, f: SwarmFacts) -> list[Result]:
                           "routing mesh, and this kernel has no IPVS (/proc/net/ip_vs)",
                           "load ip_vs (`modprobe ip_vs`) or use a kernel with it; or set "
                           "swarm.publish_mode = \"host\" (one task per node)"))
+    if cfg.swarm.publish_mode == "host" and f.nodes is not None and \
+            cfg.swarm.replicas > f.nodes:
+        out.append(Result(f"{check}/placement", FAIL, f"publish_mode = \"host\" runs one task "
+                          f"per node: replicas = {cfg.swarm.replicas} needs as many nodes, the "
+                          f"swarm has {f.nodes} ready", "add nodes (docs/scaling.md) or lower "
+                          "swarm.replicas; a deploy would wait for tasks that cannot be placed"))
     ports = [cfg.slot_port(s) for s in ("blue", "green")]
     open_ = [p for p in ports if f.firewall is None or not firewalled(f.firewall, p)]
     exposure = (f"slot ports {'/'.join(map(str, ports))} are published on every interface "
@@ -337,11 +344,17 @@ def swarm_facts() -> SwarmFacts:
         client = docker.from_env(timeout=10)
         try:
             sw = client.info().get("Swarm", {})
+            nodes = None
+            if sw.get("ControlAvailable"):
+                nodes = sum(n.attrs["Status"]["State"] == "ready" and
+                            n.attrs["Spec"].get("Availability") == "active"
+                            for n in client.nodes.list())
         finally:
             client.close()
     except Exception as e:
         return SwarmFacts(None, False, ipvs, rules, _short(e))
-    return SwarmFacts(sw.get("LocalNodeState"), bool(sw.get("ControlAvailable")), ipvs, rules)
+    return SwarmFacts(sw.get("LocalNodeState"), bool(sw.get("ControlAvailable")), ipvs, rules,
+                      nodes=nodes)
 
 
 # --- control socket ---------------------------------------------------------------------

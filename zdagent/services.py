@@ -310,8 +310,11 @@ class ServiceSlots(Slots):
                 return
             why = self.exit_reason(slot)
             if why or time.monotonic() > deadline:
+                waiting = [t["Status"] for t in live if t["Status"]["State"] != "running"]
+                note = "" if not waiting else (f" (a task is {waiting[0]['State']}: "
+                                               f"{waiting[0].get('Err') or waiting[0]['Message']})")
                 why = why or (f"{len(new)}/{desired} tasks running after "
-                              f"{self.cfg.health.startup_deadline + 30:g}s")
+                              f"{self.cfg.health.startup_deadline + 30:g}s{note}")
                 raise DeployFailed(f"{svc.name} did not converge: {why}",
                                    hint="see `docker service ps --no-trunc "
                                         f"{svc.name}`; the live slot is untouched")

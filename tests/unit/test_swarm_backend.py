@@ -140,3 +140,12 @@ def test_the_watchdog_floor_counts_running_tasks():
     assert short_of("green", (2, 3), 2) is None
     assert short_of("green", (1, 3), 2) == "green has 1/3 tasks running (min_healthy 2)"
     assert short_of("green", None, 1) == "green has no service"
+
+
+def test_host_mode_needs_a_node_per_replica(tmp_path):
+    cfg = swarm_cfg(tmp_path, 'publish_mode = "host"\nreplicas = 3')
+    few = d.swarm_verdicts(cfg, d.SwarmFacts("active", True, False, RULES, nodes=1))
+    (placement,) = [r for r in few if r.check.endswith("/placement")]
+    assert placement.status == d.FAIL and "swarm has 1 ready" in placement.message
+    enough = d.swarm_verdicts(cfg, d.SwarmFacts("active", True, False, RULES, nodes=3))
+    assert all(r.status == d.OK for r in enough)
