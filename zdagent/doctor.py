@@ -323,10 +323,12 @@ def swarm_verdicts(cfg: AppConfig, f: SwarmFacts) -> list[Result]:
     else:
         seen = "cannot read the DOCKER-USER chain" if f.firewall is None else \
             f"no DROP rule for {'/'.join(map(str, open_))} in DOCKER-USER"
+        spans = [f"{min(ports)}:{max(ports)}"] if max(ports) - min(ports) == 1 else \
+            [str(p) for p in open_]
+        rules = " && ".join(f"iptables -I DOCKER-USER -i <public interface> -p tcp -m conntrack "
+                            f"--ctorigdstport {span} --ctdir ORIGINAL -j DROP" for span in spans)
         out.append(Result(f"{check}/exposure", WARN, f"{exposure}; {seen}",
-                          f"iptables -I DOCKER-USER -i <public interface> -p tcp -m conntrack "
-                          f"--ctorigdstport {min(ports)}:{max(ports)} --ctdir ORIGINAL -j DROP "
-                          "(docs/scaling.md)"))
+                          f"{rules} (on every node; docs/scaling.md)"))
     return out
 
 

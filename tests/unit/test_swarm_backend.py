@@ -149,3 +149,12 @@ def test_host_mode_needs_a_node_per_replica(tmp_path):
     assert placement.status == d.FAIL and "swarm has 1 ready" in placement.message
     enough = d.swarm_verdicts(cfg, d.SwarmFacts("active", True, False, RULES, nodes=3))
     assert all(r.status == d.OK for r in enough)
+
+
+def test_the_firewall_hint_never_drops_ports_between_the_slots(tmp_path):
+    text = SWARM.replace("green_port = 18002", "green_port = 18010")
+    cfg = load_config(write(tmp_path, text))
+    (exposure,) = [r for r in d.swarm_verdicts(cfg, d.SwarmFacts("active", True, True, ""))
+                   if r.check.endswith("/exposure")]
+    assert "--ctorigdstport 18001 " in exposure.hint and "--ctorigdstport 18010 " in exposure.hint
+    assert "18001:18010" not in exposure.hint
