@@ -273,17 +273,25 @@ class Nginx:
         """Point Nginx at ``live_slot``, verified; on any failure restore and raise."""
         return self.switcher.switch(self, live_slot, standby_slot)
 
-    def render_upstream(self, live_slot: str | None, standby_slot: str | None) -> str:
-        return _mark(self.cfg.name, self.switcher.render_upstream(live_slot, standby_slot))
+    def render_upstream(self, live_slot: str | None, standby_slot: str | None,
+                        split: Split | None = None) -> str:
+        return _mark(self.cfg.name,
+                     self.switcher.render_upstream(live_slot, standby_slot, split))
 
     def wait_old_connections(self, port: int, timeout: float) -> int:
         """The switcher's drain of the old slot (njs: its connections; reload: nothing left
         once the old workers are gone); the count still open at ``timeout``."""
         return self.switcher.wait_old_connections(self, port, timeout)
 
-    def reload_verified(self, slot: str, old: frozenset[int]) -> None:
-        """Reload; wait for new workers, then for ``slot`` to answer through Nginx."""
-        self.verify_serving(slot, self.reload(old))
+    def reload_verified(self, slot: str, old: frozenset[int], *,
+                        split: Split | None = None) -> None:
+        """Reload; wait for new workers, then for ``slot`` to answer through Nginx (with
+        ``split``: for both of its slots to answer)."""
+        deadline = self.reload(old)
+        if split is None:
+            self.verify_serving(slot, deadline)
+        else:
+            self.verify_split(split, deadline)
 
     def reload(self, old: frozenset[int]) -> float:
         """Reload and wait until workers other than ``old`` run (the master took the new
@@ -302,12 +310,40 @@ class Nginx:
             time.sleep(0.005)
         return deadline
 
-    def verify_serving(self, slot: str, deadline: float) -> None:
+    def verify_split(self, split: Split, deadline: float) -> None:
+        """Reload mode's canary step: both slots answer fresh requests through Nginx (the
+        weights decide how often), by ``deadline``."""
+        want = {f"127.0.0.1:{self.cfg.slot_port(s)}": s for s in (split.stable, split.candidate)}
+        seen: set[str] = set()
+        while len(seen) < 2:
+            addr = served_by(self.http, self.cfg.verify_url, headers=self.cfg.verify_headers)
+            if addr in want:
+                seen.add(want[addr])
+                continue
+            if time.monotonic() > deadline:
+                missing = " and ".join(s for s in want.values() if s not in seen)
+                raise NginxError(
+                    f"during the canary split {missing} never answered through Nginx "
+                    f"(last answer from {addr or 'nobody'})",
+                    hint="a custom nginx.upstream_template must render the canary block "
+                         "(see the bundled upstream.conf.j2)")
+            time.sleep(0.05)
+
+    def split(self, split: Split) -> SwitchResult:
+        """Send ``split.percent`` % to the candidate, verified; on failure restore, raise."""
+        return self.switcher.split(self, split)
+
+    def routed_split(self) -> Split | None:
+        return self.switcher.routed_split()
+
+    def verify_serving(self, slot: str, deadline: float,
+                       headers: dict[str, str] | None = None) -> None:
         """Three fresh requests in a row through Nginx answered by ``slot``, by ``deadline``."""
         want = f"127.0.0.1:{self.cfg.slot_port(slot)}"
         streak, seen = 0, None
         while streak < 3:
-            seen = served_by(self.http, self.cfg.verify_url, headers=self.cfg.verify_headers)
+            seen = served_by(self.http, self.cfg.verify_url,
+                             headers={**self.cfg.verify_headers, **(headers or {})})
             streak = streak + 1 if seen == want else 0
             if streak < 3:
                 if time.monotonic() > deadline:
@@ -388,6 +424,7 @@ def _alive(pid: int) -> bool:
 
 
 # switch.py builds on the helpers above; imported last so both modules load in either order.
+from zdagent.nginx.split import Split  # noqa: E402
 from zdagent.nginx.switch import (  # noqa: E402
     NjsSwitcher,
     ReloadSwitcher,

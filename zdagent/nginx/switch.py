@@ -18,6 +18,7 @@ import copy
 import re
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -36,6 +37,15 @@ from zdagent.nginx import (
     templates_dir,
     upstream_name,
 )
+from zdagent.nginx.maintenance import maintenance_conf, maintenance_file
+from zdagent.nginx.split import (
+    FORCE_HEADER,
+    Split,
+    active_text,
+    parse_active,
+    parse_upstream,
+    weights,
+)
 
 if TYPE_CHECKING:
     from zdagent.nginx import Nginx
@@ -50,7 +60,8 @@ class Switcher(ABC):
         self.cfg = cfg
 
     @abstractmethod
-    def render_upstream(self, live_slot: str | None, standby_slot: str | None) -> str:
+    def render_upstream(self, live_slot: str | None, standby_slot: str | None,
+                        split: Split | None = None) -> str:
         """The upstream file's text (without zdagent's header, which the caller adds)."""
 
     @abstractmethod
@@ -64,6 +75,15 @@ class Switcher(ABC):
     @abstractmethod
     def switch(self, nginx: Nginx, live_slot: str, standby_slot: str | None) -> SwitchResult:
         """Route to ``live_slot``, verified through Nginx; on failure restore and raise."""
+
+    @abstractmethod
+    def split(self, nginx: Nginx, split: Split) -> SwitchResult:
+        """Route ``split.percent`` % to the candidate, verified (both slots answer through
+        Nginx); on failure restore the previous routing and raise."""
+
+    @abstractmethod
+    def routed_split(self) -> Split | None:
+        """The canary split the files on disk hold (None when one slot takes everything)."""
 
     def preflight(self) -> None:
         """Raise (before anything is touched) if the files on disk cannot be switched."""
@@ -80,14 +100,23 @@ class ReloadSwitcher(Switcher):
 
     mode = "reload"
 
-    def render_upstream(self, live_slot: str | None, standby_slot: str | None) -> str:
+    def render_upstream(self, live_slot: str | None, standby_slot: str | None,
+                        split: Split | None = None) -> str:
         cfg = self.cfg
+        canary: dict[str, object] = {"canary_port": None}
+        if split is not None:  # both primary, weighted; no backup
+            live_w, canary_w = weights(split.percent)
+            canary = {"canary_port": cfg.slot_port(split.candidate),
+                      "canary_slot": split.candidate, "canary_percent": split.percent,
+                      "live_weight": live_w, "canary_weight": canary_w}
+            standby_slot = None
         return render_template(
             cfg.nginx.upstream_template, "upstream.conf.j2", **template_names(cfg),
             live_slot=live_slot, live_port=cfg.slot_port(live_slot) if live_slot else None,
             placeholder_port=cfg.slots.blue_port,
             standby_slot=standby_slot,
             standby_port=cfg.slot_port(standby_slot) if standby_slot else None,
+            **canary,
         )
 
     def render_site(self) -> str:
@@ -100,10 +129,29 @@ class ReloadSwitcher(Switcher):
             return None
         return self.cfg.slot_for_port(port) if port else None
 
+    def routed_split(self) -> Split | None:
+        try:
+            return parse_upstream(self.cfg.nginx.upstream_file.read_text())
+        except OSError:
+            return None
+
     def switch(self, nginx: Nginx, live_slot: str, standby_slot: str | None) -> SwitchResult:
+        text = nginx.render_upstream(live_slot, standby_slot)  # a template error: no write
+        return self._install(nginx, text, lambda old: nginx.reload_verified(live_slot, old))
+
+    def split(self, nginx: Nginx, split: Split) -> SwitchResult:
+        text = nginx.render_upstream(split.stable, None, split)
+
+        def verify(old: frozenset[int]) -> None:
+            nginx.reload_verified(split.stable, old, split=split)
+
+        return self._install(nginx, text, verify)
+
+    def _install(self, nginx: Nginx, text: str,
+                 verify: Callable[[frozenset[int]], None]) -> SwitchResult:
+        """Write ``text``, ``nginx -t``, reload and ``verify``; restore on any failure."""
         start = time.monotonic()
         previous = nginx.current_text()
-        text = nginx.render_upstream(live_slot, standby_slot)  # a template error: no write
         old: frozenset[int] = frozenset()
         reloaded = False
         try:
@@ -114,7 +162,7 @@ class ReloadSwitcher(Switcher):
                                  hint="fix the template (nginx.upstream_template)")
             old = nginx.workers()
             reloaded = True
-            nginx.reload_verified(live_slot, old)
+            verify(old)
         except Exception as e:
             restored = nginx.restore_upstream(previous, reload=reloaded)
             raise restored_error(e, restored, "the previous upstream",
@@ -127,8 +175,9 @@ class NjsSwitcher(Switcher):
 
     mode = "njs"
 
-    def render_upstream(self, live_slot: str | None, standby_slot: str | None) -> str:
-        cfg = self.cfg  # both slots' groups: independent of the live slot
+    def render_upstream(self, live_slot: str | None, standby_slot: str | None,
+                        split: Split | None = None) -> str:
+        cfg = self.cfg  # both slots' groups: independent of the live slot and of a split
         return render_template(
             cfg.nginx.upstream_template, "upstream_njs.conf.j2", **template_names(cfg),
             blue_port=cfg.slots.blue_port, green_port=cfg.slots.green_port,
@@ -143,12 +192,19 @@ class NjsSwitcher(Switcher):
         """The active file's slot; before the njs names changed it was the legacy file."""
         for path in (self.cfg.nginx.active_file, self.legacy_active_file):
             try:
-                name = path.read_text().strip()
+                text = path.read_text()
             except OSError:
                 continue
-            return next((s for s in ("blue", "green")
-                         if name in (pool_name(self.cfg, s), self._legacy_pool(s))), None)
+            live, _split = parse_active(self.cfg.name, text)
+            return live or next((s for s in ("blue", "green")
+                                 if text.strip() == self._legacy_pool(s)), None)
         return None
+
+    def routed_split(self) -> Split | None:
+        try:
+            return parse_active(self.cfg.name, self.cfg.nginx.active_file.read_text())[1]
+        except OSError:
+            return None
 
     # --- installs from before the njs names changed -------------------------------------
 
@@ -204,6 +260,22 @@ class NjsSwitcher(Switcher):
 
     def switch(self, nginx: Nginx, live_slot: str, standby_slot: str | None) -> SwitchResult:
         """Reload only when the upstream file itself must change (first use, new ports)."""
+        def verify(deadline: float) -> None:
+            nginx.verify_serving(live_slot, deadline)
+
+        return self._install(nginx, live_slot, pool_name(self.cfg, live_slot) + "\n", verify)
+
+    def split(self, nginx: Nginx, split: Split) -> SwitchResult:
+        """The JSON active file; each slot must answer when zdagent asks for its pool."""
+        def verify(deadline: float) -> None:
+            for slot in (split.candidate, split.stable):
+                nginx.verify_serving(slot, deadline,
+                                     headers={FORCE_HEADER: pool_name(self.cfg, slot)})
+
+        return self._install(nginx, split.stable, active_text(self.cfg.name, split), verify)
+
+    def _install(self, nginx: Nginx, live_slot: str, active_line: str,
+                 verify: Callable[[float], None]) -> SwitchResult:
         start = time.monotonic()
         self.preflight()
         active = self.cfg.nginx.active_file
@@ -219,12 +291,12 @@ class NjsSwitcher(Switcher):
                 if problem:
                     raise NginxError(f"nginx -t failed: {problem}",
                                      hint="is the njs module loaded (libnginx-mod-http-js)?")
-            atomic_write(active, pool_name(self.cfg, live_slot) + "\n")
+            atomic_write(active, active_line)
+            deadline = time.monotonic() + self.cfg.nginx.reload_timeout
             if changed:
                 old = nginx.workers()
                 nginx.reload_verified(live_slot, old)
-            else:
-                nginx.verify_serving(live_slot, time.monotonic() + self.cfg.nginx.reload_timeout)
+            verify(deadline)
         except Exception as e:
             restored = self._restore(nginx, prev_active, prev_upstream, reload=changed)
             hint = (f"in njs mode Nginx's workers must be able to read {active} "
@@ -279,6 +351,8 @@ def _site(cfg: AppConfig, template: str) -> str:
         cfg.nginx.site_template, template, **template_names(cfg),
         active_file=str(cfg.nginx.active_file), upstream_file=str(cfg.nginx.upstream_file),
         listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
+        maintenance_file=str(maintenance_file(cfg)), maintenance_conf=str(maintenance_conf(cfg)),
+        verify_path=cfg.nginx.verify_path.split("?", 1)[0],
         access_log=str(cfg.nginx.access_log), log_format=_config.log_format_name(cfg.name),
         **site_tls(cfg),
     )
