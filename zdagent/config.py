@@ -15,6 +15,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -252,6 +253,15 @@ class SmokeCheck:
 
 
 @dataclass(frozen=True)
+class CanaryConfig:
+    """``zdagent deploy --canary``: the candidate's share per step, and each step's length."""
+
+    steps: tuple[int, ...] = (5, 25, 50, 100)
+    step_seconds: float = 60.0
+    sticky: bool = False  # njs mode: a cookie keeps a client on one version within a step
+
+
+@dataclass(frozen=True)
 class AnalysisConfig:
     """Judging a release by its real traffic after a switch (zdagent.traffic.analysis).
 
@@ -326,6 +336,7 @@ class AppConfig:
     analysis: AnalysisConfig = field(default_factory=lambda: DEFAULT_ANALYSIS)
     notify: tuple[NotifyChannel, ...] = ()  # [[notify]] channels (zdagent.notifications)
     tls: TlsConfig | None = None  # None: no [tls] enabled
+    canary: CanaryConfig = CanaryConfig()
 
     @property
     def policy(self) -> AnalysisConfig:
@@ -656,6 +667,18 @@ def _secret(v: Any) -> str | None:
 PORT = _int(1, 65535)
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
+
+def _steps(v: Any) -> str | None:
+    """Canary shares in percent: rising integers from 1 to 100, the last one 100."""
+    if not isinstance(v, list) or not v or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 100 for s in v):
+        return f"must be a non-empty list of percentages (integers 1-100), got {v!r}"
+    if any(b <= a for a, b in pairwise(v)):
+        return f"must rise step by step, got {v!r}"
+    if v[-1] != 100:
+        return f"must end with 100 (the promotion), got {v!r}"
+    return None
+
 SCHEMA: dict[str, dict[str, Key]] = {
     "app": {
         "name": Key(REQUIRED, _str(APP_NAME_RE, "lowercase letters, digits and '-' (max 40)")),
@@ -748,6 +771,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "acme_server": Key("", lambda v: None if v == "" else _url(v)),
         "certbot_command": Key(["certbot"], _argv),
         "site_file": Key("", _str(empty=True)),
+    },
+    "canary": {
+        "steps": Key([5, 25, 50, 100], _steps),
+        "step_seconds": Key(60.0, _num(0.5, 86400)),
+        "sticky": Key(False, _bool),
     },
     "nginx": {
         "upstream_file": Key(REQUIRED, _str()),
@@ -929,6 +957,10 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
     wd = r.section("watchdog")
     hooks = _hooks(r.section("hooks"), base)
     smoke = tuple(_smoke_check(t) for t in r.tables("smoke"))
+    can = r.section("canary")
+    if can["sticky"] and ngx["switch_mode"] != "njs":
+        raise r.fail("canary.sticky", "needs nginx.switch_mode = \"njs\" (reload mode splits "
+                                      "by upstream weights, with no per-client choice)")
     analysis = r.section("analysis")
     tls = _tls(r, base, ngx)
     swarm = _swarm(r, app["backend"], source, hooks)
@@ -1013,6 +1045,8 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
         retain=app["retain"],
         hooks=hooks,
         smoke=smoke,
+        canary=CanaryConfig(steps=tuple(can["steps"]), step_seconds=float(can["step_seconds"]),
+                            sticky=can["sticky"]),
         analysis=_analysis(analysis),
         backend=app["backend"],
         swarm=swarm,

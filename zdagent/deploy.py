@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from zdagent import gitsource, hooks, retention
+from zdagent import canary, gitsource, hooks, retention
 from zdagent.config import AppConfig, BuildSource, GitSource, check_version
 from zdagent.errors import DeployFailed, HookFailed, LockBusy, ZdError
 from zdagent.events import Emit, Event
 from zdagent.lock import app_lock
-from zdagent.nginx import Nginx
+from zdagent.nginx import Nginx, maintenance
 from zdagent.notifications.outbox import queue as queue_notice
 from zdagent.probe import http_client, probe_once, slot_url, wait_healthy
 from zdagent.recovery import BEFORE_SWITCH, RecoveryPlan, reconcile, recovery_plan
@@ -152,6 +152,46 @@ class Engine:
             retention.after_deploy(self)  # never fails the deploy
             return result
 
+    def canary(self, version: str, control: canary.Control,
+               figures: canary.FigureSource | None, *, wait: bool = True) -> Result:
+        """Deploy ``version`` step by step (``[canary] steps``), judged per step; promote
+        at the end, or put all traffic back on stable and raise CanaryAborted."""
+        check_version(version)
+        if isinstance(self.cfg.source, GitSource):
+            raise DeployFailed("a canary of a git source is not supported yet",
+                               hint="deploy the ref without --canary")
+        return self._notifying("canary", version,
+                               lambda: self._canary(version, control, figures, wait))
+
+    def _canary(self, version: str, control: canary.Control,
+                figures: canary.FigureSource | None, wait: bool) -> Result:
+        self.nginx.preflight()
+        with app_lock(self.cfg.state_dir, self.cfg.name, f"canary {version}", self.emit,
+                      wait=wait):
+            self.reconcile()
+            live = self.live_slot()
+            if live is None or not self.slots.info(live).running:
+                raise DeployFailed("a canary needs a running live version to compare with",
+                                   hint="deploy the first version without --canary")
+            result = self._deploy_locked("canary", version, image=None,
+                                         steps=(control, figures))
+            retention.after_deploy(self)
+            return result
+
+    def maintenance(self, on: bool, message: str = maintenance.DEFAULT_MESSAGE,
+                    retry_after: int = maintenance.DEFAULT_RETRY_AFTER) -> dict[str, Any] | None:
+        """Nginx answers 503 with a page (on) or the app again (off), verified; the slots,
+        their probes and deploys go on meanwhile. Returns the state now (None: off)."""
+        self.nginx.preflight(switch=False)
+        who = self.performer or current_user()
+        if on:
+            state = maintenance.turn_on(self.nginx, message, retry_after, who)
+            self.emit(Event("info", f"maintenance is on (Retry-After {retry_after}s)"))
+            return state
+        maintenance.turn_off(self.nginx)
+        self.emit(Event("info", "maintenance is off"))
+        return None
+
     def rollback(self, *, to: str | None = None, wait: bool = True) -> Result:
         """Switch back to the standby, or redeploy ``to`` from history."""
         if to is not None:
@@ -280,7 +320,9 @@ class Engine:
     # --- the flows ----------------------------------------------------------------------
 
     def _deploy_locked(self, kind: str, version: str, image: tuple[str | None, str] | None,
-                       commit: str | None = None, ref: str | None = None) -> Result:
+                       commit: str | None = None, ref: str | None = None,
+                       steps: tuple[canary.Control, canary.FigureSource | None] | None = None
+                       ) -> Result:
         live = self.live_slot()
         target = other(live) if live else "blue"
         did = self.store.begin(self.cfg.name, kind, version, target, live,
@@ -290,7 +332,7 @@ class Engine:
         run = _Run(self, did, live, target, kind=kind, version=version)
         self.emit(Event("info", f"{kind} #{did}: {version} -> {target} slot "
                                 f"(live: {live or 'none'})", data={"deploy_id": did}))
-        deploying = kind == "deploy"  # a rollback goes back to a version that served
+        deploying = kind in ("deploy", "canary")  # a rollback: a version that served
         if deploying:
             self.notify("deploy-started", deploy_id=did, version=version, slot=target,
                         from_slot=live, ref=ref)
@@ -304,7 +346,7 @@ class Engine:
                 with run.phase(Phase.RELEASE, f"running the release command in {version}"):
                     hooks.run_release(self.slots, image_id, version, did, self.cfg.hooks,
                                       self.emit)
-            self._activate(run, image_id, version, fresh=True)
+            self._activate(run, image_id, version, fresh=True, steps=steps)
         self._post_hook(run, "post_deploy" if deploying else "post_rollback")
         return self._result(run, kind, version, ref)
 
@@ -371,8 +413,11 @@ class Engine:
         return ref, self.slots.pull(ref, line)
 
     def _activate(self, run: _Run, image_id: str | None, version: str | None,
-                  *, fresh: bool) -> None:
-        """Start the target slot, wait until healthy, switch; undo the candidate on failure."""
+                  *, fresh: bool,
+                  steps: tuple[canary.Control, canary.FigureSource | None] | None = None
+                  ) -> None:
+        """Start the target slot, wait until healthy, (a canary: walk its steps,) switch;
+        undo the candidate on failure."""
         target = run.target
         try:
             with run.phase(Phase.START, f"starting {self.cfg.name}-{target} "
@@ -391,13 +436,18 @@ class Engine:
                 )
                 if fresh:
                     self.slots.keep_running(target)
-            if run.kind == "deploy" and self.cfg.smoke:
+            if run.kind in ("deploy", "canary") and self.cfg.smoke:
                 with run.phase(Phase.SMOKE, f"smoke checks on {target}"):
                     hooks.run_smoke(self.cfg.smoke, self.cfg.slot_port(target), self.emit)
+            if steps is not None:
+                canary.run_steps(self, run, version or "", *steps)
             self._switch(run)
         except BaseException:
-            if self.live_slot() != target:
-                self._discard_candidate(target, fresh)
+            if self.nginx.routed_split() is not None:  # the way back failed: it still serves
+                self.emit(Event("warn", f"the candidate {target} still gets a share of the "
+                                        "traffic: not removed"))
+            elif self.live_slot() != target:  # a canary's stays, stopped, for its logs
+                self._discard_candidate(target, fresh and run.kind != "canary")
             raise
 
     def _discard_candidate(self, slot: str, fresh: bool) -> None:

@@ -9,7 +9,7 @@ went live is removed; a restarted standby never is: it is the previous version, 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from zdagent.config import AppConfig
 from zdagent.events import Emit, Event
@@ -47,6 +47,8 @@ def recovery_plan(phase: Phase, candidate: str | None, stored_live: str | None,
     """
     if phase in BEFORE_SWITCH:
         live = in_file or stored_live
+    elif phase == Phase.CANARY:  # a split without its owner: all back on the stable slot
+        live = stored_live or in_file
     elif phase == Phase.DRAIN:
         live = candidate
     elif in_file and in_file_healthy:
@@ -62,17 +64,23 @@ def reconcile(cfg: AppConfig, store: Store, slots: Slots, nginx: Nginx, emit: Em
               healthy: Callable[[str], bool]) -> list[str]:
     """Repair a run that died mid-way (the caller holds the lock: nobody else is running)."""
     st = store.state(cfg.name)
-    if st.phase == Phase.IDLE:
+    split = nginx.routed_split()
+    if st.phase == Phase.IDLE and split is None:
+        store.clear_canary(cfg.name)
         return []
+    if st.phase == Phase.IDLE:  # split by hand, or the store was lost: stable takes all
+        st = replace(st, phase=Phase.CANARY, live_slot=split.stable,
+                     candidate_slot=split.candidate, candidate_kind=STANDBY, deploy_id=None)
     in_file = nginx.live_slot_in_file()
     kind = st.candidate_kind or _kind_from_history(store, st.deploy_id)
     created = st.candidate_slot is not None and st.deploy_id is not None and \
         slots.info(st.candidate_slot).deploy_id == st.deploy_id
     plan = recovery_plan(Phase(st.phase), st.candidate_slot, st.live_slot, in_file,
                          in_file is not None and healthy(in_file), kind, created)
-    what = "rollback" if kind == STANDBY else "deploy"
+    what = "canary" if st.phase == Phase.CANARY else "rollback" if kind == STANDBY else "deploy"
     notes = [f"{what} #{st.deploy_id} was interrupted in phase '{st.phase}'"]
-    if plan.live and (in_file != plan.live or nginx.live_slot_served() != plan.live):
+    if plan.live and (split is not None or in_file != plan.live
+                      or nginx.live_slot_served() != plan.live):
         standby = other(plan.live)
         keep = standby if slots.info(standby).running else None
         nginx.switch(plan.live, keep if cfg.nginx.standby_as_backup else None)
@@ -85,6 +93,7 @@ def reconcile(cfg: AppConfig, store: Store, slots: Slots, nginx: Nginx, emit: Em
     elif st.candidate_slot and st.candidate_slot != plan.live and (kind == STANDBY or
                                                                     not created):
         notes.append(f"kept the standby {st.candidate_slot}")
+    store.clear_canary(cfg.name)
     if st.deploy_id is not None:
         store.finish(st.deploy_id, "interrupted", "; ".join(notes))
     store.set_state(cfg.name, phase=Phase.IDLE, live_slot=plan.live)

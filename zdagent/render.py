@@ -71,6 +71,28 @@ def table(rows: list[list[str]]) -> list[str]:
             for row in rows]
 
 
+def _canary_lines(paint: Painter, c: dict[str, Any] | None) -> list[str]:
+    """A running canary: step, shares and the last step's figures."""
+    if not c:
+        return []
+    if "step" not in c:
+        return [paint("yellow", f"canary: {c.get('note', '')}")]
+    shares = ", ".join(f"{slot} {pct}%" for slot, pct in (c.get("shares") or {}).items())
+    lines = [paint("bold", f"canary: {c['version']} in {c['candidate']}, step {c['step']}/"
+                           f"{len(c['steps'])} ({c['percent']}%) since "
+                           f"{ago(c['step_started_at'])}; shares: {shares or '-'}")]
+    figures = c.get("figures") or {}
+    for who in ("candidate", "stable"):
+        f = figures.get(who)
+        if f:
+            p99 = f"{f['p99'] * 1000:.0f}ms" if f.get("p99") is not None else "-"
+            lines.append(f"  {who}: {f['requests']} requests, 5xx {f['error_rate']:.1%}, "
+                         f"p99 {p99}")
+    if figures.get("verdict"):
+        lines.append(f"  last step: {figures['verdict']}")
+    return lines
+
+
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f}ms"
 
@@ -118,6 +140,11 @@ def status_text(paint: Painter, data: dict[str, Any]) -> str:
         lines.append(f"last deploy: #{last['id']} {last['kind']} {last['version']} -> "
                      f"{last['slot']}: {last['outcome']} {ago(last['started_at'])}"
                      + (f" ({last['error']})" if last["error"] else ""))
+    lines.extend(_canary_lines(paint, data.get("canary")))
+    m = data.get("maintenance")
+    if m:
+        lines.append(paint("yellow", f"maintenance: ON since {ago(m['since'])} by {m['by']} "
+                                     f"(503, Retry-After {m['retry_after']}s): {m['message']}"))
     lines.extend(paint("yellow", f"! {line}") for line in data["drift"])
     if data["drift"]:
         anchor = "nginx-down" if not r["nginx_running"] else "drift"

@@ -10,6 +10,7 @@ from typing import Any
 
 from zdagent.deploy import Engine, Phase
 from zdagent.errors import EnvironmentProblem
+from zdagent.nginx import maintenance
 from zdagent.notifications.outbox import outbox_depth
 from zdagent.probe import http_client, probe_once, slot_url
 from zdagent.slots import SLOTS, container_name, other
@@ -59,10 +60,27 @@ def collect(engine: Engine) -> dict[str, Any]:
         "last_deploy": last,
         "notifications": {"channels": len(cfg.notify),
                           "pending": outbox_depth(engine.store, cfg.name)},
+        "canary": _canary(engine),
+        "maintenance": maintenance.read_state(cfg),
         "drift": drift,
         "ok": not drift and bool(in_file) and slots.get(in_file or "", {}).get("health")
         == "healthy",
     }
+
+
+def _canary(engine: Engine) -> dict[str, Any] | None:
+    """The running canary: its step and shares (from the store), and the split Nginx's
+    files hold now; None when no canary runs."""
+    state = engine.store.canary(engine.cfg.name)
+    split = engine.nginx.routed_split()
+    if state is None and split is None:
+        return None
+    out: dict[str, Any] = state.to_dict() if state else {"note": "a split without a canary "
+                                                                 "record: recovery ends it"}
+    out["routed"] = split.to_dict() if split else None
+    if split:
+        out["shares"] = {split.stable: 100 - split.percent, split.candidate: split.percent}
+    return out
 
 
 def _drift(stored: str | None, phase: str, in_file: str | None, served: str | None,

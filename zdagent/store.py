@@ -74,6 +74,20 @@ CREATE TABLE IF NOT EXISTS notify_delivery (
     PRIMARY KEY (event_id, channel)
 );
 CREATE INDEX IF NOT EXISTS notify_due ON notify_delivery(app, delivered_at, next_attempt_at);
+CREATE TABLE IF NOT EXISTS canary (
+    app TEXT PRIMARY KEY,
+    deploy_id INTEGER NOT NULL,
+    version TEXT,
+    stable TEXT NOT NULL,
+    candidate TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    steps TEXT NOT NULL,
+    percent INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    step_started_at REAL NOT NULL,
+    owner_pid INTEGER NOT NULL,
+    figures TEXT NOT NULL DEFAULT '{}'
+);
 """
 
 
@@ -89,6 +103,7 @@ class Phase(StrEnum):
     SMOKE = "smoke"  # HTTP smoke checks on the healthy candidate
     SWITCH = "switch"
     DRAIN = "drain"
+    CANARY = "canary"  # both slots serve: a split; recovery puts everything back on stable
 
 
 # What the slot being started is: a fresh container (its removal on failure costs nothing) or
@@ -141,6 +156,27 @@ class AppState:
     candidate_slot: str | None
     updated_at: float
     candidate_kind: str | None = None  # FRESH | STANDBY; None in rows from older versions
+
+
+@dataclass(frozen=True)
+class CanaryState:
+    """A running canary: which step, which share, since when, owned by which process."""
+
+    app: str
+    deploy_id: int
+    version: str | None
+    stable: str
+    candidate: str
+    step: int  # 1-based index into steps
+    steps: list[int]
+    percent: int
+    started_at: float
+    step_started_at: float
+    owner_pid: int
+    figures: dict[str, Any] = field(default_factory=dict)  # the last step's analysis
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def current_user() -> str:
@@ -294,6 +330,31 @@ class Store:
                 (app, live_slot, phase, deploy_id, candidate_slot, time.time(),
                  candidate_kind),
             )
+
+
+    # --- a running canary ---------------------------------------------------------------
+
+    def canary(self, app: str) -> CanaryState | None:
+        row = self._db.execute("SELECT * FROM canary WHERE app=?", (app,)).fetchone()
+        if row is None:
+            return None
+        d = dict(row)
+        d["steps"] = json.loads(d["steps"])
+        d["figures"] = json.loads(d["figures"] or "{}")
+        return CanaryState(**d)
+
+    def set_canary(self, state: CanaryState) -> None:
+        d = state.to_dict()
+        d["steps"] = json.dumps(d["steps"])
+        d["figures"] = json.dumps(d["figures"])
+        cols = ", ".join(d)
+        with self._tx() as db:
+            db.execute(f"INSERT OR REPLACE INTO canary({cols}) VALUES "
+                       f"({', '.join('?' for _ in d)})", tuple(d.values()))
+
+    def clear_canary(self, app: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM canary WHERE app=?", (app,))
 
 
 def read_history(state_dir: Path, app: str, limit: int) -> list[dict[str, Any]]:

@@ -20,6 +20,8 @@ EVENTS: dict[str, str] = {
     "deploy-started": "deploy started",
     "deploy-succeeded": "deploy succeeded",
     "deploy-failed": "deploy failed",
+    "canary-succeeded": "canary promoted",
+    "canary-failed": "canary aborted: all traffic back on the stable version",
     "rollback-succeeded": "rollback succeeded",
     "rollback-failed": "rollback failed",
     "auto-revert": "auto-reverted to the standby",
@@ -30,7 +32,7 @@ EVENTS: dict[str, str] = {
 TEST = "test"  # `zdagent notify test`: sent to every channel, whatever its filter
 
 FAILURES = frozenset({"deploy-failed", "rollback-failed", "auto-revert", "degraded",
-                      "hook-failed"})
+                      "hook-failed", "canary-failed"})
 SHORTHANDS: dict[str, frozenset[str]] = {"all": frozenset(EVENTS), "failures": FAILURES}
 
 
