@@ -38,8 +38,8 @@ import h11
 
 from zdagent.errors import as_known
 
-ROUTE = re.compile(
-    r"^/v1/apps/([a-z0-9][a-z0-9-]{0,39})/(status|history|deploy|rollback|notify-test)$")
+ROUTE = re.compile(r"^/v1/apps/([a-z0-9][a-z0-9-]{0,39})/"
+                   r"(status|history|deploy|rollback|notify-test|promote|abort|maintenance)$")
 
 
 @dataclass(frozen=True)

@@ -276,6 +276,10 @@ def deploy(
     as_json: JsonOpt = False,
     local: LocalOpt = False,
     socket: SocketOpt = None,
+    canary: Annotated[bool, typer.Option(
+        "--canary", help="Move traffic step by step ([canary] steps, step_seconds), judging "
+                         "each step by its traffic; needs the daemon, which owns the steps. "
+                         "`zdagent promote` / `zdagent abort` steer it.")] = False,
 ) -> None:
     """Deploy VERSION into the inactive slot and switch to it with zero downtime.
 
@@ -285,10 +289,98 @@ def deploy(
     takes a ref (branch, tag or sha) and deploys the commit it names.
     """
     with _guard():
-        result = _operate(config, socket, local, "deploy",
-                          {"version": version, "no_wait": no_wait},
-                          lambda e: e.deploy(version, wait=not no_wait))
+        if canary:
+            result = _through_daemon(config, socket, local, "deploy",
+                                     {"version": version, "no_wait": no_wait, "canary": True},
+                                     "a canary runs for minutes and takes promote/abort")
+        else:
+            result = _operate(config, socket, local, "deploy",
+                              {"version": version, "no_wait": no_wait},
+                              lambda e: e.deploy(version, wait=not no_wait))
         _print_result(result, as_json, "deployed")
+
+
+def _through_daemon(config: str | None, socket: str | None, local: bool, what: str,
+                    body: dict[str, Any], why: str) -> dict[str, Any]:
+    """An operation only the daemon can own: refused (exit 3) without it, never run here."""
+    cfg = _load(config)
+    client = None if local else _daemon(cfg, socket, local, quiet=True)
+    if client is None:
+        _fail(f"{why}: the zdagent daemon must own it, and it does not run {cfg.name}"
+              + (" (--local)" if local else ""),
+              "start the daemon (`systemctl start zdagent`) with this app in its config "
+              "directory, then run the same command (without --local)", 3)
+    return _stream(client, f"/v1/apps/{cfg.name}/{what}", body)
+
+
+@app.command()
+def promote(config: ConfigOpt = None, as_json: JsonOpt = False,
+            socket: SocketOpt = None) -> None:
+    """Promote the running canary now: the candidate takes all traffic (verified switch)."""
+    with _guard():
+        result = _through_daemon(config, socket, False, "promote", {},
+                                 "promote steers a running canary")
+        _steered(result, as_json, "promote: the candidate takes all traffic now "
+                                  "(`zdagent status` shows the outcome)")
+
+
+@app.command()
+def abort(config: ConfigOpt = None, as_json: JsonOpt = False,
+          socket: SocketOpt = None) -> None:
+    """Abort the running canary now: all traffic back to the stable slot (verified), the
+    candidate removed, the abort recorded in history."""
+    with _guard():
+        result = _through_daemon(config, socket, False, "abort", {},
+                                 "abort steers a running canary")
+        _steered(result, as_json, "abort: all traffic goes back to the stable slot now "
+                                  "(`zdagent status` shows the outcome)")
+
+
+def _steered(result: dict[str, Any], as_json: bool, line: str) -> None:
+    if as_json:
+        out.print_json(json.dumps(result))
+    else:
+        err.print(line)
+
+
+@app.command()
+def maintenance(
+    state: Annotated[str, typer.Argument(metavar="on|off", help="on: Nginx answers 503 with "
+                                         "a page and Retry-After; off: the app again.")],
+    message: Annotated[str | None, typer.Option(
+        "--message", help="The page's text (HTML-escaped; at most 500 characters).")] = None,
+    retry_after: Annotated[int, typer.Option(
+        "--retry-after", min=1, max=86400, help="Seconds for the Retry-After header.")
+    ] = 120,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    local: LocalOpt = False,
+    socket: SocketOpt = None,
+) -> None:
+    """Maintenance mode: Nginx answers every request with 503, a small page and
+    Retry-After. The slots keep running and being probed; deploys still work; in njs mode
+    no reload happens. `zdagent status` shows it."""
+    from zdagent.nginx.maintenance import MAX_MESSAGE
+
+    with _guard():
+        if state not in ("on", "off"):
+            _fail(f"maintenance takes on or off, not {state!r}", "zdagent maintenance on", 2)
+        if message is not None and (not message.strip() or len(message) > MAX_MESSAGE):
+            _fail(f"--message must hold 1 to {MAX_MESSAGE} characters",
+                  "shorten the message; nothing was changed", 2)
+        body: dict[str, Any] = {"on": state == "on", "retry_after": retry_after}
+        if message is not None:
+            body["message"] = message
+        result = _operate(config, socket, local, "maintenance", body,
+                          lambda e: {"maintenance": e.maintenance(
+                              state == "on", *([message] if message else []),
+                              retry_after=retry_after)})
+        if as_json:
+            out.print_json(json.dumps(result))
+        elif result.get("maintenance"):
+            err.print(f"maintenance is on: Nginx answers 503 (Retry-After {retry_after}s)")
+        else:
+            err.print("maintenance is off: Nginx serves the app")
 
 
 @app.command()
@@ -436,7 +528,7 @@ def ssh_gate(
         gate.log_verdict(original, "allowed")
         path = app_config_path(directory, cmd.app)
         argv = [cmd.verb, "--config", str(path)]
-        if socket and cmd.verb in gate.DEFAULT_VERBS:
+        if socket and cmd.verb in (*gate.DEFAULT_VERBS, *gate.CANARY_VERBS):
             argv += ["--socket", socket]
         argv += cmd.args  # last: exec's command follows its `--`
         code = _run_in_process(argv)

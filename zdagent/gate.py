@@ -4,12 +4,13 @@ Installed as an ``authorized_keys`` forced command
 (``command="zdagent ssh-gate --apps web --verbs status,history",restrict ssh-ed25519 …``), it
 reads ``SSH_ORIGINAL_COMMAND`` and allows exactly::
 
-    deploy <app> <ref-or-version>
+    deploy <app> <ref-or-version> [--canary]
     rollback <app> [--to VERSION]
     status <app> [--json]
     history <app> [--json]
     logs <app> [--slot S] [-f] [--since 10m] [--tail N]   only with --verbs naming logs
     exec <app> CMD [ARG...]                                only with --verbs naming exec
+    promote <app> / abort <app>        (a running canary)  only with --verbs naming them
 
 ``--apps`` and ``--verbs`` (comma-separated) narrow one key to some apps and verbs, e.g. a
 read-only key for a dashboard. Without them a key may run the four deploy verbs on every app;
@@ -38,7 +39,8 @@ from zdagent.gitsource import check_ref
 MAX_COMMAND = 256
 ALLOWED_CHARS = re.compile(r"^[A-Za-z0-9 ._/@:=-]*$")
 DEFAULT_VERBS = ("deploy", "rollback", "status", "history")
-EXPLICIT_VERBS = ("logs", "exec")  # only for a key whose --verbs names them
+EXPLICIT_VERBS = ("logs", "exec", "promote", "abort")  # only for a key whose --verbs names them
+CANARY_VERBS = ("promote", "abort")  # steer a running canary: the daemon's, like deploy
 VERBS = DEFAULT_VERBS + EXPLICIT_VERBS
 DEFAULT_LOG = Path("/var/log/zdagent/ssh-gate.log")
 LOG_ENV = "ZDAGENT_GATE_LOG"
@@ -103,8 +105,8 @@ def parse(original: str | None, load_app: Callable[[str], AppConfig | None],
         raise GateRefused(f"unknown command {verb[:32]!r}; allowed: {', '.join(VERBS)}")
     allowed = scope.verbs if scope.verbs is not None else frozenset(DEFAULT_VERBS)
     if verb not in allowed:
-        hint = (" (logs and exec need a key scoped for them: ssh-gate --verbs ...,"
-                f"{verb})" if verb in EXPLICIT_VERBS else "")
+        hint = (f" ({', '.join(EXPLICIT_VERBS)} need a key scoped for them: ssh-gate "
+                f"--verbs ...,{verb})" if verb in EXPLICIT_VERBS else "")
         raise GateRefused(f"this key may not run {verb!r}; allowed: "
                           f"{', '.join(sorted(allowed))}{hint}")
     if not rest:
@@ -120,8 +122,9 @@ def parse(original: str | None, load_app: Callable[[str], AppConfig | None],
 
 def _arguments(verb: str, args: list[str], cfg: AppConfig) -> tuple[str, ...]:
     if verb == "deploy":
-        if len(args) != 1:
-            raise GateRefused("usage: deploy <app> <ref-or-version>")
+        canary = args[1:] == ["--canary"]
+        if len(args) != 1 and not (len(args) == 2 and canary):
+            raise GateRefused("usage: deploy <app> <ref-or-version> [--canary]")
         target = args[0]
         if isinstance(cfg.source, GitSource):
             try:
@@ -130,7 +133,7 @@ def _arguments(verb: str, args: list[str], cfg: AppConfig) -> tuple[str, ...]:
                 raise GateRefused(e.message) from None
         elif not VERSION_RE.fullmatch(target):
             raise GateRefused(f"invalid version {target[:40]!r}")
-        return (target,)
+        return (target, "--canary") if canary else (target,)
     if verb == "rollback":
         if not args:
             return ()

@@ -51,12 +51,15 @@ class Engines:
 
     def operate(self, cfg: AppConfig, emit: Emit, what: str, args: dict[str, Any],
                 performer: str) -> dict[str, Any]:
-        """Run a deploy or rollback; its outcome as an API item, never raised."""
+        """Run a deploy, canary or rollback; its outcome as an API item, never raised."""
         wait = not args.get("no_wait", False)
         try:
             with self.engine(cfg, emit, performer) as engine:
                 if what == "deploy":
                     result = engine.deploy(args["version"], wait=wait)
+                elif what == "canary":
+                    result = engine.canary(args["version"], args["control"], args["figures"],
+                                           wait=wait)
                 else:
                     result = engine.rollback(to=args["to"], wait=wait)
             return {"result": result.to_dict()}
@@ -108,6 +111,12 @@ class Engines:
             store.finish(did, "cancelled", why)
         finally:
             store.close()
+
+    def maintenance(self, cfg: AppConfig, on: bool, message: str, retry_after: int,
+                    performer: str) -> dict[str, Any] | None:
+        """Turn maintenance on or off (verified through Nginx); the state now."""
+        with self.engine(cfg, self.journal(cfg), performer) as engine:
+            return engine.maintenance(on, message, retry_after)
 
     def status(self, cfg: AppConfig) -> dict[str, Any]:
         from zdagent.status import collect

@@ -16,6 +16,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
+from zdagent.canary import Control
 from zdagent.config import AppConfig
 from zdagent.events import Event
 from zdagent.watchdog import WatchState
@@ -33,6 +34,7 @@ class AppRuntime:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     state: WatchState = field(default_factory=WatchState)
     queued: int = 0
+    canary: Control | None = None  # the running canary's promote/abort line
 
     def busy(self) -> bool:
         return self.lock.locked()
@@ -42,7 +44,7 @@ class AppRuntime:
 class Operation:
     """One queued or running operation and the events it has produced."""
 
-    what: str  # deploy | rollback
+    what: str  # deploy | canary | rollback
     version: str | None
     performer: str
     gone: asyncio.Event

@@ -8,13 +8,17 @@ code (Docker down: 3).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from zdagent import api
+from zdagent.canary import Control
 from zdagent.config import AppConfig, GitSource, check_version
-from zdagent.daemon.queue import Operation
+from zdagent.daemon.queue import AppRuntime, Operation
 from zdagent.errors import ConfigError
+from zdagent.events import Event
 from zdagent.gitsource import check_ref
+from zdagent.nginx.maintenance import DEFAULT_MESSAGE, DEFAULT_RETRY_AFTER, MAX_MESSAGE
 from zdagent.notifications.deliver import send_test
 from zdagent.runbook import with_link
 
@@ -59,6 +63,10 @@ class Routes:
         _method(req, "POST")
         if what == "notify-test":
             return await self._notify_test(rt.cfg, req)
+        if what in ("promote", "abort"):
+            return self._steer(rt, what, req)
+        if what == "maintenance":
+            return await self._maintenance(rt, req)
         if self.d.stopping():
             raise api.ApiError(503, "the daemon is stopping", exit_code=3,
                                hint="retry once it is back")
@@ -67,9 +75,45 @@ class Routes:
             raise api.ApiError(409, f"{name} is busy: another operation is running",
                                exit_code=1, hint=with_link("retry later, or drop --no-wait "
                                                            "to queue", "lock-held"))
+        if args.pop("canary", False):
+            what = "canary"
         op = Operation(what, args.get("version") or args.get("to"), req.peer.user, req.gone)
-        return self.d.queue.submit(
-            rt, op, lambda cfg, emit: self.d.engines.operate(cfg, emit, what, args, op.performer))
+        engines, figures = self.d.engines, self.d.canary_figures(name)
+
+        def work(cfg: AppConfig, emit: Callable[[Event], None]) -> dict[str, Any]:
+            if what != "canary":
+                return engines.operate(cfg, emit, what, args, op.performer)
+            rt.canary = control = Control()  # promote / abort reach it from now on
+            try:
+                return engines.operate(cfg, emit, what, {**args, "control": control,
+                                                         "figures": figures}, op.performer)
+            finally:
+                rt.canary = None
+
+        return self.d.queue.submit(rt, op, work)
+
+    @staticmethod
+    def _steer(rt: AppRuntime, what: str, req: api.Request) -> dict[str, Any]:
+        """``promote`` / ``abort``: a word to the running canary, which acts on it at once."""
+        if req.body:
+            raise api.ApiError(400, f"{what} takes no arguments")
+        control = rt.canary
+        if control is None:
+            raise api.ApiError(409, f"no canary of {rt.cfg.name} is running", exit_code=1,
+                               hint="`zdagent deploy VERSION --canary` starts one; "
+                                    "`zdagent status` shows the last outcome")
+        if not control.request(what, req.peer.user):
+            raise api.ApiError(409, f"the canary of {rt.cfg.name} is already asked to "
+                                    f"{control.action} (by {control.by})", exit_code=1)
+        return {"result": {"app": rt.cfg.name, "requested": what, "by": req.peer.user}}
+
+    async def _maintenance(self, rt: AppRuntime, req: api.Request) -> dict[str, Any]:
+        """On or off at once: no queue, so it works while a deploy or canary runs."""
+        on, message, retry_after = validate_maintenance(req.body)
+        pools = self.d.pools
+        state = await pools.run(pools.reads, self.d.engines.maintenance, rt.cfg, on, message,
+                                retry_after, req.peer.user)
+        return {"result": {"app": rt.cfg.name, "maintenance": state}}
 
     async def _notify_test(self, cfg: AppConfig, req: api.Request) -> dict[str, Any]:
         """Send the test event from here: the daemon reads secrets its clients may not."""
@@ -96,7 +140,7 @@ def _limit(query: dict[str, list[str]]) -> int:
 
 def validate(cfg: AppConfig, what: str, body: dict[str, Any]) -> dict[str, Any]:
     """The operation's arguments, checked as strictly as the CLI checks them."""
-    allowed = {"deploy": {"version", "no_wait"}, "rollback": {"to", "no_wait"}}[what]
+    allowed = {"deploy": {"version", "no_wait", "canary"}, "rollback": {"to", "no_wait"}}[what]
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise api.ApiError(400, f"unknown field(s) for {what}: {', '.join(unknown)}")
@@ -109,7 +153,10 @@ def validate(cfg: AppConfig, what: str, body: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(version, str):
                 raise api.ApiError(400, "deploy needs a string 'version'")
             (check_ref if isinstance(cfg.source, GitSource) else check_version)(version)
-            return {"version": version, "no_wait": no_wait}
+            canary = body.get("canary", False)
+            if not isinstance(canary, bool):
+                raise api.ApiError(400, "'canary' must be true or false")
+            return {"version": version, "no_wait": no_wait, "canary": canary}
         to = body.get("to")
         if to is not None and not isinstance(to, str):
             raise api.ApiError(400, "'to' must be a string or null")
@@ -118,3 +165,22 @@ def validate(cfg: AppConfig, what: str, body: dict[str, Any]) -> dict[str, Any]:
         return {"to": to, "no_wait": no_wait}
     except ConfigError as e:
         raise api.ApiError(400, e.message) from None
+
+
+
+def validate_maintenance(body: dict[str, Any]) -> tuple[bool, str, int]:
+    """``{"on": bool, "message": str, "retry_after": int}``, checked like the CLI does."""
+    unknown = sorted(set(body) - {"on", "message", "retry_after"})
+    if unknown:
+        raise api.ApiError(400, f"unknown field(s) for maintenance: {', '.join(unknown)}")
+    on, message = body.get("on"), body.get("message") or DEFAULT_MESSAGE
+    retry_after = body.get("retry_after", DEFAULT_RETRY_AFTER)
+    if not isinstance(on, bool):
+        raise api.ApiError(400, "maintenance needs 'on': true or false")
+    if not isinstance(message, str) or len(message) > MAX_MESSAGE:
+        raise api.ApiError(400, f"'message' must be a string of at most {MAX_MESSAGE} "
+                                "characters")
+    if isinstance(retry_after, bool) or not isinstance(retry_after, int) \
+            or not 1 <= retry_after <= 86400:
+        raise api.ApiError(400, "'retry_after' must be whole seconds from 1 to 86400")
+    return on, message, retry_after

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zdagent import __version__, api
+from zdagent.canary import FigureSource
 from zdagent.client import DEFAULT_SOCKET
 from zdagent.config import AppConfig, load_app_dir
 from zdagent.daemon.engines import Engines
@@ -36,6 +37,7 @@ from zdagent.notifications import outbox
 from zdagent.notify import Notifier
 from zdagent.store import Store, read_history
 from zdagent.traffic.monitor import TrafficHooks, TrafficState, monitor
+from zdagent.traffic.windows import Figures
 from zdagent.watchdog import WatchHooks, watch
 
 if TYPE_CHECKING:
@@ -176,6 +178,9 @@ class Daemon:
         server.close()
         if self.web_server:
             self.web_server.close()
+        for rt in self.apps.values():  # a canary would run on for minutes: back to stable
+            if rt.canary is not None:
+                rt.canary.request("abort", "the daemon (stopping)")
         await self.queue.drain()  # running operations finish; queued ones end unstarted
         await asyncio.gather(*self.background, return_exceptions=True)
         await asyncio.gather(*(self._stop_watch(name) for name in list(self.watchers)))
@@ -431,6 +436,18 @@ class Daemon:
                            "http": self.web.info() if self.web else None},
                 "apps": {n: self.app_status(n, rt) for n, rt in self.apps.items()},
                 "config_errors": dict(self.config_errors)}
+
+    def canary_figures(self, name: str) -> FigureSource | None:
+        """The app's per-slot traffic figures for the canary's step analysis: the windows of
+        its traffic task (``zdagent.traffic.monitor``), None while it has none."""
+        traffic = self.traffic.get(name)
+        if traffic is None:
+            return None
+
+        def figures(slot: str, since: float) -> Figures:
+            return traffic.windows.figures(slot, time.time(), since)
+
+        return figures
 
     def _record_cancelled(self, cfg: AppConfig, op: Operation) -> None:
         self.engines.record_cancelled(cfg, op.what, op.version, op.performer,
