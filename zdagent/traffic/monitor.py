@@ -29,7 +29,8 @@ from zdagent.traffic.follow import LogFollower, feed
 from zdagent.traffic.windows import Figures, TrafficWindows
 from zdagent.watchdog import RoutedSlot
 
-ANALYSED_KINDS = ("deploy", "rollback")  # switches people made; not the automatic reverts
+ANALYSED_KINDS = ("deploy", "rollback", "canary")  # switches people made (a canary: its
+# promotion), not the automatic reverts
 # Seconds between ticks while no switch is under analysis: figures in `status` lag by at most
 # this, and a switch is seen this late (analysis dates it by the routing file's mtime, so no
 # request is missed). Keeps 100 idle apps within the daemon's CPU budget.
