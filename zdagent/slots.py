@@ -293,7 +293,9 @@ class Slots:
                 return c
         except docker.errors.NotFound:
             pass
-        found = self.client.containers.list(all=True, filters={"label": [
+        # ignore_removed: one removed between the list and its inspect (a deploy running
+        # while `status` reads) is skipped, not a NotFound that fails the read.
+        found = self.client.containers.list(all=True, ignore_removed=True, filters={"label": [
             f"{LABEL}.app={self.cfg.name}", f"{LABEL}.slot={slot}"]})
         return found[0] if found else None
 
