@@ -66,6 +66,10 @@ def page_while_on(app) -> httpx.Response:
     return r
 
 
+def watchdog(app) -> dict:
+    return json.loads(app.ok("status", "--json").stdout)["watchdog"]
+
+
 def wait_seen(loops: list[Answers], kind: str, more: int) -> None:
     start = [lp.seen[kind] for lp in loops]
     test_daemon.wait_for(lambda: all(lp.seen[kind] >= s + more for lp, s in zip(
@@ -89,6 +93,12 @@ def test_njs_maintenance_under_load_loses_nothing_and_deploys_still_work(make_ap
         assert "&lt;script&gt;" in r.text and "<script>" not in r.text and "&#36;host" in r.text
         st = json.loads(app.ok("status", "--json").stdout)
         assert st["maintenance"]["message"] == MESSAGE and st["maintenance"]["retry_after"] == 30
+        # The watchdog keeps probing (directly and through Nginx) and sees nothing wrong.
+        checks = st["watchdog"]["checks"]
+        test_daemon.wait_for(lambda: watchdog(app)["checks"] >= checks + 3, 60,
+                             "3 more watchdog checks")
+        w = watchdog(app)
+        assert w["status"] == "healthy" and w["consecutive_failures"] == 0, w
         assert "maintenance: ON" in app.ok("status").stdout
         app.ok("deploy", "v2")  # verified through Nginx (health path from 127.0.0.1)
         page_while_on(app)
