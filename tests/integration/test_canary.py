@@ -17,6 +17,7 @@ from tests.conftest import require
 from tests.integration import test_daemon
 from tests.integration.test_daemon import history, wait_for
 from tests.integration.test_njs_switch import master_workers
+from zdagent.runbook import link
 
 NJS = 'switch_mode = "njs"\n'
 daemon_factory = test_daemon.daemon_factory  # the fixture: a daemon per test, stopped after
@@ -133,7 +134,7 @@ def test_abort_puts_all_traffic_back_on_stable_and_records_it(make_app, daemon_f
     p = app.cli("abort")
     assert p.returncode == 0, p.stderr
     code, err = finish(proc)
-    assert code == 1 and "canary aborted by" in err and "docs/operations.md#canary-aborted" in err
+    assert code == 1 and "canary aborted by" in err and link("canary-aborted") in err
     assert {app.served_version() for _ in range(20)} == {"v1"}
     assert routing_file(app).strip().startswith("zdagent__blue_")  # a plain pool: no split
     rec = history(app)[0]
