@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.test_daemon import FAST_WATCHDOG, daemon_factory, live_in_file, wait_for
 from tests.receivers import SmtpReceiver, WebhookReceiver
-from tests.unit.test_notifications import SECRET, app_with, webhook_cfg
+from tests.unit.test_notification_rules import SECRET, app_with, webhook_cfg
 from zdagent.config import load_config
 from zdagent.notifications import outbox
 from zdagent.notifications.deliver import drain, flush, send, send_test
