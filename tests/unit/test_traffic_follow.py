@@ -98,3 +98,20 @@ def test_feed_counts_bad_lines_and_foreign_upstreams():
     assert w.bad_lines == 3 and w.unrouted == 1 and w.lines == 6
     assert w.figures("blue", T0).errors == 1
     assert w.figures("green", T0).requests == 1
+
+
+def test_feed_skips_non_finite_numbers_without_losing_the_batch():
+    """Python's json reads NaN, Infinity and 1e400: such a line is one bad line, not an
+    exception that loses every other line read in the same call."""
+    w = TrafficWindows()
+    odd = [b'{"t":1e400,"s":200,"rt":0.1,"ut":"0.1","ua":"127.0.0.1:18001"}',
+           b'{"t":NaN,"s":200,"rt":0.1,"ut":"0.1","ua":"127.0.0.1:18001"}',
+           b'{"t":1700000000,"s":1e400,"rt":0.1,"ut":"0.1","ua":"127.0.0.1:18001"}',
+           b'{"t":1700000000,"s":200,"rt":NaN,"ut":"-","ua":"127.0.0.1:18001"}',
+           b'{"t":1700000000,"s":200,"rt":0.1,"ut":"Infinity","ua":"127.0.0.1:18001"}',
+           b'{"t":1700000000,"s":200,"rt":-1,"ut":"-","ua":"127.0.0.1:18001"}',
+           b'{"t":1700000000,"s":200,"rt":0.1,"ut":"0.1","ua":"127.0.0.1:99999999999"}']
+    feed(w, [*odd, line(500).encode().strip()], PORTS)
+    assert w.bad_lines == 6 and w.unrouted == 1
+    f = w.figures("blue", T0)
+    assert (f.requests, f.errors) == (1, 1)

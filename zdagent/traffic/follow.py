@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -107,12 +108,15 @@ def parse(line: bytes) -> tuple[float, int, float, int | None] | None:
         when, status = float(rec["t"]), int(rec["s"])
         latency = float(rec["rt"])
         addr = answering_upstream(str(rec.get("ua") or ""))
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
         return None
     upstream = answering_upstream(str(rec.get("ut") or ""))
     if upstream and upstream != "-":  # "-": no upstream answered; keep the request time
         with contextlib.suppress(ValueError):
             latency = float(upstream)
+    # json reads NaN, Infinity and 1e400, which no window can count (int(inf) raises)
+    if not (math.isfinite(when) and math.isfinite(latency) and latency >= 0):
+        return None
     port = None
     if addr and ":" in addr:
         tail = addr.rsplit(":", 1)[1]
