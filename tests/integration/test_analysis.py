@@ -125,3 +125,19 @@ def test_figures_survive_log_rotation(make_app, daemon_factory, release_images):
     wait_for(lambda: blue() >= before + 30, 20, "the requests after the rotation counted")
     t = traffic(app, d)
     assert t["rotations"] >= 1 and t["bad_lines"] == 0 and t["following"], t
+
+
+def test_watchdog_probes_are_not_the_apps_traffic(make_app, daemon_factory, release_images):
+    """The watchdog's probe through Nginx (every 0.3 s here) is in the access log; it must not
+    count as the live slot's requests, or a quiet site is judged on its health endpoint."""
+    app = make_app(source=release_images, extra=FAST_WATCHDOG + FAST_ANALYSIS)
+    d = daemon_factory([app]).start()
+    app.ok("deploy", "v1")
+    wait_for(lambda: traffic(app, d).get("own_requests", 0) >= 5, 30,
+             "the watchdog's probes seen in the access log")
+    assert traffic(app, d)["slots"].get("blue", {}).get("requests", 0) == 0, traffic(app, d)
+    for _ in range(5):
+        app.get()
+    wait_for(lambda: traffic(app, d)["slots"].get("blue", {}).get("requests", 0) >= 5, 20,
+             "the app's own requests counted")
+    assert traffic(app, d)["slots"]["blue"]["requests"] == 5, traffic(app, d)

@@ -85,9 +85,9 @@ def test_starts_near_the_end_of_a_big_file(tmp_path):
 def test_parse_takes_the_last_try_and_the_upstream_time():
     rec = json.dumps({"t": T0, "s": 502, "rt": 2.5, "ut": "2.001, 0.004",
                       "ua": "127.0.0.1:18001, 127.0.0.1:18002"}).encode()
-    assert parse(rec) == (T0, 502, 0.004, 18002)
+    assert parse(rec) == (T0, 502, 0.004, 18002, False)
     rec = json.dumps({"t": T0, "s": 499, "rt": 0.3, "ut": "-", "ua": "-"}).encode()
-    assert parse(rec) == (T0, 499, 0.3, None)
+    assert parse(rec) == (T0, 499, 0.3, None, False)
 
 
 def test_feed_counts_bad_lines_and_foreign_upstreams():
@@ -115,3 +115,17 @@ def test_feed_skips_non_finite_numbers_without_losing_the_batch():
     assert w.bad_lines == 6 and w.unrouted == 1
     f = w.figures("blue", T0)
     assert (f.requests, f.errors) == (1, 1)
+
+
+def test_feed_leaves_out_zdagents_own_requests():
+    """The site's map marks a User-Agent starting "zdagent-" (the watchdog's probe through
+    Nginx every interval, switch checks) with "z":"1": no slot's traffic, counted apart."""
+    w = TrafficWindows()
+    own = json.dumps({"t": T0, "s": 200, "rt": 0.001, "ut": "0.001", "ua": "127.0.0.1:18001",
+                      "z": "1"}).encode()
+    theirs = json.dumps({"t": T0, "s": 500, "rt": 0.02, "ut": "0.010", "ua": "127.0.0.1:18001",
+                         "z": "0"}).encode()
+    feed(w, [own, own, theirs, line(500).encode().strip()], PORTS)  # no "z": an older site
+    assert w.own == 2 and w.to_dict(T0)["own_requests"] == 2
+    f = w.figures("blue", T0)
+    assert (f.requests, f.errors) == (2, 2)

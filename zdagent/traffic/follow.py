@@ -96,8 +96,9 @@ class LogFollower:
         return lines
 
 
-def parse(line: bytes) -> tuple[float, int, float, int | None] | None:
-    """(end time, status, latency s, upstream port or None) from one JSON line; None if bad.
+def parse(line: bytes) -> tuple[float, int, float, int | None, bool] | None:
+    """(end time, status, latency s, upstream port or None, zdagent's own request) from one
+    JSON line; None if bad.
 
     The latency is the upstream's (the app's own time) when Nginx reached one, else the whole
     request's. ``$upstream_addr``/``$upstream_response_time`` list every try ("a, b"): the
@@ -121,11 +122,12 @@ def parse(line: bytes) -> tuple[float, int, float, int | None] | None:
     if addr and ":" in addr:
         tail = addr.rsplit(":", 1)[1]
         port = int(tail) if tail.isdigit() else None
-    return when, status, latency, port
+    return when, status, latency, port, rec.get("z") == "1"
 
 
 def feed(windows: TrafficWindows, lines: list[bytes], slot_for_port: dict[int, str]) -> None:
-    """Count each line into its slot's window; bad lines and foreign upstreams are counted."""
+    """Count each line into its slot's window; bad lines, foreign upstreams and zdagent's own
+    requests are counted apart."""
     for line in lines:
         if not line.strip():
             continue
@@ -134,7 +136,10 @@ def feed(windows: TrafficWindows, lines: list[bytes], slot_for_port: dict[int, s
         if rec is None:
             windows.bad_lines += 1
             continue
-        when, status, latency, port = rec
+        when, status, latency, port, own = rec
+        if own:  # the watchdog's probe through Nginx, a switch check: not the app's traffic
+            windows.own += 1
+            continue
         slot = slot_for_port.get(port) if port is not None else None
         if slot is None:
             windows.unrouted += 1

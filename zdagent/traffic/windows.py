@@ -146,6 +146,7 @@ class TrafficWindows:
         self.unrouted = 0  # answered without a slot of ours (e.g. Nginx's own 502)
         self.bad_lines = 0  # not JSON, or missing fields: counted and skipped
         self.lines = 0
+        self.own = 0  # zdagent's own requests (watchdog probes, switch checks): left out
 
     def add(self, slot: str, when: float, status: int, latency: float) -> None:
         window = self.slots.get(slot)
@@ -162,4 +163,5 @@ class TrafficWindows:
     def to_dict(self, now: float) -> dict[str, Any]:
         return {"window_seconds": self.seconds, "lines": self.lines,
                 "bad_lines": self.bad_lines, "unrouted": self.unrouted,
+                "own_requests": self.own,
                 "slots": {s: w.figures(now).to_dict() for s, w in sorted(self.slots.items())}}
