@@ -25,6 +25,9 @@ BASELINE_FLOOR = 0.01
 # Wilson interval is above the limit. Checks repeat on cumulative figures, so a plain "rate >
 # limit" reverted ~20 % of good releases at 1-5 req/s with 1 % background errors.
 CONFIDENCE_Z = 2.33
+# The latency rule judges the share of requests slower than max_p99 (Figures.slow) the same
+# way: under 100 requests a "p99" is the slowest one, e.g. a cold first request after a switch.
+P99 = 0.99
 
 
 def surely_above(errors: int, requests: int, limit: float, z: float = CONFIDENCE_Z) -> bool:
@@ -49,7 +52,8 @@ def judge(new: Figures, baseline: Figures | None, policy: AnalysisConfig) -> str
     if surely_above(new.errors, new.requests, policy.max_error_rate):
         return (f"5xx {rate:.1%} over {new.requests} requests > "
                 f"{policy.max_error_rate * 100:g}%")
-    if policy.max_p99 and new.p99 is not None and new.p99 > policy.max_p99:
+    if (policy.max_p99 and new.p99 is not None and new.p99 > policy.max_p99
+            and (new.slow is None or surely_above(new.slow, new.requests, 1 - P99))):
         return (f"p99 {ms(new.p99)} over {new.requests} requests > "
                 f"{ms(policy.max_p99)}")
     if (policy.baseline_factor and baseline is not None

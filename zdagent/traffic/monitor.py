@@ -121,8 +121,14 @@ async def tick(cfg: AppConfig, state: TrafficState, hooks: TrafficHooks,
         await _switched(cfg, state, hooks, routed, previous, slot, now)
     a = state.analysis
     if a is not None and a.verdict == "watching" and a.observe(
-            state.windows.figures(a.slot, now, since=a.switched_at), now):
+            figures_since(state.windows, a, now), now):
         await _revert(cfg, state, hooks, a, now)
+
+
+def figures_since(windows: TrafficWindows, a: AfterSwitch, now: float) -> Figures:
+    """The new slot's figures since its switch, with how many were slower than max_p99."""
+    return windows.figures(a.slot, now, since=a.switched_at,
+                           slow_above=a.policy.max_p99 or None)
 
 
 async def _switched(cfg: AppConfig, state: TrafficState, hooks: TrafficHooks,

@@ -38,6 +38,7 @@ class Figures:
     p50: float | None  # seconds; None without requests
     p99: float | None
     seconds: int = 0  # the span covered
+    slow: int | None = None  # requests slower than the ``slow_above`` asked for, if any
 
     @property
     def error_rate(self) -> float:
@@ -46,12 +47,12 @@ class Figures:
     def to_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "errors": self.errors,
                 "error_rate": round(self.error_rate, 6), "p50": self.p50, "p99": self.p99,
-                "seconds": self.seconds}
+                "seconds": self.seconds, **({} if self.slow is None else {"slow": self.slow})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Figures:
         return cls(int(d["requests"]), int(d["errors"]), d.get("p50"), d.get("p99"),
-                   int(d.get("seconds", 0)))
+                   int(d.get("seconds", 0)), d.get("slow"))
 
     def describe(self) -> str:
         """``412 requests, 5xx 21.3%, p50 12ms, p99 480ms`` for logs and history."""
@@ -103,9 +104,11 @@ class SlotWindow:
         bucket.top = max(bucket.top, latency)
         return True
 
-    def figures(self, now: float, since: float | None = None) -> Figures:
+    def figures(self, now: float, since: float | None = None,
+                slow_above: float | None = None) -> Figures:
         """The requests of the last ``seconds`` up to ``now``; only those at or after
-        ``since`` if given (e.g. a switch)."""
+        ``since`` if given (e.g. a switch); with ``slow_above``, how many were slower (by
+        the histogram's bounds, as the quantiles are read)."""
         last = int(now)
         first = last - self.seconds + 1
         if since is not None:
@@ -121,8 +124,10 @@ class SlotWindow:
                     if n:
                         hist[i] += n
                 top = max(top, b.top)
+        slow = None if slow_above is None else sum(hist[bisect.bisect_right(BOUNDS,
+                                                                            slow_above):])
         return Figures(requests, errors, _quantile(hist, requests, 0.5, top),
-                       _quantile(hist, requests, 0.99, top), max(0, last - first + 1))
+                       _quantile(hist, requests, 0.99, top), max(0, last - first + 1), slow)
 
 
 def _quantile(hist: list[int], total: int, q: float, top: float) -> float | None:
@@ -154,11 +159,12 @@ class TrafficWindows:
             window = self.slots[slot] = SlotWindow(self.seconds)
         window.add(when, status, latency)
 
-    def figures(self, slot: str, now: float, since: float | None = None) -> Figures:
+    def figures(self, slot: str, now: float, since: float | None = None,
+                slow_above: float | None = None) -> Figures:
         window = self.slots.get(slot)
         if window is None:
-            return Figures(0, 0, None, None, 0)
-        return window.figures(now, since)
+            return Figures(0, 0, None, None, 0, None if slow_above is None else 0)
+        return window.figures(now, since, slow_above)
 
     def to_dict(self, now: float) -> dict[str, Any]:
         return {"window_seconds": self.seconds, "lines": self.lines,
