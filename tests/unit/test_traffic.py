@@ -204,3 +204,16 @@ def test_one_cold_slow_request_after_the_switch_is_no_p99_regression():
 def test_a_slow_release_is_reverted_by_its_p99_on_a_quiet_site():
     a = _analysed([3.0])
     assert a.verdict == "failed" and a.reason.startswith("p99 "), a.to_dict()
+
+
+def test_window_recovers_when_the_clock_steps_back():
+    """After the clock stepped back (NTP) by more than the window, every bucket held a
+    "newer" second and every new request was dropped until the clock caught up."""
+    w = SlotWindow(60)
+    for i in range(120):
+        w.add(T0 + i, 200, 0.01)
+    back = T0 - 3600
+    for i in range(10):
+        assert w.add(back + i, 500, 0.01)
+    f = w.figures(back + 10)
+    assert (f.requests, f.errors) == (10, 10)

@@ -95,7 +95,9 @@ class SlotWindow:
         second = int(when)
         bucket = self.ring[second % self.seconds]
         if bucket.second != second:
-            if bucket.second > second:  # the slot holds a newer second: this one is gone
+            # The slot holds a newer second: this one is gone, unless that second is two
+            # windows or more ahead: the clock stepped back (Nginx logs in time order).
+            if second < bucket.second < second + 2 * self.seconds:
                 return False
             bucket.reset(second)
         bucket.requests += 1
