@@ -33,6 +33,7 @@ class App:
         self.state = TrafficState()
         self.reverts: list[tuple[str, str]] = []
         self.refuse: str | None = None
+        self.refusals = 0
         self.last = last
         self.follower = LogFollower(self.cfg.nginx.access_log)
         self.routed = RoutedSlot(self.cfg)
@@ -52,6 +53,7 @@ class App:
     def tick(self) -> None:
         async def revert(reason: str, expected: str) -> str | None:
             if self.refuse:
+                self.refusals += 1
                 return self.refuse
             self.reverts.append((reason, expected))
             return None
@@ -110,6 +112,22 @@ def test_refused_revert_is_retried(app):
     app.refuse = None
     app.tick()
     assert len(app.reverts) == 1
+
+
+def test_refused_revert_is_not_retried_after_the_window(app):
+    """README: a refusal is "retried while the window lasts". A release that keeps failing
+    kept the analysis watching, so a standby that stays unhealthy was asked for every interval,
+    forever (an engine call under the app's lock each time)."""
+    app.route("green")
+    app.tick()
+    app.state.analysis.switched_at -= 31  # the 30 s window is over
+    app.refuse = "the standby blue is not healthy"
+    app.requests("green", 50, errors_every=2)
+    for _ in range(6):
+        app.tick()
+    assert app.refusals == 1 and app.reverts == []
+    a = app.state.analysis
+    assert a.verdict == "not-reverted" and "revert refused" in a.reason
 
 
 def test_cooldown_blocks_a_second_analysis_revert(app):

@@ -168,7 +168,8 @@ async def _revert(cfg: AppConfig, state: TrafficState, hooks: TrafficHooks, a: A
         state.cooldown_until = time.time() + cfg.policy.cooldown
         hooks.log(f"{cfg.name}: reverted to {a.standby}: {reason}")
         return
-    a.verdict = "watching"  # refused (lock busy, standby unhealthy): the next failure retries
+    # Refused (lock busy, standby unhealthy): the next failure retries while the window lasts.
+    a.verdict = "watching" if now < a.until else "not-reverted"
     a.reason = f"{a.reason}; revert refused: {why_not}"
     if why_not != state.refused:  # once per distinct refusal, not every interval
         hooks.log(f"{cfg.name}: {reason}; revert refused: {why_not}")
