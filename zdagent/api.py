@@ -50,6 +50,7 @@ class Limits:
     max_body: int = 8192  # bytes
     max_depth: int = 16  # JSON nesting
     read_timeout: float = 10.0  # seconds to send the whole request
+    write_timeout: float = 30.0  # seconds for a client to take a whole (non-streamed) answer
     max_connections: int = 32  # served at once; the rest get 503 at once
 
 
@@ -304,11 +305,13 @@ class Server:
                          + traceback.format_exc().rstrip())
             await self._send(writer, json_reply(*error_reply(e)))
             return
+        # A whole answer gets write_timeout to be taken; a stream (a deploy's progress) none:
+        # a CLI paused for a while must not lose its operation.
         if isinstance(reply, dict):
-            await self._send(writer, json_reply(200, reply))
+            await self._send(writer, json_reply(200, reply), self.limits.write_timeout)
             return
         if isinstance(reply, Raw):
-            await self._send(writer, raw_reply(reply))
+            await self._send(writer, raw_reply(reply), self.limits.write_timeout)
             return
         try:
             if not await self._send(writer, _head(200, "application/x-ndjson")):
@@ -322,13 +325,17 @@ class Server:
                 await reply.aclose()
 
     @staticmethod
-    async def _send(writer: asyncio.StreamWriter, data: bytes) -> bool:
+    async def _send(writer: asyncio.StreamWriter, data: bytes,
+                    timeout: float | None = None) -> bool:
         if writer.is_closing():
             return False
         try:
             writer.write(data)
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), timeout)
             return True
+        except TimeoutError:  # the client stopped reading: drop it and what it did not take
+            writer.transport.abort()
+            return False
         except (ConnectionError, OSError):
             return False
 

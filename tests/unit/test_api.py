@@ -55,6 +55,8 @@ class ServerThread:
             raise KeyError("boom")
         if req.path == "/stream":
             return self._stream(req)
+        if req.path == "/big":  # a status page of many apps, say
+            return api.Raw(b"x" * (32 << 20), "text/plain")
         raise api.ApiError(404, "no such endpoint")
 
     async def _stream(self, req: api.Request) -> AsyncIterator[dict]:
@@ -192,6 +194,29 @@ def test_a_slow_client_is_cut_at_the_read_timeout(server):
         s.sendall(b"GET /echo HTTP/1.1\r\n")  # then never finishes the headers
         status, _ = parse(read_all(s))
     assert status == 408
+
+
+def test_a_client_that_never_reads_its_answer_is_let_go():
+    """A whole reply (the status page's JSON, /metrics) to a client that sent its request and
+    then stopped reading waited in drain() forever: max_connections such clients kept the
+    listener full (503 for everybody) and the replies in memory."""
+    import dataclasses
+
+    s = ServerThread(dataclasses.replace(LIMITS, write_timeout=0.5))
+    try:
+        with connect(s) as c:
+            c.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            for _ in range(200):  # ordered by state: the server is sending
+                if s.server.open == 1:
+                    break
+                threading.Event().wait(0.01)
+            for _ in range(1000):  # never read: the server gives up within write_timeout
+                if s.server.open == 0:
+                    break
+                threading.Event().wait(0.01)
+            assert s.server.open == 0
+    finally:
+        s.stop()
 
 
 def test_connections_over_the_cap_get_503_at_once(server):
