@@ -129,3 +129,24 @@ def test_feed_leaves_out_zdagents_own_requests():
     assert w.own == 2 and w.to_dict(T0)["own_requests"] == 2
     f = w.figures("blue", T0)
     assert (f.requests, f.errors) == (2, 2)
+
+
+def test_rotation_with_more_than_one_read_left_loses_nothing(tmp_path):
+    """A busy site wrote more than two reads' worth (MAX_READ each) between two calls and the
+    log was rotated meanwhile: the old file's rest was cut after one more read."""
+    from zdagent.traffic.follow import MAX_READ
+
+    log = tmp_path / "a.log"
+    log.write_text("")
+    f = LogFollower(log)
+    assert f.read() == []
+    one = line()
+    n = 3 * MAX_READ // len(one) + 10
+    append(log, one * n)
+    os.rename(log, tmp_path / "a.log.1")
+    log.write_text(line(500))
+    got: list[bytes] = []
+    for _ in range(10):
+        got += f.read()
+    assert len(got) == n + 1 and json.loads(got[-1])["s"] == 500
+    f.close()

@@ -37,6 +37,7 @@ class LogFollower:
         self.from_start = from_start  # the first open reads the whole file (tests)
         self.dropped = 0  # over-long lines
         self._skip_partial = False  # started mid-file: drop the first, partial line
+        self._full = False  # the last read was cut at MAX_READ
 
     def close(self) -> None:
         if self.fd is not None:
@@ -68,6 +69,8 @@ class LogFollower:
             return lines  # rotated away, not yet recreated: keep the old file, look again
         if (st.st_dev, st.st_ino) != self.ino:  # rotated: finish the old file, then the new
             lines += self._drain()
+            if self._full:  # more of the old file is left: the new one waits for next call
+                return lines
             self.close()
             self.partial = b""
             self.rotations += 1
@@ -82,6 +85,7 @@ class LogFollower:
     def _drain(self) -> list[bytes]:
         assert self.fd is not None
         data = os.pread(self.fd, MAX_READ, self.pos)
+        self._full = len(data) == MAX_READ  # there may be more right now
         if not data:
             return []
         self.pos += len(data)
