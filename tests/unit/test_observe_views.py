@@ -205,3 +205,28 @@ def test_the_page_ships_in_the_package():
     assert {"index.html", "app.js", "app.css"} <= {p.name for p in root.iterdir()}
     js = (root / "app.js").read_text()
     assert "innerHTML" not in js and "insertAdjacentHTML" not in js  # text only: no XSS
+
+
+def test_a_burst_of_requests_shares_one_view():
+    """Each /api/status or /metrics request built the whole view on the event loop (every
+    app's status and traffic figures: ~30-60 ms for 100 busy apps). Any local user could
+    queue 32 connections of them back to back and starve the watchdog's probes into
+    timeouts; a burst now shares one view."""
+    import asyncio
+
+    built = []
+
+    def status() -> dict:
+        built.append(1)
+        return {"daemon": {}}
+
+    daemon = SimpleNamespace(engines=SimpleNamespace(log=lambda m: None), started=time.time(),
+                             limits=api.Limits(), outbox_depth=lambda: 0, apps={},
+                             config_errors={}, status=status)
+
+    async def burst() -> list[dict]:
+        web = Web(daemon, Listen("127.0.0.1", 1))
+        return await asyncio.gather(*(web.view() for _ in range(50)))
+
+    views = asyncio.run(burst())
+    assert len(built) == 1 and all(v is views[0] for v in views)

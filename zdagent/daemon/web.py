@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 DEFAULT_PORT = 9361
 LOOK_TTL = 5.0  # seconds an app's look at its slots is reused
+# Seconds a view is shared: building one runs on the event loop (every app's status and
+# traffic figures), so a burst of requests, friendly or not, costs one view, not one each.
+VIEW_TTL = 0.5
 RECENT = 10  # history records per app on the page
 TIMELINE = 30  # records on the page's timeline, every app together
 EXTRA_KEYS = ("traffic", "canary", "maintenance")  # lifted from the daemon's app status
@@ -146,6 +149,8 @@ class Web:
         self._looking = asyncio.Lock()
         self._routed: dict[str, RoutedSlot] = {}  # per app: the live slot, one stat a look
         self._last: dict[str, Any] = {"apps": {}}
+        self._viewing: asyncio.Future[dict[str, Any]] | None = None  # the shared view
+        self._viewed_at = 0.0  # monotonic, when it was started
 
     async def start(self) -> asyncio.AbstractServer | None:
         """Listen; a port taken is logged and shown in status, never fatal: the watchdog and
@@ -203,6 +208,15 @@ class Web:
     # --- the view -----------------------------------------------------------------------
 
     async def view(self) -> dict[str, Any]:
+        """The view being built, or one built less than VIEW_TTL ago (see ``_view``)."""
+        v = self._viewing
+        if v is None or (v.done() and (v.cancelled() or v.exception() is not None
+                                      or time.monotonic() - self._viewed_at > VIEW_TTL)):
+            self._viewed_at = time.monotonic()
+            v = self._viewing = asyncio.ensure_future(self._view())
+        return await asyncio.shield(v)
+
+    async def _view(self) -> dict[str, Any]:
         """Every app as the page shows it; counts newly finished history into the metrics."""
         names = list(self.d.apps.items())
         for name, rt in names:
