@@ -85,9 +85,9 @@ def test_starts_near_the_end_of_a_big_file(tmp_path):
 def test_parse_takes_the_last_try_and_the_upstream_time():
     rec = json.dumps({"t": T0, "s": 502, "rt": 2.5, "ut": "2.001, 0.004",
                       "ua": "127.0.0.1:18001, 127.0.0.1:18002"}).encode()
-    assert parse(rec) == (T0, 502, 0.004, 18002, False)
+    assert parse(rec) == (T0, 502, 0.004, 18002, False, [(18001, 2.001)])
     rec = json.dumps({"t": T0, "s": 499, "rt": 0.3, "ut": "-", "ua": "-"}).encode()
-    assert parse(rec) == (T0, 499, 0.3, None, False)
+    assert parse(rec) == (T0, 499, 0.3, None, False, [])
 
 
 def test_feed_counts_bad_lines_and_foreign_upstreams():
@@ -150,3 +150,22 @@ def test_rotation_with_more_than_one_read_left_loses_nothing(tmp_path):
         got += f.read()
     assert len(got) == n + 1 and json.loads(got[-1])["s"] == 500
     f.close()
+
+
+def test_a_failed_try_counts_against_the_slot_that_failed():
+    """With the standby as Nginx's backup, a live slot that times out or refuses is retried
+    on the standby: "ua":"live, standby". Counting only the last try made the new release's
+    failures look like the old version's successes (a release whose pages hang passed its
+    analysis); each failed try now counts as a 5xx of its slot."""
+    w = TrafficWindows()
+    rescued = json.dumps({"t": T0, "s": 200, "rt": 2.01, "ut": "2.000, 0.004",
+                          "ua": "127.0.0.1:18002, 127.0.0.1:18001", "z": "0"}).encode()
+    both = json.dumps({"t": T0, "s": 502, "rt": 0.01, "ut": "0.000, 0.000",
+                       "ua": "127.0.0.1:18002, 127.0.0.1:18001", "z": "0"}).encode()
+    # " : " separates upstream groups (an internal redirect), not failed tries
+    redirect = json.dumps({"t": T0, "s": 200, "rt": 0.02, "ut": "0.010 : 0.005",
+                           "ua": "127.0.0.1:18002 : 127.0.0.1:18001", "z": "0"}).encode()
+    feed(w, [rescued, both, redirect], PORTS)
+    green, blue = w.figures("green", T0), w.figures("blue", T0)
+    assert (green.requests, green.errors) == (2, 2) and green.p99 >= 2.0
+    assert (blue.requests, blue.errors) == (3, 1)

@@ -100,33 +100,56 @@ class LogFollower:
         return lines
 
 
-def parse(line: bytes) -> tuple[float, int, float, int | None, bool] | None:
-    """(end time, status, latency s, upstream port or None, zdagent's own request) from one
-    JSON line; None if bad.
+Try = tuple[int | None, float]  # (upstream port, its time in s) of a try that failed
+
+
+def parse(line: bytes) -> tuple[float, int, float, int | None, bool, list[Try]] | None:
+    """(end time, status, latency s, upstream port or None, zdagent's own request, failed
+    tries) from one JSON line; None if bad.
 
     The latency is the upstream's (the app's own time) when Nginx reached one, else the whole
     request's. ``$upstream_addr``/``$upstream_response_time`` list every try ("a, b"): the
-    last one answered.
+    last one answered; the ones before it failed (error or timeout: the backup took over).
     """
     try:
         rec = json.loads(line)
         when, status = float(rec["t"]), int(rec["s"])
         latency = float(rec["rt"])
-        addr = answering_upstream(str(rec.get("ua") or ""))
+        addrs = str(rec.get("ua") or "")
+        times = str(rec.get("ut") or "")
+        addr = answering_upstream(addrs)
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
         return None
-    upstream = answering_upstream(str(rec.get("ut") or ""))
+    upstream = answering_upstream(times)
     if upstream and upstream != "-":  # "-": no upstream answered; keep the request time
         with contextlib.suppress(ValueError):
             latency = float(upstream)
     # json reads NaN, Infinity and 1e400, which no window can count (int(inf) raises)
     if not (math.isfinite(when) and math.isfinite(latency) and latency >= 0):
         return None
-    port = None
-    if addr and ":" in addr:
-        tail = addr.rsplit(":", 1)[1]
-        port = int(tail) if tail.isdigit() else None
-    return when, status, latency, port, rec.get("z") == "1"
+    return when, status, latency, _port(addr), rec.get("z") == "1", _failed(addrs, times)
+
+
+def _port(addr: str | None) -> int | None:
+    tail = addr.rsplit(":", 1)[1] if addr and ":" in addr else ""
+    return int(tail) if tail.isdigit() else None
+
+
+def _failed(addrs: str, times: str) -> list[Try]:
+    """The tries before the last one of the last upstream group ("a, b : c" is a redirect
+    from one group to another, not a retry)."""
+    tries = addrs.rsplit(" : ", 1)[-1].split(", ")[:-1]
+    if not tries:
+        return []
+    spent = times.rsplit(" : ", 1)[-1].split(", ")
+    out: list[Try] = []
+    for i, addr in enumerate(tries):
+        try:
+            took = float(spent[i])
+        except (IndexError, ValueError):
+            took = 0.0
+        out.append((_port(addr.strip()), took if math.isfinite(took) and took >= 0 else 0.0))
+    return out
 
 
 def feed(windows: TrafficWindows, lines: list[bytes], slot_for_port: dict[int, str]) -> None:
@@ -140,10 +163,14 @@ def feed(windows: TrafficWindows, lines: list[bytes], slot_for_port: dict[int, s
         if rec is None:
             windows.bad_lines += 1
             continue
-        when, status, latency, port, own = rec
+        when, status, latency, port, own, failed = rec
         if own:  # the watchdog's probe through Nginx, a switch check: not the app's traffic
             windows.own += 1
             continue
+        for try_port, took in failed:  # each failed try is a 5xx of its slot
+            try_slot = slot_for_port.get(try_port) if try_port is not None else None
+            if try_slot is not None:
+                windows.add(try_slot, when, 502, took)
         slot = slot_for_port.get(port) if port is not None else None
         if slot is None:
             windows.unrouted += 1
