@@ -167,9 +167,11 @@ def feed(windows: TrafficWindows, lines: list[bytes], slot_for_port: dict[int, s
         if own:  # the watchdog's probe through Nginx, a switch check: not the app's traffic
             windows.own += 1
             continue
-        for try_port, took in failed:  # each failed try is a 5xx of its slot
+        for try_port, took in failed:  # each failed try is a 5xx of its slot...
             try_slot = slot_for_port.get(try_port) if try_port is not None else None
-            if try_slot is not None:
+            # ...unless Nginx tried the same server again (a kept-alive connection it had
+            # closed: Nginx retries that without counting it as the server's failure)
+            if try_slot is not None and try_port != port:
                 windows.add(try_slot, when, 502, took)
         slot = slot_for_port.get(port) if port is not None else None
         if slot is None:
