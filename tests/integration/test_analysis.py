@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -141,3 +142,28 @@ def test_watchdog_probes_are_not_the_apps_traffic(make_app, daemon_factory, rele
     wait_for(lambda: traffic(app, d)["slots"].get("blue", {}).get("requests", 0) >= 5, 20,
              "the app's own requests counted")
     assert traffic(app, d)["slots"]["blue"]["requests"] == 5, traffic(app, d)
+
+
+def test_a_failed_try_rescued_by_the_backup_counts_against_the_live_slot(
+        make_app, release_images, docker_client):
+    """Real Nginx: the live slot (green) gone, the standby (Nginx's backup) answers. The
+    access log's "ua" lists both tries; the figures count green's failure, not only blue's
+    success."""
+    from zdagent.traffic.follow import LogFollower, feed
+    from zdagent.traffic.windows import TrafficWindows
+
+    app = make_app(source=release_images)
+    app.ok("deploy", "v1")
+    app.ok("deploy", "v2")
+    docker_client.containers.get(f"{app.name}-green").stop(timeout=1)
+    for _ in range(3):
+        assert app.get().status_code == 200  # rescued by blue
+    log = app.nginx.prefix / "zdagent" / f"{app.name}.access.json"
+    follower = LogFollower(log, from_start=True)
+    w = TrafficWindows()
+    lines = follower.read()
+    follower.close()
+    assert any(b", 127.0.0.1:" in x for x in lines), lines[-3:]
+    feed(w, lines, {app.blue_port: "blue", app.green_port: "green"})
+    green = w.figures("green", time.time())
+    assert green.errors >= 1, (green, lines[-3:])
