@@ -243,3 +243,9 @@ def test_a_removed_channel_is_skipped_then_given_up(tmp_path):
     assert done.left == 0
     assert outbox.channel_stats(store, cfg.name)["gone"]["given_up"] == 1
     store.close()
+
+
+def test_backoff_never_overflows_however_many_attempts():
+    """A row tried past ~1024 times (a clock stepped back keeps it from MAX_AGE) must not
+    raise in failed(): the error escaped drain() and stopped every later delivery."""
+    assert outbox.backoff(2000) == outbox.MAX_BACKOFF
