@@ -30,7 +30,7 @@ KEEP = 30 * 24 * 3600.0  # finished events are deleted after this long
 
 def backoff(attempts: int) -> float:
     """Seconds before the next try after ``attempts`` failed ones (1-based), capped."""
-    return min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** max(0, attempts - 1))
+    return min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** min(max(0, attempts - 1), 32))
 
 
 @dataclass(frozen=True)
