@@ -224,3 +224,25 @@ def test_watchdog_auto_revert_degraded_and_recovered(make_app, daemon_factory, w
     wait_for(lambda: d.status()["apps"][app.name]["checks"] >= seen + 5, 30, "5 more rounds")
     assert [e["event"] for e in webhook.events()] == ["auto-revert", "degraded", "recovered"]
     assert set(webhook.ids().values()) == {1}
+
+
+def test_a_down_channel_with_a_backlog_does_not_starve_another(tmp_path):
+    """A webhook down long enough to hold more than one query's worth of due deliveries must
+    not keep another channel from the event it wants: each channel drains on its own."""
+    rx = WebhookReceiver(SECRET.encode()).start()
+    dead = WebhookReceiver(SECRET.encode())  # never started: its port is closed
+    try:
+        cfg = app_with(tmp_path, f'\n[[notify]]\nname = "down"\nwebhook = "{dead.url}"\n'
+                                 f'secret = "{SECRET}"\n\n[[notify]]\nname = "up"\n'
+                                 f'webhook = "{rx.url}"\nsecret = "{SECRET}"\n'
+                                 'events = "failures"\n')
+        store = Store(cfg.state_dir)
+        for i in range(60):  # the down channel's backlog (the other does not want these)
+            outbox.queue(store, cfg, "deploy-succeeded", {}, 1000.0 + i)
+        failure = outbox.queue(store, cfg, "deploy-failed", {"error": "boom"}, 2000.0)
+        done = drain(store, cfg, deadline=2000.0 + 30, clock=lambda: 2000.0)
+        assert "down" in done.failed
+        assert list(rx.ids()) == [failure.id]
+        store.close()
+    finally:
+        rx.stop()
