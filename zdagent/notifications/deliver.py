@@ -155,35 +155,44 @@ def drain(store: Store, cfg: AppConfig, deadline: float,
           clock: Callable[[], float] = time.time, tidy: bool = True) -> Round:
     """Send what is due for ``cfg``'s channels until done or ``deadline`` (a clock() time).
     ``tidy``: first give up deliveries to removed channels and delete old finished events."""
-    channels = {c.key: c for c in cfg.notify}
     result = Round()
     if tidy:
-        outbox.drop_unknown(store, cfg.name, set(channels), clock())
+        outbox.drop_unknown(store, cfg.name, {c.key for c in cfg.notify}, clock())
         outbox.prune(store, cfg.name, clock() - outbox.KEEP)
-    for item in outbox.due(store, cfg.name, clock()):
+    # Channel by channel: a down channel's backlog never hides another's due deliveries
+    # (removed channels' rows are not asked for: the tidy gives them up).
+    for channel in cfg.notify:
+        if not _drain_channel(store, cfg.name, channel, deadline, clock, result):
+            break  # out of time
+    result.left = outbox.outbox_depth(store, cfg.name)
+    return result
+
+
+def _drain_channel(store: Store, app: str, channel: NotifyChannel, deadline: float,
+                   clock: Callable[[], float], result: Round) -> bool:
+    """Send ``channel``'s due deliveries until one fails (the rest wait their backoff);
+    False when ``deadline`` came first."""
+    for item in outbox.due(store, app, clock(), channel=channel.key):
         remaining = deadline - clock()
         if remaining <= 0.5:
-            break
-        channel = channels.get(item.channel)
-        if channel is None or channel.name in result.failed:
-            continue  # removed (tidied later), or failed in this round: it waits its backoff
+            return False
         if not outbox.claim(store, item, clock()):
             continue  # another sender has it
         try:
             send(channel, item.payload, min(SEND_TIMEOUT, remaining))
         except DeliveryError as e:
-            outbox.failed(store, item, clock(), str(e))
-            result.failed[channel.name] = str(e)
-            continue
+            error = str(e)
         except Exception as e:  # a plugin's bug must not stop the other deliveries
-            outbox.failed(store, item, clock(), f"unexpected {type(e).__name__}")
-            result.failed[channel.name] = f"unexpected {type(e).__name__}"
+            error = f"unexpected {type(e).__name__}"
+        else:
+            outbox.delivered(store, item, clock())
+            result.sent += 1
+            result.reached.add(channel.name)
             continue
-        outbox.delivered(store, item, clock())
-        result.sent += 1
-        result.reached.add(channel.name)
-    result.left = outbox.outbox_depth(store, cfg.name)
-    return result
+        outbox.failed(store, item, clock(), error)
+        result.failed[channel.name] = error
+        return True  # failed in this round: the rest wait their backoff
+    return True
 
 
 def flush(cfg: AppConfig, seconds: float) -> Round | None:

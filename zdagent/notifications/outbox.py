@@ -70,14 +70,17 @@ def queue(store: Store, cfg: AppConfig, event: str, fields: dict[str, Any],
     return notice
 
 
-def due(store: Store, app: str, now: float, limit: int = 50) -> list[Pending]:
-    """Deliveries of ``app`` whose time has come, oldest event first."""
+def due(store: Store, app: str, now: float, limit: int = 50,
+        channel: str | None = None) -> list[Pending]:
+    """Deliveries of ``app`` (to ``channel`` only, if given) whose time has come, oldest
+    event first."""
     rows = store.rows(
         "SELECT d.event_id, d.channel, o.event, o.payload, d.attempts, o.created_at"
         " FROM notify_delivery d JOIN notify_outbox o ON o.id = d.event_id"
         " WHERE d.app=? AND d.delivered_at IS NULL AND d.gave_up_at IS NULL"
-        " AND d.next_attempt_at <= ? ORDER BY o.created_at, o.rowid, d.rowid LIMIT ?",
-        (app, now, limit))
+        " AND d.next_attempt_at <= ? AND (? IS NULL OR d.channel = ?)"
+        " ORDER BY o.created_at, o.rowid, d.rowid LIMIT ?",
+        (app, now, channel, channel, limit))
     return [Pending(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
 
 
