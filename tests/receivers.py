@@ -113,3 +113,48 @@ class SmtpReceiver:
     def url(self, to: str = "ops@example.com") -> str:
         """Apprise's URL for a plain (no TLS, no login) SMTP server on this port."""
         return f"mailto://127.0.0.1:{self.port}?from=zdagent@example.com&to={to}"
+
+
+class TricklingReceiver:
+    """Answers every request with a status line, then one header byte every 0.2 s, forever:
+    no single read ever times out, so only a bound on the whole send ends it."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self._stop = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.2)
+        self.port = self._server.getsockname()[1]
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                continue
+            t = threading.Thread(target=self._trickle, args=(conn,), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _trickle(self, conn: Any) -> None:
+        with conn:
+            conn.recv(65536)
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                while not self._stop.wait(0.2):
+                    conn.sendall(b"a")
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+        self._server.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 
 import pytest
@@ -245,4 +246,28 @@ def test_a_down_channel_with_a_backlog_does_not_starve_another(tmp_path):
         assert list(rx.ids()) == [failure.id]
         store.close()
     finally:
+        rx.stop()
+
+
+def test_a_trickling_receiver_costs_the_cli_its_bound_only(tmp_path):
+    """A webhook that answers one byte at a time never trips a per-read timeout: the send
+    itself is bounded, so the CLI's flush (after a deploy) still ends at its bound."""
+    from tests.receivers import TricklingReceiver
+
+    rx = TricklingReceiver()
+    guard = threading.Timer(15.0, rx.stop)  # unbounded before the fix: fail, never hang
+    guard.start()
+    try:
+        cfg = webhook_cfg(tmp_path, rx.url)
+        store = Store(cfg.state_dir)
+        outbox.queue(store, cfg, "deploy-succeeded", {})
+        t0 = time.monotonic()
+        done = flush(cfg, 2.0)
+        took = time.monotonic() - t0
+        assert done is not None and done.sent == 0 and done.left == 1
+        assert "Timeout" in done.failed["webhook-0"], done.failed
+        assert took < 2.0 + 1.0, took
+        store.close()
+    finally:
+        guard.cancel()
         rx.stop()
