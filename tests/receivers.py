@@ -116,12 +116,13 @@ class SmtpReceiver:
 
 
 class TricklingReceiver:
-    """Answers every request with a status line, then one header byte every 0.2 s, forever:
-    no single read ever times out, so only a bound on the whole send ends it."""
+    """Answers every request with a status line, then one header byte every ``gap`` s,
+    forever: no single read ever times out, so only a bound on the whole send ends it."""
 
-    def __init__(self) -> None:
+    def __init__(self, gap: float = 0.2) -> None:
         import socket
 
+        self.gap = gap
         self._stop = threading.Event()
         self._server = socket.create_server(("127.0.0.1", 0))
         self._server.settimeout(0.2)
@@ -148,7 +149,7 @@ class TricklingReceiver:
             conn.recv(65536)
             try:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-                while not self._stop.wait(0.2):
+                while not self._stop.wait(self.gap):
                     conn.sendall(b"a")
             except OSError:
                 pass

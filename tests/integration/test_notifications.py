@@ -254,7 +254,7 @@ def test_a_trickling_receiver_costs_the_cli_its_bound_only(tmp_path):
     itself is bounded, so the CLI's flush (after a deploy) still ends at its bound."""
     from tests.receivers import TricklingReceiver
 
-    rx = TricklingReceiver()
+    rx = TricklingReceiver(gap=1.5)  # a byte just before each read would time out
     guard = threading.Timer(15.0, rx.stop)  # unbounded before the fix: fail, never hang
     guard.start()
     try:

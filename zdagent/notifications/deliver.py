@@ -12,12 +12,14 @@ Each send is bounded (``SEND_TIMEOUT``); nothing here raises to a caller that ru
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +34,7 @@ from zdagent.notifications import outbox
 from zdagent.notifications.events import describe, make_notice, title_and_body
 from zdagent.store import Store
 
-SEND_TIMEOUT = 10.0  # connect and read, per send (outbox.LEASE is longer)
+SEND_TIMEOUT = 10.0  # the whole send, at most (outbox.LEASE is longer)
 SIGNATURE_HEADER = "X-Zdagent-Signature"
 EVENT_ID_HEADER = "X-Zdagent-Event-Id"
 EVENT_HEADER = "X-Zdagent-Event"
@@ -103,13 +105,51 @@ def _post_webhook(channel: NotifyChannel, payload: dict[str, Any], timeout: floa
                SIGNATURE_HEADER: sign(secret_of(channel), body),
                EVENT_ID_HEADER: payload["id"], EVENT_HEADER: payload["event"]}
     try:
-        r = httpx.post(channel.url, content=body, headers=headers, timeout=timeout,
-                       follow_redirects=False)
+        r = _post_bounded(channel.url, body, headers, timeout)
     except httpx.HTTPError as e:
         text = scrub(str(e), channel.url)  # never the URL: it may hold a token
         raise DeliveryError(f"{type(e).__name__}: {shorten(text, 160)}") from None
     if not 200 <= r.status_code < 300:
         raise DeliveryError(f"the receiver answered HTTP {r.status_code}")
+
+
+def _post_bounded(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Any:
+    """POST with the whole exchange bounded by ``timeout``: httpx's timeouts are per read,
+    so a receiver trickling its answer would hold the send (and a deploy's CLI) forever.
+    At the bound the connection's socket is shut down, which wakes the blocked read."""
+    import httpx
+
+    sockets: list[socket.socket] = []
+    expired = threading.Event()
+
+    def cut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def trace(name: str, info: dict[str, Any]) -> None:
+        if name == "connection.connect_tcp.complete":
+            sockets.append(info["return_value"].get_extra_info("socket"))
+            if expired.is_set():
+                cut(sockets[-1])
+
+    def expire() -> None:
+        expired.set()
+        for sock in list(sockets):
+            cut(sock)
+
+    timer = threading.Timer(timeout, expire)
+    timer.start()
+    try:
+        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+            return client.post(url, content=body, headers=headers,
+                               extensions={"trace": trace})
+    except httpx.HTTPError:
+        if expired.is_set():
+            raise httpx.TimeoutException(f"no complete answer within {timeout:.2g} s") \
+                from None
+        raise
+    finally:
+        timer.cancel()
 
 
 def _apprise(channel: NotifyChannel, payload: dict[str, Any], timeout: float) -> None:
