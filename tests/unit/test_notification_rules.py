@@ -249,3 +249,20 @@ def test_backoff_never_overflows_however_many_attempts():
     """A row tried past ~1024 times (a clock stepped back keeps it from MAX_AGE) must not
     raise in failed(): the error escaped drain() and stopped every later delivery."""
     assert outbox.backoff(2000) == outbox.MAX_BACKOFF
+
+
+def test_a_clock_stepped_back_does_not_stall_the_outbox(tmp_path):
+    """Rows scheduled by a clock that was ahead (an RTC off at boot, then NTP) must not wait
+    for the clock to catch up: no genuine schedule is further ahead than the longest backoff."""
+    store = Store(tmp_path)
+    n = make_notice("web", "deploy-failed", {}, now=100_000.0)
+    outbox.enqueue(store, n, ["a"], 100_000.0)
+    item = outbox.due(store, "web", 100_000.0)[0]
+    assert outbox.claim(store, item, 100_000.0)
+    outbox.failed(store, item, 100_001.0, "down")  # next try at 100_003
+    later = 10_000.0  # the clock stepped back by a day
+    again = outbox.due(store, "web", later)
+    assert [i.event_id for i in again] == [n.id]
+    assert outbox.claim(store, again[0], later)
+    assert outbox.due(store, "web", later) == []  # now leased at the corrected time
+    store.close()
