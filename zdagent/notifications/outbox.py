@@ -26,6 +26,10 @@ MAX_BACKOFF = 300.0
 LEASE = 30.0  # longer than any send (deliver.SEND_TIMEOUT): a claim outlives its send
 MAX_AGE = 24 * 3600.0  # an event still undelivered after a day is given up
 KEEP = 30 * 24 * 3600.0  # finished events are deleted after this long
+# No schedule (a backoff or a lease) is further ahead than this: a row beyond it was scheduled
+# by a clock that has since stepped back, and is due now rather than when the clock catches up.
+HORIZON = MAX_BACKOFF + LEASE
+_DUE = "(next_attempt_at <= ? OR next_attempt_at > ?)"
 
 
 def backoff(attempts: int) -> float:
@@ -78,9 +82,9 @@ def due(store: Store, app: str, now: float, limit: int = 50,
         "SELECT d.event_id, d.channel, o.event, o.payload, d.attempts, o.created_at"
         " FROM notify_delivery d JOIN notify_outbox o ON o.id = d.event_id"
         " WHERE d.app=? AND d.delivered_at IS NULL AND d.gave_up_at IS NULL"
-        " AND d.next_attempt_at <= ? AND (? IS NULL OR d.channel = ?)"
+        f" AND {_DUE} AND (? IS NULL OR d.channel = ?)"
         " ORDER BY o.created_at, o.rowid, d.rowid LIMIT ?",
-        (app, now, channel, channel, limit))
+        (app, now, now + HORIZON, channel, channel, limit))
     return [Pending(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
 
 
@@ -90,7 +94,7 @@ def claim(store: Store, item: Pending, now: float, lease: float = LEASE) -> bool
         cur = db.execute(
             "UPDATE notify_delivery SET attempts = attempts + 1, next_attempt_at = ?"
             " WHERE event_id=? AND channel=? AND delivered_at IS NULL AND gave_up_at IS NULL"
-            " AND next_attempt_at <= ?", (now + lease, item.event_id, item.channel, now))
+            f" AND {_DUE}", (now + lease, item.event_id, item.channel, now, now + HORIZON))
         return cur.rowcount == 1
 
 
