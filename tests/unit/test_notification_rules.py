@@ -266,3 +266,36 @@ def test_a_clock_stepped_back_does_not_stall_the_outbox(tmp_path):
     assert outbox.claim(store, again[0], later)
     assert outbox.due(store, "web", later) == []  # now leased at the corrected time
     store.close()
+
+
+def test_recovered_is_notified_after_a_daemon_restart(tmp_path):
+    """The daemon restarted while the app was degraded: its watchdog starts afresh, and the
+    app's return to healthy must still be notified (and its still bad state not twice)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zdagent.daemon.outbox import Delivery
+
+    cfg = webhook_cfg(tmp_path, "http://127.0.0.1:9/hook")
+
+    def events() -> list[str]:
+        store = Store(cfg.state_dir)
+        try:
+            return [r[0] for r in store.rows("SELECT event FROM notify_outbox ORDER BY rowid")]
+        finally:
+            store.close()
+
+    def daemon_run(transitions: list[tuple[str, str]]) -> None:
+        pool = ThreadPoolExecutor(1)
+        d = Delivery(lambda: [cfg], lambda: pool, asyncio.Event(), lambda line: None)
+        changed = d.watch_changes(cfg.name, lambda: cfg, lambda: "why")
+        for old, new in transitions:
+            changed(old, new)
+        pool.shutdown(wait=True)
+
+    daemon_run([("starting", "healthy"), ("healthy", "failing"), ("failing", "degraded")])
+    assert events() == ["degraded"]
+    daemon_run([("starting", "degraded")])  # restarted, still bad: nothing new
+    assert events() == ["degraded"]
+    daemon_run([("starting", "healthy")])  # restarted, then well again
+    assert events() == ["degraded", "recovered"]
