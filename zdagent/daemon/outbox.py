@@ -18,7 +18,7 @@ from typing import Any
 from zdagent.config import AppConfig
 from zdagent.notifications import outbox
 from zdagent.notifications.deliver import drain
-from zdagent.notifications.events import HealthAlerts
+from zdagent.notifications.events import BAD_STATES, HealthAlerts
 from zdagent.store import Store
 
 INTERVAL = 1.0  # a queued event waits at most this long for its first try
@@ -81,29 +81,33 @@ class Delivery:
 
     def watch_changes(self, name: str, cfg: Callable[[], AppConfig],
                       reason: Callable[[], str | None]) -> Callable[[str, str], None]:
-        """A WatchState.on_change for app ``name``: queues degraded / recovered."""
-        alerts = self.alerts.setdefault(name, HealthAlerts())
-
+        """A WatchState.on_change for app ``name``: queues degraded / recovered. Decided in
+        the notification thread (in order: it is one thread), which starts from the last
+        such event in the store: a restarted daemon still tells the app's recovery."""
         def changed(old: str, new: str) -> None:
-            event = alerts.transition(new)
-            if event is None or not cfg().notify:
-                return
+            if (new not in BAD_STATES and new != "healthy") or not cfg().notify:
+                return  # transient states change nothing (see HealthAlerts)
             fields = {"state": new, "previous": old, "reason": reason()}
             try:  # called inside the watchdog's tick: never raise into it
-                self.executor().submit(self._queue, cfg(), event, fields)
+                self.executor().submit(self._changed, name, cfg(), fields)
             except RuntimeError as e:  # the pool is shut down: the daemon is stopping
-                self.log(f"{name}: {event} notification not queued: {e}")
+                self.log(f"{name}: health notification not queued: {e}")
 
         return changed
 
-    def _queue(self, cfg: AppConfig, event: str, fields: dict[str, Any]) -> None:
+    def _changed(self, name: str, cfg: AppConfig, fields: dict[str, Any]) -> None:
         try:
             store = Store(cfg.state_dir)
             try:
-                outbox.queue(store, cfg, event, fields)
+                alerts = self.alerts.get(name)
+                if alerts is None:  # this daemon's first change: what did the last one say?
+                    last = outbox.last_health_event(store, cfg.name)
+                    alerts = self.alerts[name] = HealthAlerts(down=last == "degraded")
+                event = alerts.transition(fields["state"])
+                if event is not None:
+                    outbox.queue(store, cfg, event, fields)
             finally:
                 store.close()
         except Exception as e:
-            self.log(f"{cfg.name}: could not queue the {event} notification: "
+            self.log(f"{cfg.name}: could not queue the {fields['state']} notification: "
                      f"{type(e).__name__}: {e}")
-

@@ -144,6 +144,15 @@ def prune(store: Store, app: str, before: float) -> int:
                           (app, before)).rowcount
 
 
+def last_health_event(store: Store, app: str) -> str | None:
+    """The newest ``degraded`` or ``recovered`` queued for ``app`` (a restarted daemon's
+    starting point), None if none is kept."""
+    rows = store.rows("SELECT event FROM notify_outbox WHERE app=? AND event IN"
+                      " ('degraded', 'recovered') ORDER BY created_at DESC, rowid DESC"
+                      " LIMIT 1", (app,))
+    return rows[0][0] if rows else None
+
+
 def outbox_depth(store: Store, app: str | None = None) -> int:
     """Deliveries still to make (not delivered, not given up), of ``app`` or of all apps."""
     sql = ("SELECT count(*) FROM notify_delivery WHERE delivered_at IS NULL"
