@@ -271,3 +271,27 @@ def test_a_trickling_receiver_costs_the_cli_its_bound_only(tmp_path):
     finally:
         guard.cancel()
         rx.stop()
+
+
+def test_an_outbox_that_refuses_writes_never_fails_the_deploy(make_app, webhook):
+    """The store refuses every notification (a trigger aborts the insert): the deploy still
+    succeeds and switches, and says why nothing was queued (no traceback)."""
+    import sqlite3
+
+    webhook.start()
+    app = make_app(extra=notify_toml(webhook))
+    app.env["ZD_HOOK_SECRET"] = SECRET
+    cfg = load_config(app.config)
+    Store(cfg.state_dir).close()
+    db = sqlite3.connect(cfg.state_dir / "zdagent.db")
+    db.execute("CREATE TRIGGER refuse BEFORE INSERT ON notify_outbox"
+               " BEGIN SELECT RAISE(ABORT, 'the outbox refuses'); END")
+    db.commit()
+    db.close()
+    done = app.ok("deploy", "v1", "--local")
+    assert live_in_file(app) == "blue"
+    assert "could not queue the deploy-started notification" in done.stderr
+    assert "could not queue the deploy-succeeded notification" in done.stderr
+    assert "Traceback" not in done.stderr and webhook.events() == []
+    failed = app.cli("deploy", "crash", "--local")  # a failure is still the deploy's own
+    assert failed.returncode == 1 and "could not queue the deploy-failed" in failed.stderr
