@@ -295,3 +295,50 @@ def test_an_outbox_that_refuses_writes_never_fails_the_deploy(make_app, webhook)
     assert "Traceback" not in done.stderr and webhook.events() == []
     failed = app.cli("deploy", "crash", "--local")  # a failure is still the deploy's own
     assert failed.returncode == 1 and "could not queue the deploy-failed" in failed.stderr
+
+
+def test_a_slow_smtp_server_costs_the_cli_its_bound_only(tmp_path):
+    """An SMTP server slow at every step (each reply well within a read timeout): Apprise's
+    timeouts are per read, so only a bound on the whole send keeps the CLI's flush at its."""
+    import asyncio
+
+    from aiosmtpd.controller import Controller
+
+    from benchmarks.harness import free_port
+
+    got: list[object] = []
+
+    class Slow:
+        async def handle_MAIL(self, server, session, envelope, address, options):
+            await asyncio.sleep(1.5)
+            envelope.mail_from = address
+            return "250 OK"
+
+        async def handle_RCPT(self, server, session, envelope, address, options):
+            await asyncio.sleep(1.5)
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+        async def handle_DATA(self, server, session, envelope):
+            await asyncio.sleep(1.5)
+            got.append(envelope)
+            return "250 OK"
+
+    port = free_port()
+    smtp = Controller(Slow(), hostname="127.0.0.1", port=port)
+    smtp.start()
+    try:
+        cfg = app_with(tmp_path, f'\n[[notify]]\nurl = "mailto://127.0.0.1:{port}?from='
+                                 'zdagent@example.com&to=ops@example.com"\n')
+        store = Store(cfg.state_dir)
+        outbox.queue(store, cfg, "deploy-failed", {"error": "boom"})
+        t0 = time.monotonic()
+        done = flush(cfg, 2.0)
+        took = time.monotonic() - t0
+        assert took < 2.0 + 1.0, took
+        assert done is not None and "Timeout" in done.failed["mailto-0"], done
+        assert outbox.outbox_depth(store, cfg.name) == 1  # retried later (at least once)
+        wait_for(lambda: got, 30, "the abandoned send to end")
+        store.close()
+    finally:
+        smtp.stop()
