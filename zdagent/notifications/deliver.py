@@ -41,6 +41,7 @@ EVENT_HEADER = "X-Zdagent-Event"
 
 # Apprise reports a failed send only through its logger, which is global: one Apprise send at
 # a time, so each capture holds its own send's lines only. (Webhooks do not wait for it.)
+# A send left at its bound keeps it until it ends: the next one waits at most its own bound.
 _APPRISE = threading.Lock()
 logging.getLogger("apprise").addHandler(logging.NullHandler())  # never to stderr
 
@@ -161,10 +162,32 @@ def _apprise(channel: NotifyChannel, payload: dict[str, Any], timeout: float) ->
     plugin.socket_connect_timeout = timeout
     plugin.socket_read_timeout = timeout
     title, body = title_and_body(payload)
-    with _APPRISE, apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as log:
-        ok = plugin.notify(body=body, title=title)
+    outcome: list[tuple[bool, str] | BaseException] = []
+
+    def notify() -> None:
+        if not _APPRISE.acquire(timeout=timeout):
+            return  # an earlier send, left at its bound, still runs
+        try:
+            with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as log:
+                outcome.append((plugin.notify(body=body, title=title), log.getvalue()))
+        except Exception as e:  # raised again by the caller, as a send of its own would
+            outcome.append(e)
+        finally:
+            _APPRISE.release()
+
+    # Apprise's timeouts are per connect and per read: a server slow at each step holds a
+    # send for several of them. So the send has a thread of its own and, at the bound, is
+    # left to end by itself (should it still arrive, the retry is a duplicate: same event id).
+    worker = threading.Thread(target=notify, name="zd-apprise", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        raise DeliveryError(f"SendTimeout: no complete answer within {timeout:.2g} s")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    ok, said = outcome[0]
     if not ok:
-        lines = [ln for ln in log.getvalue().splitlines() if ln.strip()]
+        lines = [ln for ln in said.splitlines() if ln.strip()]
         text = lines[-1] if lines else "Apprise reported a failure"
         raise DeliveryError(shorten(scrub(text, channel.url), 200))
 
