@@ -35,6 +35,7 @@ class WebhookReceiver:
     secret: bytes
     port: int = field(default_factory=free_port)
     status: int = 200
+    delay: float = 0.0  # seconds before each answer (a slow receiver)
     got: list[Received] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -54,6 +55,7 @@ class WebhookReceiver:
                 ok = hmac.compare_digest(want, sig)
                 with receiver._lock:
                     receiver.got.append(Received(dict(self.headers), body, ok))
+                time.sleep(receiver.delay)
                 self.send_response(receiver.status if ok else 401)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

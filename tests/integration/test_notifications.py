@@ -342,3 +342,28 @@ def test_a_slow_smtp_server_costs_the_cli_its_bound_only(tmp_path):
         store.close()
     finally:
         smtp.stop()
+
+
+def test_a_slow_channel_with_a_backlog_does_not_hold_up_another(tmp_path):
+    """A receiver that takes its time with each of many events shares a drain round with the
+    other channels, one delivery each in turn, rather than using it all up first."""
+    slow = WebhookReceiver(SECRET.encode(), delay=1.0).start()
+    fast = WebhookReceiver(SECRET.encode()).start()
+    try:
+        cfg = app_with(tmp_path, f'\n[[notify]]\nname = "slow"\nwebhook = "{slow.url}"\n'
+                                 f'secret = "{SECRET}"\n\n[[notify]]\nname = "fast"\n'
+                                 f'webhook = "{fast.url}"\nsecret = "{SECRET}"\n'
+                                 'events = "failures"\n')
+        store = Store(cfg.state_dir)
+        for i in range(5):  # the slow channel's backlog (the other does not want these)
+            outbox.queue(store, cfg, "deploy-succeeded", {}, 1000.0 + i)
+        failure = outbox.queue(store, cfg, "deploy-failed", {"error": "boom"}, 2000.0)
+        t0 = time.monotonic()
+        done = drain(store, cfg, deadline=time.time() + 3.0)
+        assert time.monotonic() - t0 < 3.0 + 1.5
+        assert list(fast.ids()) == [failure.id]
+        assert done.failed == {} and 1 <= done.sent < 6 and done.left == 6 - done.sent
+        store.close()
+    finally:
+        slow.stop()
+        fast.stop()
