@@ -362,7 +362,8 @@ def test_a_slow_channel_with_a_backlog_does_not_hold_up_another(tmp_path):
         done = drain(store, cfg, deadline=time.time() + 3.0)
         assert time.monotonic() - t0 < 3.0 + 1.5
         assert list(fast.ids()) == [failure.id]
-        assert done.failed == {} and 1 <= done.sent < 6 and done.left == 6 - done.sent
+        assert set(done.failed) <= {"slow"}  # its last send may be cut at the deadline
+        assert 1 <= done.sent < 6 and done.left == 6 - done.sent
         store.close()
     finally:
         slow.stop()

@@ -22,6 +22,7 @@ import re
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -222,40 +223,43 @@ def drain(store: Store, cfg: AppConfig, deadline: float,
     if tidy:
         outbox.drop_unknown(store, cfg.name, {c.key for c in cfg.notify}, clock())
         outbox.prune(store, cfg.name, clock() - outbox.KEEP)
-    # Channel by channel: a down channel's backlog never hides another's due deliveries
-    # (removed channels' rows are not asked for: the tidy gives them up).
-    for channel in cfg.notify:
-        if not _drain_channel(store, cfg.name, channel, deadline, clock, result):
-            break  # out of time
+    # Each channel its own due list, served in turn, one delivery each: neither a down
+    # channel's backlog nor a slow one's holds up another (removed channels' rows are not
+    # asked for: the tidy gives them up).
+    turns = deque((c, deque(outbox.due(store, cfg.name, clock(), channel=c.key)))
+                  for c in cfg.notify)
+    while turns:
+        channel, items = turns.popleft()
+        if not items:
+            continue
+        remaining = deadline - clock()
+        if remaining <= 0.5:
+            break
+        if _deliver(store, channel, items.popleft(), remaining, clock, result):
+            turns.append((channel, items))  # else failed: the rest wait their backoff
     result.left = outbox.outbox_depth(store, cfg.name)
     return result
 
 
-def _drain_channel(store: Store, app: str, channel: NotifyChannel, deadline: float,
-                   clock: Callable[[], float], result: Round) -> bool:
-    """Send ``channel``'s due deliveries until one fails (the rest wait their backoff);
-    False when ``deadline`` came first."""
-    for item in outbox.due(store, app, clock(), channel=channel.key):
-        remaining = deadline - clock()
-        if remaining <= 0.5:
-            return False
-        if not outbox.claim(store, item, clock()):
-            continue  # another sender has it
-        try:
-            send(channel, item.payload, min(SEND_TIMEOUT, remaining))
-        except DeliveryError as e:
-            error = str(e)
-        except Exception as e:  # a plugin's bug must not stop the other deliveries
-            error = f"unexpected {type(e).__name__}"
-        else:
-            outbox.delivered(store, item, clock())
-            result.sent += 1
-            result.reached.add(channel.name)
-            continue
-        outbox.failed(store, item, clock(), error)
-        result.failed[channel.name] = error
-        return True  # failed in this round: the rest wait their backoff
-    return True
+def _deliver(store: Store, channel: NotifyChannel, item: outbox.Pending, remaining: float,
+             clock: Callable[[], float], result: Round) -> bool:
+    """Claim and send one delivery, and record how it went; False if the send failed."""
+    if not outbox.claim(store, item, clock()):
+        return True  # another sender has it
+    try:
+        send(channel, item.payload, min(SEND_TIMEOUT, remaining))
+    except DeliveryError as e:
+        error = str(e)
+    except Exception as e:  # a plugin's bug must not stop the other deliveries
+        error = f"unexpected {type(e).__name__}"
+    else:
+        outbox.delivered(store, item, clock())
+        result.sent += 1
+        result.reached.add(channel.name)
+        return True
+    outbox.failed(store, item, clock(), error)
+    result.failed[channel.name] = error
+    return False
 
 
 def flush(cfg: AppConfig, seconds: float) -> Round | None:
