@@ -227,20 +227,28 @@ def test_watchdog_auto_revert_degraded_and_recovered(make_app, daemon_factory, w
     assert set(webhook.ids().values()) == {1}
 
 
+def backlog_and_failure(tmp_path, backlog: tuple[str, WebhookReceiver],
+                        other: tuple[str, WebhookReceiver], n: int):
+    """Two webhook channels, the second for failures only; ``n`` events only the first wants,
+    then a failure (for both). Returns the config, its open store and the failure's notice."""
+    (a, a_rx), (b, b_rx) = backlog, other
+    cfg = app_with(tmp_path, f'\n[[notify]]\nname = "{a}"\nwebhook = "{a_rx.url}"\n'
+                             f'secret = "{SECRET}"\n\n[[notify]]\nname = "{b}"\n'
+                             f'webhook = "{b_rx.url}"\nsecret = "{SECRET}"\n'
+                             'events = "failures"\n')
+    store = Store(cfg.state_dir)
+    for i in range(n):
+        outbox.queue(store, cfg, "deploy-succeeded", {}, 1000.0 + i)
+    return cfg, store, outbox.queue(store, cfg, "deploy-failed", {"error": "boom"}, 2000.0)
+
+
 def test_a_down_channel_with_a_backlog_does_not_starve_another(tmp_path):
     """A webhook down long enough to hold more than one query's worth of due deliveries must
     not keep another channel from the event it wants: each channel drains on its own."""
     rx = WebhookReceiver(SECRET.encode()).start()
     dead = WebhookReceiver(SECRET.encode())  # never started: its port is closed
     try:
-        cfg = app_with(tmp_path, f'\n[[notify]]\nname = "down"\nwebhook = "{dead.url}"\n'
-                                 f'secret = "{SECRET}"\n\n[[notify]]\nname = "up"\n'
-                                 f'webhook = "{rx.url}"\nsecret = "{SECRET}"\n'
-                                 'events = "failures"\n')
-        store = Store(cfg.state_dir)
-        for i in range(60):  # the down channel's backlog (the other does not want these)
-            outbox.queue(store, cfg, "deploy-succeeded", {}, 1000.0 + i)
-        failure = outbox.queue(store, cfg, "deploy-failed", {"error": "boom"}, 2000.0)
+        cfg, store, failure = backlog_and_failure(tmp_path, ("down", dead), ("up", rx), 60)
         done = drain(store, cfg, deadline=2000.0 + 30, clock=lambda: 2000.0)
         assert "down" in done.failed
         assert list(rx.ids()) == [failure.id]
@@ -350,14 +358,7 @@ def test_a_slow_channel_with_a_backlog_does_not_hold_up_another(tmp_path):
     slow = WebhookReceiver(SECRET.encode(), delay=1.0).start()
     fast = WebhookReceiver(SECRET.encode()).start()
     try:
-        cfg = app_with(tmp_path, f'\n[[notify]]\nname = "slow"\nwebhook = "{slow.url}"\n'
-                                 f'secret = "{SECRET}"\n\n[[notify]]\nname = "fast"\n'
-                                 f'webhook = "{fast.url}"\nsecret = "{SECRET}"\n'
-                                 'events = "failures"\n')
-        store = Store(cfg.state_dir)
-        for i in range(5):  # the slow channel's backlog (the other does not want these)
-            outbox.queue(store, cfg, "deploy-succeeded", {}, 1000.0 + i)
-        failure = outbox.queue(store, cfg, "deploy-failed", {"error": "boom"}, 2000.0)
+        cfg, store, failure = backlog_and_failure(tmp_path, ("slow", slow), ("fast", fast), 5)
         t0 = time.monotonic()
         done = drain(store, cfg, deadline=time.time() + 3.0)
         assert time.monotonic() - t0 < 3.0 + 1.5
