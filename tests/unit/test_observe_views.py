@@ -220,9 +220,13 @@ def test_a_burst_of_requests_shares_one_view():
         built.append(1)
         return {"daemon": {}}
 
+    async def run(_executor, fn, *args):  # the daemon's pools run reads in threads
+        return fn(*args)
+
     daemon = SimpleNamespace(engines=SimpleNamespace(log=lambda m: None), started=time.time(),
                              limits=api.Limits(), outbox_depth=lambda: 0, apps={},
-                             config_errors={}, status=status)
+                             config_errors={}, status=status,
+                             pools=SimpleNamespace(web=None, run=run))
 
     async def burst() -> list[dict]:
         web = Web(daemon, Listen("127.0.0.1", 1))

@@ -141,8 +141,9 @@ class Web:
         self.d = daemon
         self.listen = listen
         self.log = daemon.engines.log
+        self._outbox_depth = 0  # read in the web pool with each view (SQLite, never on the loop)
         self.metrics = Metrics(lambda: self._last, daemon.started,
-                               daemon.outbox_depth)
+                               lambda: self._outbox_depth)
         self.server = api.Server(self.handle, daemon.limits, self.log)
         self.error: str | None = None  # why it does not listen
         self._looks: dict[str, Look] = {}
@@ -225,6 +226,7 @@ class Web:
         reads = await asyncio.gather(*(self.d.pools.run(
             self.d.pools.web, read_app, self._routed[name], self.metrics.after(name))
             for name, _ in names))
+        self._outbox_depth = await self.d.pools.run(self.d.pools.web, self.d.outbox_depth)
         keys = {}
         for (name, rt), (live, recent, new) in zip(names, reads, strict=True):
             self.metrics.follow(name, new)
