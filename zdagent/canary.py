@@ -35,6 +35,7 @@ ABORT_HINT = with_link("all traffic is back on the stable slot; the candidate is
 PROMOTE, ABORT = "promote", "abort"
 # (slot, since epoch) -> the slot's figures since then; None when nothing follows traffic.
 FigureSource = Callable[[str, float], Figures | None]
+Seen = tuple[Figures, Figures | None]  # (the candidate's figures, the stable slot's)
 
 
 class CanaryAborted(DeployFailed):
@@ -90,12 +91,12 @@ def run_steps(engine: Engine, run: _Run, version: str, control: Control,
                     cfg.name, run.deploy_id, version, stable, candidate, i,
                     list(cfg.canary.steps), percent, started, since, os.getpid()))
                 engine.nginx.split(split)
-                action = control.wait(cfg.canary.step_seconds)
+                action, seen = _wait_step(engine, run, since, control, figures)
                 if action == ABORT:
                     raise CanaryAborted(f"canary aborted by {control.by} at step {i} "
                                         f"({percent}%)", hint=ABORT_HINT)
                 reason = None if action == PROMOTE else \
-                    _judge(engine, run, i, percent, since, figures)
+                    _judge(engine, run, i, percent, since, figures, seen)
                 if reason:
                     raise CanaryAborted(f"canary failed at step {i} ({percent}% to "
                                         f"{candidate}): {reason}", hint=ABORT_HINT)
@@ -109,16 +110,43 @@ def run_steps(engine: Engine, run: _Run, version: str, control: Control,
         engine.store.clear_canary(cfg.name)
 
 
+def _wait_step(engine: Engine, run: _Run, since: float, control: Control,
+               figures: FigureSource | None) -> tuple[str | None, Seen | None]:
+    """Wait out the step, checking the candidate every ``analysis.interval`` meanwhile.
+
+    A bad candidate must not serve its share for the whole ``step_seconds``: as after a
+    switch, ``analysis.failures`` failed checks in a row end the step at once, with the
+    figures of the last one. Returns (promote / abort / None, those figures or None)."""
+    policy, end, failed = engine.cfg.policy, since + engine.cfg.canary.step_seconds, 0
+    while (left := end - time.time()) > 0:
+        action = control.wait(left if figures is None else min(left, policy.interval))
+        if action is not None or figures is None:
+            return action, None
+        seen = _figures(run, since, figures)
+        failed = failed + 1 if seen and judge(*seen, engine.cfg.policy) else 0
+        if failed >= policy.failures:
+            return None, seen
+    return None, None
+
+
+def _figures(run: _Run, since: float, figures: FigureSource) -> Seen | None:
+    """The candidate's and the stable slot's figures since ``since`` (None: none followed)."""
+    new = figures(run.target, since)
+    return None if new is None else (new, figures(run.live or "", since))
+
+
 def _judge(engine: Engine, run: _Run, step: int, percent: int, since: float,
-           figures: FigureSource | None) -> str | None:
-    """The step's verdict on the candidate against the stable slot (None: it passes)."""
+           figures: FigureSource | None, seen: Seen | None = None) -> str | None:
+    """The step's verdict on the candidate against the stable slot (None: it passes);
+    ``seen``: figures already judged failing during the step (else read now)."""
     if figures is None:
         return None
-    new, base = figures(run.target, since), figures(run.live or "", since)
-    if new is None:
+    seen = seen or _figures(run, since, figures)
+    if seen is None:
         return None
+    new, base = seen
     reason = judge(new, base, engine.cfg.policy)
-    seen = f"{run.target}: {new.describe()}; {run.live}: {base.describe() if base else '-'}"
+    said = f"{run.target}: {new.describe()}; {run.live}: {base.describe() if base else '-'}"
     state = engine.store.canary(engine.cfg.name)
     if state is not None:
         engine.store.set_canary(CanaryState(**{
@@ -131,7 +159,7 @@ def _judge(engine: Engine, run: _Run, step: int, percent: int, since: float,
                                   "no verdict, passing on time"))
     else:
         engine.emit(Event("info", f"step {step} ({percent}%) "
-                                  f"{'failed' if reason else 'passed'}: {seen}"))
+                                  f"{'failed' if reason else 'passed'}: {said}"))
     return reason
 
 

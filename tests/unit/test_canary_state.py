@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import re
 import threading
+import time
+from types import SimpleNamespace
 
 import pytest
 
 from tests.unit.test_config import MINIMAL, write
 from tests.unit.test_gate import gate
 from zdagent import api
-from zdagent.canary import ABORT, PROMOTE, Control, shares
+from zdagent.canary import ABORT, PROMOTE, Control, _wait_step, shares
 from zdagent.config import load_config
 from zdagent.daemon.routes import validate, validate_maintenance
 from zdagent.errors import ConfigError
@@ -22,6 +24,7 @@ from zdagent.nginx.split import Split, active_text, parse_active, parse_upstream
 from zdagent.nginx.switch import switcher_for
 from zdagent.recovery import recovery_plan
 from zdagent.store import FRESH, Phase
+from zdagent.traffic.windows import Figures
 
 
 @pytest.fixture
@@ -142,3 +145,46 @@ def test_gate_canary_verbs():
 
     scope = parse_scope(None, "deploy,promote,abort")
     assert parse("abort web", APPS.get, scope) == GateCommand("abort", "web", ())
+
+
+def _step_engine(tmp_path, step_seconds: float):
+    cfg = load_config(write(tmp_path, MINIMAL + f"[canary]\nstep_seconds = {step_seconds}\n"
+                                                "[analysis]\ninterval = 0.1\nfailures = 3\n"
+                                                "min_requests = 20\n"))
+    return SimpleNamespace(cfg=cfg), SimpleNamespace(target="green", live="blue")
+
+
+def test_a_failing_candidate_ends_its_step_after_the_failed_checks_not_the_step(tmp_path):
+    """20 % 5xx is judged every analysis.interval: three failed checks in a row end a 60 s
+    step at once, with the figures of the last check (a bad 5 % canary must not serve its
+    share for the whole step)."""
+    engine, run = _step_engine(tmp_path, 60)
+    calls: list[str] = []
+
+    def figures(slot: str, since: float) -> Figures:
+        calls.append(slot)
+        return Figures(100, 20, 0.01, 0.05) if slot == "green" else Figures(400, 0, 0.01, 0.05)
+
+    t = time.monotonic()
+    action, seen = _wait_step(engine, run, time.time(), Control(), figures)
+    assert time.monotonic() - t < 30
+    assert action is None and seen is not None and seen[0].errors == 20
+    assert calls == ["green", "blue"] * 3
+
+
+def test_a_good_or_quiet_candidate_waits_out_its_step(tmp_path):
+    """Below min_requests or under the limits: no verdict during the step, which runs out."""
+    engine, run = _step_engine(tmp_path, 0.5)
+    for new in (Figures(5, 5, 0.01, 0.05), Figures(500, 1, 0.01, 0.05)):
+        since = time.time()
+        action, seen = _wait_step(engine, run, since, Control(),
+                                  lambda slot, _s, new=new: new if slot == "green" else None)
+        assert (action, seen) == (None, None) and time.time() >= since + 0.5
+
+
+def test_promote_or_abort_ends_the_step_at_once(tmp_path):
+    engine, run = _step_engine(tmp_path, 60)
+    control = Control()
+    control.request(ABORT, "alice")
+    assert _wait_step(engine, run, time.time(), control, lambda *_: None) == (ABORT, None)
+    assert _wait_step(engine, run, time.time(), control, None) == (ABORT, None)
