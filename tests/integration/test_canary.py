@@ -151,8 +151,9 @@ def test_abort_puts_all_traffic_back_on_stable_and_records_it(make_app, daemon_f
 def test_bad_canary_fails_its_first_step_by_traffic_analysis(make_app, daemon_factory,
                                                              docker_client):
     """The candidate answers 503 on real paths while /health stays 200: the first step's
-    figures (from the daemon's access-log windows) fail it and all traffic goes back."""
-    app = njs_app(make_app, canary_cfg("[30, 100]", 6)
+    figures (from the daemon's access-log windows) fail it and all traffic goes back -
+    checked during the step, so a 300 s step ends within the test's deadline."""
+    app = njs_app(make_app, canary_cfg("[30, 100]", 300)
                   + "\n[analysis]\nmin_requests = 10\nmax_error_rate = 0.2\n")
     daemon_factory([app]).start()
     app.ok("deploy", "v1")
@@ -164,6 +165,7 @@ def test_bad_canary_fails_its_first_step_by_traffic_analysis(make_app, daemon_fa
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
         counts[app.get().status_code] += 1
+    assert proc.poll() is not None, "the failing step was not cut short"
     code, err = finish(proc)
     assert code == 1 and "canary failed at step 1 (30% to green)" in err, err
     assert counts[503] > 0  # the candidate's errors were real
