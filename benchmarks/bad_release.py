@@ -10,12 +10,15 @@ client x GET/POST, every request recorded client-side):
 
 * ``analysis-off``: zdagent's verified switch, the daemon running with ``[analysis]`` off;
 * ``analysis-on``: the same with the daemon's traffic analysis at its defaults;
-* ``canary-5``: a canary at 5 % (needs the canary feature: reported as pending until then);
+* ``canary-5``: ``zdagent deploy bad --canary`` through the daemon, ``[canary]`` steps
+  5/25/50/100 % at the default 60 s each, analysis on: the first step's checks abort it;
 * ``naive``: stop the old container, start the new one on the same port.
 
 Per way: the time from the first failed request to all traffic back on the good version (the
 end of the last request answered by the bad release; none if it stayed), and how many user
 requests failed from the deploy to the end of the observation (see docs/benchmarks.md).
+With ``--plots DIR`` (default docs) each way's timeline goes to
+``DIR/bad-release-timeline-<way>.png`` (benchmarks/plot.py).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from zdagent.store import read_history
 REPO = "zdbench-bad"
 GOOD, BAD = "v1", "bad"
 WAYS = ("analysis-off", "analysis-on", "canary-5", "naive")
-PENDING = {"canary-5": "needs canary (pending): the canary feature is not on this branch"}
+CANARY = "\n[canary]\nsteps = [5, 25, 50, 100]\nstep_seconds = 60\n"
 
 
 def build_images(error_percent: int) -> None:
@@ -59,9 +62,11 @@ class _Zdagent(ZdagentStrategy):
     """zdagent's engine for the deploys, with its daemon watching (analysis on or off)."""
 
     analysis = True
+    more = ""  # further config sections
 
     def __init__(self, workdir: Path, repo: str, app: str | None = None) -> None:
-        self.extra = f"\n[analysis]\nenabled = {'true' if self.analysis else 'false'}\n"
+        self.extra = (f"\n[analysis]\nenabled = {'true' if self.analysis else 'false'}\n"
+                      + self.more)
         super().__init__(workdir, repo, app)
         self.workdir = workdir
         self.socket = workdir / "zd.sock"
@@ -106,18 +111,60 @@ class AnalysisOff(_Zdagent):
     analysis = False
 
 
+class Canary5(_Zdagent):
+    """``zdagent deploy bad --canary`` through the daemon (which owns the steps): it
+    returns once the canary is promoted or, as here, aborted back to stable."""
+
+    name = "canary-5"
+    more = CANARY
+
+    proc: subprocess.Popen[str] | None = None
+
+    def deploy(self, version: str) -> Any:
+        """The first version a plain deploy; the next one a canary, started in the
+        background (it runs for minutes when the candidate is good)."""
+        if version == GOOD:
+            return super().deploy(version)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "zdagent", "deploy", version, "--canary",
+             "--socket", str(self.socket)],
+            env={**os.environ, "ZDAGENT_CONFIG": str(self.workdir / f"{self.app}.toml"),
+                 "NO_COLOR": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+        return self.proc
+
+    def outcome(self) -> str:
+        """The canary command's last line (its error, once aborted); it is stopped if it
+        still runs at the end of the observation (the daemon's exit aborts it)."""
+        if self.proc is None:
+            return ""
+        if self.proc.poll() is None:
+            return "still running at the end of the observation"
+        lines = (self.proc.stdout.read() if self.proc.stdout else "").strip().splitlines()
+        return f"exit {self.proc.returncode}: {lines[-1] if lines else ''}"
+
+    def close(self) -> None:
+        super().close()  # the daemon's exit aborts a canary still running
+        if self.proc is not None:
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 class Naive(NaiveStrategy):
     name = "naive"
 
 
-STRATEGIES = {"analysis-off": AnalysisOff, "analysis-on": AnalysisOn, "naive": Naive}
+STRATEGIES = {"analysis-off": AnalysisOff, "analysis-on": AnalysisOn, "canary-5": Canary5,
+              "naive": Naive}
 
 
-def run_way(way: str, workdir: Path, rate: float, observe: float, settle: float
-            ) -> dict[str, Any]:
-    """v1 live under load, then deploy the bad release and watch for ``observe`` seconds."""
-    if way in PENDING:
-        return {"way": way, "pending": PENDING[way]}
+def run_way(way: str, workdir: Path, rate: float, observe: float, settle: float,
+            plot: Path | None = None) -> dict[str, Any]:
+    """v1 live under load, then deploy the bad release and watch for ``observe`` seconds;
+    ``plot``: also write the timeline picture there."""
     workdir.mkdir(parents=True, exist_ok=True)
     strategy = STRATEGIES[way](workdir, REPO, None)
     try:
@@ -133,9 +180,33 @@ def run_way(way: str, workdir: Path, rate: float, observe: float, settle: float
             t_end = time.time()
         records = load.records()
         rows = strategy.history() if isinstance(strategy, _Zdagent) else []
+        outcome = strategy.outcome() if isinstance(strategy, Canary5) else None
     finally:
         strategy.close()
-    return analyse(way, records, t_deploy, t_end, rows)
+    result = analyse(way, records, t_deploy, t_end, rows)
+    if outcome is not None:
+        result["canary"] = outcome
+    if plot is not None:
+        result["plot"] = str(plot_way(plot, way, records, t_deploy, result))
+    return result
+
+
+def plot_way(out: Path, way: str, records: list[Record], t_deploy: float,
+             result: dict[str, Any]) -> Path:
+    """The way's timeline: the deploy command, and the span from the first error to the
+    last answer of the bad release (its end: all traffic back on the good version)."""
+    from benchmarks.plot import Marker, Sample, plot_timeline
+
+    markers = [Marker(t_deploy, f"deploy {BAD}", "deploy")]
+    if result["first_error_s"] is not None and result["back_on_good_s"] is not None:
+        first = t_deploy + result["first_error_s"]
+        markers.append(Marker(first + result["back_on_good_s"], "back on good", "revert",
+                              start=first))
+    back = "never" if result["back_on_good_s"] is None else f"{result['back_on_good_s']} s"
+    return plot_timeline(
+        out, [Sample(r.t, r.dt, f"{r.kind}/{r.method}", r.ok) for r in records], markers,
+        title=f"bad release ({way}): {result['failed']} failed of {result['requests']}, "
+              f"back on good {back} after the first error")
 
 
 def _bad(r: Record) -> bool:
@@ -153,7 +224,8 @@ def analyse(way: str, records: list[Record], t_deploy: float, t_end: float,
     tail = [r for r in window if last_bad is not None and r.t > last_bad]
     if first_error is not None and tail and all(not _bad(r) for r in tail):
         back = round(last_bad - first_error, 2)
-    revert = next((h for h in history if h["kind"] == "auto-revert"), None)
+    revert = next((h for h in history if h["kind"] == "auto-revert"
+                   or (h["kind"] == "canary" and h.get("outcome") == "failed")), None)
     return {
         "way": way,
         "observed_s": round(t_end - t_deploy, 1),
@@ -164,7 +236,7 @@ def analyse(way: str, records: list[Record], t_deploy: float, t_end: float,
         "causes": dict(Counter(r.error or f"HTTP {r.status}" for r in failed)),
         "first_error_s": round(first_error - t_deploy, 2) if first_error else None,
         "back_on_good_s": back,  # first error -> all traffic back on the good version
-        "revert_reason": revert["reason"] if revert else None,
+        "revert_reason": (revert.get("reason") or revert.get("error")) if revert else None,
     }
 
 
@@ -172,9 +244,6 @@ def report(results: list[dict[str, Any]]) -> None:
     print(f"{'way':<14}{'requests':>9}{'failed':>8}  {'close/retry/raw':<16}"
           f"{'1st error':>10}{'back on good':>14}")
     for r in results:
-        if "pending" in r:
-            print(f"{r['way']:<14}  {r['pending']}")
-            continue
         kinds = "/".join(str(r["failed_by_kind"][k]) for k in KINDS)
         back = "never" if r["back_on_good_s"] is None else f"{r['back_on_good_s']}s"
         first = "-" if r["first_error_s"] is None else f"+{r['first_error_s']}s"
@@ -182,6 +251,8 @@ def report(results: list[dict[str, Any]]) -> None:
               f"{back:>14}")
         if r["revert_reason"]:
             print(f"{'':<14}revert: {r['revert_reason']}")
+        if r.get("canary"):
+            print(f"{'':<14}canary: {r['canary']}")
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -196,19 +267,29 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     help="seconds of load on the good version before the deploy")
     ap.add_argument("--error-percent", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/bad_release.json"))
+    ap.add_argument("--plots", type=Path, default=Path("docs"),
+                    help="write DIR/bad-release-timeline-<way>.png (needs matplotlib: pip "
+                         "install '.[bench]'); '' for none")
     args = ap.parse_args(argv)
     ways = [w for w in args.ways.split(",") if w]
     unknown = set(ways) - set(WAYS)
     if unknown:
         ap.error(f"unknown ways {sorted(unknown)}; choose from {', '.join(WAYS)}")
+    plots = args.plots if str(args.plots) not in ("", ".") else None
+    if plots is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            ap.error("--plots needs matplotlib: pip install '.[bench]' (or --plots '')")
     build_images(args.error_percent)
     results = []
     with tempfile.TemporaryDirectory(prefix="zdbad-") as tmp:
         os.chmod(tmp, 0o755)
         for way in ways:
             print(f"== {way}", flush=True)
+            plot = plots / f"bad-release-timeline-{way}.png" if plots else None
             results.append(run_way(way, Path(tmp) / way, args.rate, args.observe,
-                                   args.settle))
+                                   args.settle, plot))
     report(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
