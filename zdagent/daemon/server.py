@@ -439,13 +439,16 @@ class Daemon:
 
     def canary_figures(self, name: str) -> FigureSource | None:
         """The app's per-slot traffic figures for the canary's step analysis: the windows of
-        its traffic task (``zdagent.traffic.monitor``), None while it has none."""
-        traffic = self.traffic.get(name)
-        if traffic is None:
+        its traffic task (``zdagent.traffic.monitor``), None while it has none. With how
+        many were slower than ``max_p99``, as after a switch: the step is checked from its
+        first requests on, and one slow cold request is no p99 regression."""
+        traffic, rt = self.traffic.get(name), self.apps.get(name)
+        if traffic is None or rt is None:
             return None
+        slow_above = rt.cfg.policy.max_p99 or None
 
         def figures(slot: str, since: float) -> Figures:
-            return traffic.windows.figures(slot, time.time(), since)
+            return traffic.windows.figures(slot, time.time(), since, slow_above)
 
         return figures
 
