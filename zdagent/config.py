@@ -962,7 +962,7 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
         raise r.fail("canary.sticky", "needs nginx.switch_mode = \"njs\" (reload mode splits "
                                       "by upstream weights, with no per-client choice)")
     analysis = r.section("analysis")
-    tls = _tls(r, base, ngx)
+    tls = _tls(r, base, ngx, slots)
     swarm = _swarm(r, app["backend"], source, hooks)
 
     if slots["blue_port"] == slots["green_port"]:
@@ -1058,7 +1058,8 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
 LETSENCRYPT_LIVE = Path("/etc/letsencrypt/live")
 
 
-def _tls(r: _Reader, base: Path, ngx: dict[str, Any]) -> TlsConfig | None:
+def _tls(r: _Reader, base: Path, ngx: dict[str, Any],
+         slots: dict[str, Any]) -> TlsConfig | None:
     """The [tls] section when enabled; certificate paths default to certbot's live files."""
     t = r.section("tls")
     if not t["enabled"]:
@@ -1071,6 +1072,9 @@ def _tls(r: _Reader, base: Path, ngx: dict[str, Any]) -> TlsConfig | None:
     if listen_port_of(t["listen"]) == listen_port_of(ngx["listen"]):
         raise r.fail("tls.listen", f"must differ from nginx.listen ({ngx['listen']!r}), "
                                    "which serves the ACME challenge and the redirect")
+    for key in ("blue_port", "green_port"):
+        if listen_port_of(t["listen"]) == slots[key]:
+            raise r.fail("tls.listen", f"must differ from slots.{key} ({slots[key]})")
     live = LETSENCRYPT_LIVE / domains[0]
     return TlsConfig(
         enabled=True, listen=t["listen"], domains=domains,
@@ -1354,6 +1358,7 @@ class _Claims:
 
     slot_ports: dict[int, str]
     listen_ports: dict[int, str]
+    https_ports: dict[int, str]
     files: dict[Path, str]
     names: dict[str, str]
 
@@ -1372,9 +1377,20 @@ def _conflict(cfg: AppConfig, claims: _Claims) -> str | None:
             return f"slots.{key}: port {port} is also a slot port of app {owner}"
         if owner := other(claims.listen_ports, port):
             return f"slots.{key}: port {port} is Nginx's listen port of app {owner}"
+        if owner := other(claims.https_ports, port):
+            return f"slots.{key}: port {port} is the HTTPS listen port of app {owner}"
     listen = cfg.nginx.listen_port
     if owner := other(claims.slot_ports, listen):
         return f"nginx.listen: port {listen} is a slot port of app {owner}"
+    # One port cannot be plain HTTP for one app and TLS for another: Nginx makes it ssl.
+    if owner := other(claims.https_ports, listen):
+        return f"nginx.listen: port {listen} is the HTTPS listen port of app {owner}"
+    if cfg.tls is not None:
+        https = cfg.tls.listen_port
+        if owner := other(claims.slot_ports, https):
+            return f"tls.listen: port {https} is a slot port of app {owner}"
+        if owner := other(claims.listen_ports, https):
+            return f"tls.listen: port {https} is Nginx's plain-HTTP listen port of app {owner}"
     for key, path in (("upstream_file", cfg.nginx.upstream_file),
                       ("upstream_file", cfg.nginx.active_file)):
         if owner := other(claims.files, path):
@@ -1388,6 +1404,8 @@ def _conflict(cfg: AppConfig, claims: _Claims) -> str | None:
 def _claim(cfg: AppConfig, claims: _Claims) -> None:
     claims.slot_ports.update({cfg.slots.blue_port: cfg.name, cfg.slots.green_port: cfg.name})
     claims.listen_ports.setdefault(cfg.nginx.listen_port, cfg.name)
+    if cfg.tls is not None:
+        claims.https_ports.setdefault(cfg.tls.listen_port, cfg.name)
     claims.files.update({cfg.nginx.upstream_file: cfg.name, cfg.nginx.active_file: cfg.name})
     claims.names.update(dict.fromkeys(nginx_names(cfg.name), cfg.name))
 
@@ -1416,7 +1434,7 @@ def load_app_dir(directory: Path, running: Mapping[str, AppConfig] | None = None
                                  f"{path.name}; rename it to {cfg.name}.toml")
             continue
         loaded.append(cfg)
-    claims = _Claims({}, {}, {}, {})
+    claims = _Claims({}, {}, {}, {}, {})
     present = {cfg.name for cfg in loaded} | set(errors)
     for name, cfg in sorted(running.items()):
         if name in present:  # its running config holds its resources until replaced

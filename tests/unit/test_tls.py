@@ -118,3 +118,50 @@ def test_watchdog_probe_moves_to_https_when_the_certificate_appears(tmp_path):
     with_cert(tmp_path)  # certbot wrote the files
     moved = edge_for(cfg, edge)
     assert moved.url == "https://127.0.0.1:8443/" and moved.host_header == "example.com"
+
+
+def test_https_port_must_not_be_a_slot_port(tmp_path):
+    assert "tls.listen: must differ from slots.blue_port" in error_of(
+        tmp_path, NAMED + '[tls]\nenabled = true\nlisten = "18001"\n')
+
+
+@pytest.mark.parametrize("web_tls, zzz, fragment", [
+    ("8443", {"blue": 8443}, "slots.blue_port: port 8443 is the HTTPS listen port of app web"),
+    ("8443", {"listen": "8443"}, "nginx.listen: port 8443 is the HTTPS listen port of app web"),
+    (None, {"tls": "18001"}, "tls.listen: port 18001 is a slot port of app web"),
+    (None, {"tls": "8080", "listen": "8081"},
+     "tls.listen: port 8080 is Nginx's plain-HTTP listen port of app web"),
+])
+def test_https_port_clashes_across_apps(tmp_path, web_tls, zzz, fragment):
+    """An HTTPS port is a port: another app's slot must not take it, and one port cannot
+    serve plain HTTP for one app and TLS for another (Nginx makes the socket ssl)."""
+    from tests.unit.test_config import app_file
+    from zdagent.config import load_app_dir
+
+    def tls(path: Path, listen: str) -> None:
+        text = path.read_text().replace("[nginx]\n", '[nginx]\nserver_name = "example.com"\n')
+        path.write_text(text + f'[tls]\nenabled = true\nlisten = "{listen}"\n')
+
+    web = app_file(tmp_path, "web", 18001, 18002, listen="8080")
+    if web_tls:
+        tls(web, web_tls)
+    path = app_file(tmp_path, "zzz", zzz.get("blue", 18008), 18009,
+                    listen=zzz.get("listen", "8080"))
+    if "tls" in zzz:
+        tls(path, zzz["tls"])
+    d = load_app_dir(tmp_path)
+    assert list(d.apps) == ["web"], d.errors
+    assert d.errors == {"zzz": f"{path.resolve()}: {fragment}"}
+
+
+def test_apps_may_share_an_https_port(tmp_path):
+    """Like port 80: several sites on 443, told apart by SNI and server_name."""
+    from tests.unit.test_config import app_file
+    from zdagent.config import load_app_dir
+
+    for name, blue in (("web", 18001), ("api", 18003)):
+        path = app_file(tmp_path, name, blue, blue + 1)
+        text = path.read_text().replace("[nginx]\n", f'[nginx]\nserver_name = "{name}.com"\n')
+        path.write_text(text + '[tls]\nenabled = true\nlisten = "8443"\n')
+    d = load_app_dir(tmp_path)
+    assert sorted(d.apps) == ["api", "web"] and d.errors == {}
