@@ -13,6 +13,7 @@ import grp
 import os
 import pwd
 import re
+import shlex
 import shutil
 import socket
 import stat
@@ -278,16 +279,68 @@ class SwarmFacts:
     nodes: int | None = None  # nodes ready to run tasks (a manager knows)
 
 
+PORT_OPTIONS = ("--dport", "--dports", "--destination-port", "--destination-ports",
+                "--ctorigdstport")
+# Options that say which packets of *every* source a rule is about (not who sends them).
+NEUTRAL_OPTIONS = ("-p", "--protocol", "-m", "--match", "--ctdir", "-j", *PORT_OPTIONS)
+
+
+def _rule_options(line: str) -> list[tuple[bool, str, list[str]]]:
+    """One ``iptables -S`` rule as (negated, option, values), in order."""
+    try:
+        words = shlex.split(line)[2:]  # past "-A <chain>"
+    except ValueError:
+        return []
+    options: list[tuple[bool, str, list[str]]] = []
+    negated = False
+    for word in words:
+        if word == "!":
+            negated = True
+        elif word.startswith("-"):
+            options.append((negated, word, []))
+            negated = False
+        elif options:
+            options[-1][2].append(word)
+    return options
+
+
+def _in_ports(spec: str, port: int) -> bool:
+    """``port`` in an iptables port spec: ``80``, ``80:90``, ``80,443,8000:8010``."""
+    for part in spec.split(","):
+        lo, _, hi = part.partition(":")
+        if lo.isdigit() and int(lo) <= port <= int(hi if hi.isdigit() else lo):
+            return True
+    return False
+
+
+def _rule_covers(options: list[tuple[bool, str, list[str]]], port: int) -> bool:
+    """The rule matches TCP packets to ``port`` (some of them, by other criteria)."""
+    for negated, option, values in options:
+        value = values[0] if values else ""
+        if option in ("-p", "--protocol") and (value in ("tcp", "6", "all")) == negated:
+            return False
+        if option in PORT_OPTIONS and _in_ports(value, port) == negated:
+            return False
+    return True
+
+
 def firewalled(rules: str, port: int) -> bool:
-    """A DROP/REJECT rule in DOCKER-USER for ``port`` (``--dport`` or ``--ctorigdstport``,
-    single ports and ranges)."""
+    """DOCKER-USER drops (or rejects) TCP to ``port`` before anything lets it through: a
+    DROP/REJECT rule covering it that comes before an ACCEPT/RETURN for every source
+    (Docker's own last rule is an unconditional RETURN: a DROP appended after it is dead).
+    Negations (``! --dport``) and other protocols do not count."""
     for line in rules.splitlines():
-        if not re.search(r"-j (DROP|REJECT)\b", line):
+        if not line.startswith("-A "):
             continue
-        for m in re.finditer(r"--(?:dport|ctorigdstport) (\d+)(?::(\d+))?", line):
-            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-            if lo <= port <= hi:
-                return True
+        options = _rule_options(line)
+        target = next((v[0] for _, o, v in options if o in ("-j", "--jump") and v), "")
+        if not _rule_covers(options, port):
+            continue
+        if target in ("DROP", "REJECT"):
+            return True
+        if target in ("ACCEPT", "RETURN") and \
+                all(o in NEUTRAL_OPTIONS for _, o, _ in options):
+            return False
     return False
 
 

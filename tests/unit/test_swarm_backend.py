@@ -114,6 +114,31 @@ def test_firewall_rules_are_read_for_the_slot_ports():
     assert not d.firewalled("-A DOCKER-USER -p tcp --dport 9000 -j ACCEPT", 9000)
 
 
+# Lines as `iptables -S DOCKER-USER` (iptables 1.8.9, nf_tables) prints them.
+@pytest.mark.parametrize("rules, port, dropped", [
+    # appended after Docker's own unconditional RETURN: never reached
+    ("-N DOCKER-USER\n-A DOCKER-USER -j RETURN\n"
+     "-A DOCKER-USER -p tcp -m tcp --dport 18001 -j DROP", 18001, False),
+    # negated: drops every port but this one
+    ("-A DOCKER-USER -p tcp -m tcp ! --dport 18001 -j DROP", 18001, False),
+    ("-A DOCKER-USER -p tcp -m conntrack ! --ctorigdstport 18001 --ctdir ORIGINAL -j DROP",
+     18001, False),
+    # another protocol: the slot's TCP port stays open
+    ("-A DOCKER-USER -p udp -m udp --dport 18001 -j DROP", 18001, False),
+    ("-A DOCKER-USER ! -p tcp -m tcp --dport 18001 -j DROP", 18001, False),
+    # accepted before the drop
+    ("-A DOCKER-USER -p tcp -m tcp --dport 18001 -j ACCEPT\n"
+     "-A DOCKER-USER -p tcp -m tcp --dport 18001 -j DROP", 18001, False),
+    # multiport lists and ranges
+    ("-A DOCKER-USER -p tcp -m multiport --dports 18001,18005:18006 -j DROP", 18006, True),
+    ("-A DOCKER-USER -p tcp -m multiport --dports 18001,18005:18006 -j DROP", 18003, False),
+    # the rule doctor's hint gives, inserted before RETURN
+    (RULES, 18002, True),
+])
+def test_firewall_rules_count_only_a_drop_that_applies(rules, port, dropped):
+    assert d.firewalled(rules, port) is dropped
+
+
 def test_swarm_verdicts(tmp_path):
     cfg = swarm_cfg(tmp_path)
     good = d.swarm_verdicts(cfg, d.SwarmFacts("active", True, True, RULES))
