@@ -447,11 +447,17 @@ class Engine:
                 self.emit(Event("warn", f"the candidate {target} still gets a share of the "
                                         "traffic: not removed"))
             elif self.live_slot() != target:  # a canary's stays, stopped, for its logs
-                self._discard_candidate(target, fresh and run.kind != "canary")
+                self._discard_candidate(target, fresh and run.kind != "canary", run.deploy_id)
             raise
 
-    def _discard_candidate(self, slot: str, fresh: bool) -> None:
+    def _discard_candidate(self, slot: str, fresh: bool, deploy_id: int) -> None:
+        """Remove a fresh candidate this run created; a slot still labelled with another
+        run (refused before it changed: a missing secret, a bad spec) holds the standby."""
         try:
+            if fresh and self.slots.info(slot).deploy_id not in (deploy_id, None):
+                self.emit(Event("info", f"kept the standby in the {slot} slot: the "
+                                        "candidate never replaced it"))
+                return
             if fresh:
                 self.slots.remove(slot)
             else:

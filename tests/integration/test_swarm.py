@@ -132,6 +132,24 @@ def test_deploy_rollback_and_a_crashing_release_on_swarm_services(
     assert f"swarm:{app.name}/mesh" not in checks  # host mode needs no IPVS
 
 
+def test_a_deploy_refused_before_the_standby_changed_keeps_the_standby(
+        make_app, swarm_registry, services, docker_client):
+    """A missing Docker secret fails the deploy before the standby service's spec changes:
+    the standby (the previous version) stays, so a rollback still has somewhere to go."""
+    app = swarm_app(make_app, swarm_registry)
+    services.append(app.name)
+    app.ok("deploy", "v1")
+    app.ok("deploy", "v2")
+    app.config.write_text(app.config.read_text().replace(
+        "restart_delay = 0.5", f'restart_delay = 0.5\nsecrets = ["{TEST_PREFIX}absent"]'))
+    p = app.cli("deploy", "crash")
+    assert p.returncode == 1 and f"the Docker secret {TEST_PREFIX}absent" in p.stderr, p.stderr
+    blue = slot_status(app, "blue")
+    assert (blue["version"], blue["tasks"]) == ("v1", "1/1 running"), blue
+    app.ok("rollback")
+    assert app.served_version() == "v1"
+
+
 def test_after_switch_stop_scales_the_old_service_to_zero_and_rollback_brings_it_back(
         make_app, swarm_registry, services, docker_client):
     """Also: a Docker secret reaches the tasks as a file, the limits reach the spec."""
