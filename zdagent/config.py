@@ -1064,8 +1064,11 @@ def _tls(r: _Reader, base: Path, ngx: dict[str, Any],
     t = r.section("tls")
     if not t["enabled"]:
         return None
-    domains = tuple(n for n in ngx["server_name"].split()
-                    if n != "_" and "*" not in n and not n.startswith(("~", ".")))
+    # ".example.com" is Nginx's example.com and its subdomains: the certificate names the
+    # bare domain (the verify Host, see NginxConfig.verify_host).
+    domains = tuple(dict.fromkeys(n.lstrip(".") for n in ngx["server_name"].split()
+                                  if n != "_" and "*" not in n and not n.startswith("~")
+                                  and n.lstrip(".")))
     if not domains:
         raise r.fail("tls.enabled", "needs nginx.server_name to name the site's domain "
                                     "(not _ or a wildcard): the certificate is issued for it")

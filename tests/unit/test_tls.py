@@ -165,3 +165,13 @@ def test_apps_may_share_an_https_port(tmp_path):
         path.write_text(text + '[tls]\nenabled = true\nlisten = "8443"\n')
     d = load_app_dir(tmp_path)
     assert sorted(d.apps) == ["api", "web"] and d.errors == {}
+
+
+def test_the_verify_host_is_a_name_of_the_certificate(tmp_path):
+    """Switches are verified over HTTPS with SNI = the Host header: a certificate without
+    that name fails every switch. `.example.com` means example.com (and its subdomains)."""
+    text = with_cert(tmp_path).replace('"example.com www.example.com"',
+                                       '".example.com www.example.com"')
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.tls is not None and cfg.tls.domains == ("example.com", "www.example.com")
+    assert cfg.verify_headers["Host"] in cfg.tls.domains
