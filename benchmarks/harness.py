@@ -7,6 +7,7 @@ tests prove. Everything listens on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -176,20 +177,65 @@ def untag(client, repo: str) -> None:
                 client.images.remove(ref)
 
 
+# Test runs and benchmarks that overlap on one Docker engine (CI beside a developer) share
+# the swarm: each holds SWARM_LOCK shared while it uses it; SWARM_LOCK.join is held (briefly)
+# to join or leave, and names the node a run joined, so the last run out leaves that swarm
+# and never one no run joined.
+SWARM_LOCK = Path(os.environ.get("TMPDIR", "/tmp")) / "zdagent-test-swarm.lock"
+
+
 @contextlib.contextmanager
 def single_node_swarm(client, on_leave=None) -> Iterator[None]:
-    """A swarm to run services in: joined here only if the engine was in none, and left at
-    the end (after ``on_leave``); an active swarm is used and left as it was found."""
-    was_active = swarm_active(client)
-    if not was_active:
-        client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+    """A swarm to run services in: joined here if the engine was in none, and left by the
+    last overlapping run to finish (after ``on_leave``); a swarm no run joined is left as
+    it was found."""
+    users = os.open(SWARM_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    join = os.open(f"{SWARM_LOCK}.join", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        with _locked(join):
+            fcntl.flock(users, fcntl.LOCK_SH)
+            if not swarm_active(client):
+                client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+                _swarm_mark(join, _node_id(client))
+        try:
+            yield
+        finally:
+            if on_leave is not None:
+                on_leave()
+            with _locked(join):
+                _leave_if_last(client, users, join)
+    finally:
+        os.close(users)
+        os.close(join)
+
+
+@contextlib.contextmanager
+def _locked(fd: int) -> Iterator[None]:
+    fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         yield
     finally:
-        if on_leave is not None:
-            on_leave()
-        if not was_active:
-            client.swarm.leave(force=True)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _leave_if_last(client, users: int, join: int) -> None:
+    try:
+        fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return  # another run still uses it: the last one leaves
+    joined = os.pread(join, 256, 0).decode().strip()
+    if joined and swarm_active(client) and _node_id(client) == joined:
+        client.swarm.leave(force=True)
+    _swarm_mark(join, "")
+
+
+def _swarm_mark(fd: int, node: str) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, node.encode(), 0)
+
+
+def _node_id(client) -> str:
+    return str(client.info().get("Swarm", {}).get("NodeID") or "")
 
 
 def swarm_active(client) -> bool:
