@@ -128,7 +128,7 @@ def deployed(cfg: AppConfig, emit: Emit) -> Deployed:
             problem = nginx.run_command(cfg.nginx.test_command, "nginx -t")
             if problem:
                 if written and tls.site_file is not None:
-                    _put_back(tls.site_file, previous)
+                    _put_back(tls.site_file.resolve(), previous)
                 raise NginxError(f"nginx -t failed: {problem}",
                                  hint="nothing was reloaded" +
                                       ("; the previous site file is back" if written else ""))
@@ -169,9 +169,10 @@ def install_site(cfg: AppConfig) -> tuple[bool, str | None]:
     tls = tls_of(cfg)
     if tls.site_file is None:
         return False, None
+    path = tls.site_file.resolve()  # through an operator's symlink (sites-enabled): kept
     text = render_site(cfg)
     try:
-        previous = tls.site_file.read_text()
+        previous = path.read_text()
     except FileNotFoundError:
         previous = None
     except OSError as e:
@@ -184,7 +185,7 @@ def install_site(cfg: AppConfig) -> tuple[bool, str | None]:
                           "zdagent; it is never overwritten",
                           hint="install the HTTPS server by hand (`zdagent nginx render "
                                "--site`) or point tls.site_file at zdagent's site file")
-    atomic_write(tls.site_file, text)
+    atomic_write(path, text)
     return True, previous
 
 

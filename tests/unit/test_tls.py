@@ -175,3 +175,19 @@ def test_the_verify_host_is_a_name_of_the_certificate(tmp_path):
     cfg = load_config(write(tmp_path, text))
     assert cfg.tls is not None and cfg.tls.domains == ("example.com", "www.example.com")
     assert cfg.verify_headers["Host"] in cfg.tls.domains
+
+
+def test_the_hook_writes_through_a_site_file_symlink(tmp_path):
+    """sites-enabled/x.conf -> ../sites-available/x.conf: the hook updates the file the link
+    names and keeps the operator's link (a rename over it would leave the target stale)."""
+    from zdagent.tls import install_site
+
+    available, enabled = tmp_path / "sites-available", tmp_path / "sites-enabled"
+    available.mkdir()
+    enabled.mkdir()
+    link = enabled / "web.conf"
+    link.symlink_to("../sites-available/web.conf")
+    cfg = load_config(write(tmp_path, with_cert(tmp_path, f'site_file = "{link}"\n')))
+    (available / "web.conf").write_text(render_site(cfg).replace("ssl", "x"))  # older text
+    assert install_site(cfg)[0]
+    assert link.is_symlink() and (available / "web.conf").read_text() == render_site(cfg)
