@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -50,10 +51,27 @@ http {{
 STARTED_NGINX: dict[int, str] = {}
 
 
+# Ports handed out, from below the kernel's ephemeral range (32768-60999 by default): a port
+# that bind(0) returns is one any outgoing connection (a load client's, Docker's) may take as
+# its local port before Docker or Nginx binds it — seen as "address already in use" under load.
+PORT_RANGE = (20000, 32000)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A 127.0.0.1 port free right now, never handed out before by this process."""
+    for _ in range(200):
+        port = random.randrange(*PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {PORT_RANGE}")
 
 
 @dataclass
