@@ -54,17 +54,17 @@ class _Run:
     """Times and records the phases of one deploy record."""
 
     def __init__(self, engine: Engine, deploy_id: int, live: str | None, target: str,
-                 *, fresh: bool = True, kind: str = "deploy", version: str | None = None,
-                 reason: str | None = None) -> None:
+                 *, previous_version: str | None, fresh: bool = True, kind: str = "deploy",
+                 version: str | None = None, reason: str | None = None) -> None:
         self.engine = engine
         engine._deploy_id = deploy_id  # a failure's notification names the record
         self.fresh = fresh
         self.kind = kind
         self.notes: list[str] = []
-        # What host hooks are told; the live slot's version is read before anything changes.
+        # What host hooks are told (the live slot's version was read before the record began:
+        # nothing between ``store.begin`` and ``_recorded`` may fail, or the row stays running).
         self.hook_ctx = hooks.HookContext(
-            app=engine.cfg.name, version=version,
-            previous_version=engine.slots.info(live).version if live else None,
+            app=engine.cfg.name, version=version, previous_version=previous_version,
             slot=target, deploy_id=deploy_id, performer=engine.performer or current_user(),
             reason=reason)
         self.deploy_id = deploy_id
@@ -325,11 +325,13 @@ class Engine:
                        ) -> Result:
         live = self.live_slot()
         target = other(live) if live else "blue"
+        previous = self.slots.info(live).version if live else None
         did = self.store.begin(self.cfg.name, kind, version, target, live,
                                user=self.performer)
         if commit:
             self.store.update(did, source_ref=f"{ref}@{commit}")
-        run = _Run(self, did, live, target, kind=kind, version=version)
+        run = _Run(self, did, live, target, previous_version=previous, kind=kind,
+                   version=version)
         self.emit(Event("info", f"{kind} #{did}: {version} -> {target} slot "
                                 f"(live: {live or 'none'})", data={"deploy_id": did}))
         deploying = kind in ("deploy", "canary")  # a rollback: a version that served
@@ -365,11 +367,12 @@ class Engine:
             )
         if require_running and not info.running:
             raise DeployFailed(f"the standby slot {standby} is {info.state}")
+        previous = self.slots.info(live).version
         did = self.store.begin(self.cfg.name, kind, info.version, standby, live,
                                user=self.performer)
         self.store.update(did, image=info.image, image_id=info.image_id, reason=reason)
-        run = _Run(self, did, live, standby, fresh=False, kind=kind, version=info.version,
-                   reason=reason)
+        run = _Run(self, did, live, standby, previous_version=previous, fresh=False, kind=kind,
+                   version=info.version, reason=reason)
         self.emit(Event("info", f"{kind} #{did}: {live} -> {standby} "
                                 f"(version {info.version or '?'}, {info.state})"
                                 + (f": {reason}" if reason else "")))
