@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import shlex
 import shutil
 import signal
 import stat
@@ -134,7 +133,7 @@ def run_release(slots: Slots, image_id: str, version: str, deploy_id: int,
     kwargs["environment"].update(ZDAGENT_SLOT="release", ZDAGENT_DEPLOY_ID=str(deploy_id))
     kwargs["labels"][RELEASE_LABEL] = str(deploy_id)
     kwargs["name"] = kwargs["name"].replace("-oneoff-", "-release-", 1)
-    what = f"release command {shlex.join(argv)}"
+    what = f"release command {argv[0]}"  # never its arguments: a token may sit there
     hint = "nothing was switched: the live slot kept serving; fix the command and deploy again"
     out = Output(emit, "release")
     with oneoff_container(slots, kwargs) as c:
