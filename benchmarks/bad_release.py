@@ -38,6 +38,7 @@ import docker
 
 from benchmarks.harness import build_image, make_context
 from benchmarks.loadgen import KINDS, Load, Record
+from benchmarks.plot import plots_dir
 from benchmarks.strategies import NaiveStrategy, ZdagentStrategy
 from zdagent.client import DaemonClient
 from zdagent.store import read_history
@@ -275,12 +276,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     unknown = set(ways) - set(WAYS)
     if unknown:
         ap.error(f"unknown ways {sorted(unknown)}; choose from {', '.join(WAYS)}")
-    plots = args.plots if str(args.plots) not in ("", ".") else None
-    if plots is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            ap.error("--plots needs matplotlib: pip install '.[bench]' (or --plots '')")
+    plots = plots_dir(ap, args.plots)
     build_images(args.error_percent)
     results = []
     with tempfile.TemporaryDirectory(prefix="zdbad-") as tmp:

@@ -14,6 +14,7 @@ matplotlib is a benchmark-only dependency (the ``bench`` extra), imported here o
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -57,6 +58,18 @@ class Timeline:
     def total_failed(self) -> dict[str, int]:
         return {c: sum(v) for c, v in self.failed.items()}
 
+
+
+def plots_dir(ap: argparse.ArgumentParser, value: Path) -> Path | None:
+    """The benchmarks' ``--plots DIR`` ('' for none); exits with the parser's usage error
+    when matplotlib (the ``bench`` extra) is missing, before any work is done."""
+    if str(value) in ("", "."):
+        return None
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        ap.error("--plots needs matplotlib: pip install '.[bench]' (or --plots '')")
+    return value
 
 def timeline(samples: Iterable[Sample], bucket_s: float = 0.5,
              t0: float | None = None) -> Timeline:

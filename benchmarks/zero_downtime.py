@@ -27,6 +27,7 @@ import docker
 
 from benchmarks.harness import build_image, make_context
 from benchmarks.loadgen import KINDS, METHODS, Load, Record
+from benchmarks.plot import plots_dir
 from benchmarks.strategies import STRATEGIES, Op
 
 REPO = "zdbench"
@@ -324,19 +325,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     unknown = set(modes) - set(STRATEGIES)
     if unknown:
         ap.error(f"unknown modes {sorted(unknown)}; choose from {sorted(STRATEGIES)}")
-    if str(args.plots) not in ("", "."):
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            ap.error("--plots needs matplotlib: pip install '.[bench]' (or --plots '')")
+    plots = plots_dir(ap, args.plots)
     build_images()
     plan = schedule(args.deploys, args.rollbacks)
     results = []
     with tempfile.TemporaryDirectory(prefix="zdbench-") as tmp:
         for mode in modes:
             print(f"== {mode}: {len(plan)} operations under load", flush=True)
-            plot = (args.plots / f"zero-downtime-timeline-{mode}.png"
-                    if str(args.plots) not in ("", ".") else None)
+            plot = plots / f"zero-downtime-timeline-{mode}.png" if plots else None
             results.append(run_mode(mode, Path(tmp) / mode, plan, args.rate, args.gap,
                                     plot=plot))
     report(results)
