@@ -219,6 +219,12 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` write transaction (for tables kept by other modules)."""
         return self._tx()
@@ -359,8 +365,5 @@ class Store:
 
 def read_history(state_dir: Path, app: str, limit: int) -> list[dict[str, Any]]:
     """``app``'s newest ``limit`` records as JSON-ready dicts (the CLI and the daemon)."""
-    store = Store(state_dir)
-    try:
+    with Store(state_dir) as store:
         return [r.to_dict() for r in store.history(app, limit)]
-    finally:
-        store.close()

@@ -105,12 +105,9 @@ class Engines:
     def record_cancelled(self, cfg: AppConfig, what: str, version: str | None,
                          performer: str, why: str) -> None:
         """A history row for an operation that never started."""
-        store = Store(cfg.state_dir)
-        try:
+        with Store(cfg.state_dir) as store:
             did = store.begin(cfg.name, what, version, None, None, user=performer)
             store.finish(did, "cancelled", why)
-        finally:
-            store.close()
 
     def maintenance(self, cfg: AppConfig, on: bool, message: str, retry_after: int,
                     performer: str) -> dict[str, Any] | None:

@@ -52,11 +52,8 @@ class Delivery:
         now = time.time()
         tidy = now - self._tidied.get(cfg.name, 0.0) >= TIDY_EVERY
         try:  # one app's unusable store must not hold up the other apps' notifications
-            store = Store(cfg.state_dir)
-            try:
+            with Store(cfg.state_dir) as store:
                 done = drain(store, cfg, now + ROUND_SECONDS, tidy=tidy)
-            finally:
-                store.close()
         except Exception as e:
             self._log_once((cfg.name, ""), f"{cfg.name}: notifications: {type(e).__name__}: {e}")
             return
@@ -97,8 +94,7 @@ class Delivery:
 
     def _changed(self, name: str, cfg: AppConfig, fields: dict[str, Any]) -> None:
         try:
-            store = Store(cfg.state_dir)
-            try:
+            with Store(cfg.state_dir) as store:
                 alerts = self.alerts.get(name)
                 if alerts is None:  # this daemon's first change: what did the last one say?
                     last = outbox.last_health_event(store, cfg.name)
@@ -106,8 +102,6 @@ class Delivery:
                 event = alerts.transition(fields["state"])
                 if event is not None:
                     outbox.queue(store, cfg, event, fields)
-            finally:
-                store.close()
         except Exception as e:
             self.log(f"{cfg.name}: could not queue the {fields['state']} notification: "
                      f"{type(e).__name__}: {e}")

@@ -107,11 +107,8 @@ class Daemon:
                 by_dir.setdefault(rt.cfg.state_dir, []).append(rt.cfg.name)
         total = 0
         for state_dir, names in by_dir.items():
-            store = Store(state_dir)
-            try:
+            with Store(state_dir) as store:
                 total += sum(outbox.outbox_depth(store, name) for name in names)
-            finally:
-                store.close()
         return total
 
     # --- lifecycle ----------------------------------------------------------------------

@@ -295,12 +295,9 @@ def read_app(routed: RoutedSlot, after: int
     """The slot Nginx routes to, the app's newest records for the page, and those after
     ``after`` for the metrics."""
     cfg = routed.cfg
-    store = Store(cfg.state_dir)
-    try:
+    with Store(cfg.state_dir) as store:
         recent = [r.to_dict() for r in store.history(cfg.name, RECENT)]
         return routed.get(), recent, store.history_since(cfg.name, after)
-    finally:
-        store.close()
 
 
 def _plain(status: int, text: str, headers: tuple[tuple[str, str], ...] = ()) -> api.Raw:

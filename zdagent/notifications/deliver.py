@@ -299,12 +299,9 @@ def send_test(cfg: AppConfig) -> dict[str, Any]:
 
 def status(cfg: AppConfig) -> dict[str, Any]:
     """`zdagent notify status`: per channel, what the outbox holds."""
-    store = Store(cfg.state_dir)
-    try:
+    with Store(cfg.state_dir) as store:
         stats = outbox.channel_stats(store, cfg.name)
         depth = outbox.outbox_depth(store, cfg.name)
-    finally:
-        store.close()
     empty = {"pending": 0, "delivered": 0, "given_up": 0, "last_delivered_at": None,
              "last_error": None}
     return {"app": cfg.name, "pending": depth,
