@@ -1198,6 +1198,8 @@ def _check_ours(r: _Reader, path: Path, app: str) -> None:
         return  # not ours to judge as this user; writing it would fail anyway
     except OSError as e:
         raise r.fail("nginx.upstream_file", f"cannot read {path}: {e.strerror}") from None
+    if first == "":
+        return  # empty: nothing to lose (e.g. `zdagent nginx render > file` opened it first)
     m = MANAGED_RE.match(first)
     if m is None:
         raise ConfigError(

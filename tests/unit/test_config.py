@@ -365,3 +365,12 @@ def test_analysis_and_access_log_errors_name_the_key(tmp_path, section, line, ke
     text = MINIMAL.replace("[nginx]", f"[{section}]\n{line}\n\n[nginx]") \
         if section == "analysis" else MINIMAL.replace("[nginx]", f"[nginx]\n{line}")
     assert f"{key}:" in error_of(tmp_path, text)
+
+
+def test_an_empty_upstream_file_is_nobodys_and_a_blank_line_is_not(tmp_path):
+    """`zdagent nginx render --live none > FILE` (README, scripts/demo.sh): the shell creates
+    FILE, empty, before zdagent loads the config — that refused the README's own command."""
+    (tmp_path / "up.conf").write_text("")
+    assert load_config(write(tmp_path, MINIMAL)).name == "web"
+    (tmp_path / "up.conf").write_text("\nuser www-data;\n")
+    assert "was not written by zdagent" in error_of(tmp_path, MINIMAL)
