@@ -78,18 +78,28 @@ function maintenanceState(r) {
     }
 }
 
+// '' when this request passes, else the state as JSON text: the site block keeps it in
+// $zdagent_maintenance_state for page(), so a request that saw maintenance on gets its page
+// even when `maintenance off` removes the file in between.
 function maintenance(r) {
-    if (!maintenanceState(r)) {
+    var st = maintenanceState(r);
+    if (!st) {
         return '';
     }
     if (r.remoteAddress === '127.0.0.1' && r.uri === r.variables.zdagent_verify_path) {
         return '';
     }
-    return '1';
+    return JSON.stringify({page: st.page, retry_after: st.retry_after});
 }
 
 function page(r) {
-    var st = maintenanceState(r) || {page: 'Down for maintenance', retry_after: 60};
+    var st = null;
+    try {
+        st = JSON.parse(r.variables.zdagent_maintenance_state);
+    } catch (e) {
+        st = maintenanceState(r);
+    }
+    st = st || {page: 'Down for maintenance', retry_after: 60};
     r.headersOut['Content-Type'] = 'text/html; charset=utf-8';
     r.headersOut['Retry-After'] = String(st.retry_after);
     r.headersOut['Cache-Control'] = 'no-store';
