@@ -392,6 +392,13 @@ def _running(pid: int) -> bool:
         return False
 
 
+def _tail(path: Path, lines: int = 40) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError as e:
+        return [f"{path}: {e}"]
+
+
 def _tmp_entries() -> list[str]:
     """zdagent's own temp files (e.g. the CLI's error logs); our dirs are checked by name."""
     tmp = Path(tempfile.gettempdir())
@@ -470,6 +477,9 @@ def run_mode(mode: str, ops: int, *, repo: str = REPO, name: str | None = None,
             for r in records if not r.ok][:30]
         result["op_log"] = [{"kind": o.kind, "t": round(o.t_start - t_wall, 3),
                              "s": o.seconds, "detail": o.detail} for o in outcomes]
+        if result["failed_sample"]:  # what the daemon and Nginx said, before both go
+            result["logs"] = {"daemon": _tail(s.daemon.log), "nginx": _tail(
+                s.nginx.prefix / "error.log")}
     finally:
         daemon_pid = s.daemon.pid if hasattr(s, "daemon") and s.daemon.proc else -1
         result.update(s.teardown())
