@@ -1327,8 +1327,9 @@ def nginx_names(app: str) -> frozenset[str]:
     Kept here, not in nginx.py, so the cross-app check needs no Nginx code; nginx.py builds
     its names with these functions.
     """
-    return frozenset({upstream_name(app), pool_name(app, "blue"), pool_name(app, "green"),
-                      pool_variable(app)})
+    return frozenset({upstream_name(app), pool_variable(app)} | {
+        pool_name(app, slot, alone=alone) for slot in ("blue", "green")
+        for alone in (False, True)})
 
 
 def upstream_name(app: str) -> str:
@@ -1341,9 +1342,10 @@ def upstream_name(app: str) -> str:
     return "zdagent_" + app.replace("-", "_")
 
 
-def pool_name(app: str, slot: str) -> str:
-    """njs mode: the upstream group of one slot, ``zdagent__<slot>_<app>``."""
-    return f"zdagent__{slot}_" + app.replace("-", "_")
+def pool_name(app: str, slot: str, *, alone: bool = False) -> str:
+    """njs mode: the upstream group of one slot, ``zdagent__<slot>_<app>`` (the other slot
+    as its backup), or with ``alone`` ``zdagent__alone_<slot>_<app>`` (no backup)."""
+    return f"zdagent__{'alone_' if alone else ''}{slot}_" + app.replace("-", "_")
 
 
 def log_format_name(app: str) -> str:

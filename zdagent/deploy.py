@@ -427,6 +427,9 @@ class Engine:
                                         f"on 127.0.0.1:{self.cfg.slot_port(target)}"):
                 if fresh:
                     assert image_id is not None and version is not None
+                    if run.live and self.nginx.drop_backup(run.live):
+                        self.emit(Event("info", f"{run.live} serves without a backup until "
+                                                "the switch (the standby is being replaced)"))
                     self.slots.run(target, image_id, version, run.deploy_id)
                 else:
                     self.slots.start(target)

@@ -17,6 +17,7 @@ from tests.conftest import require
 from tests.integration import test_daemon
 from tests.integration.test_daemon import history, wait_for
 from tests.integration.test_njs_switch import master_workers
+from zdagent.nginx.split import parse_active
 from zdagent.runbook import link
 
 NJS = 'switch_mode = "njs"\n'
@@ -136,7 +137,7 @@ def test_abort_puts_all_traffic_back_on_stable_and_records_it(make_app, daemon_f
     code, err = finish(proc)
     assert code == 1 and "canary aborted by" in err and link("canary-aborted") in err
     assert {app.served_version() for _ in range(20)} == {"v1"}
-    assert routing_file(app).strip().startswith("zdagent__blue_")  # a plain pool: no split
+    assert parse_active(app.name, routing_file(app)) == ("blue", None)  # no split
     rec = history(app)[0]
     assert rec["kind"] == "canary" and rec["outcome"] == "failed" and "aborted" in rec["error"]
     states = {c.name: c.status for c in docker_client.containers.list(
@@ -185,7 +186,7 @@ def test_kill_9_mid_canary_restart_goes_back_to_stable(make_app, daemon_factory,
     finish(proc, 30)
     assert '"percent": 50' in routing_file(app)  # the split was left without an owner
     d.start()  # recovery runs before the daemon answers
-    assert routing_file(app).strip().startswith("zdagent__blue_")
+    assert parse_active(app.name, routing_file(app)) == ("blue", None)
     assert {app.served_version() for _ in range(20)} == {"v1"}
     rec = history(app)[0]
     assert rec["kind"] == "canary" and rec["outcome"] == "interrupted", rec
@@ -206,7 +207,7 @@ def test_sigterm_mid_canary_aborts_it_before_the_daemon_exits(make_app, daemon_f
     assert d.proc.wait(60) == 0
     code, err = finish(proc, 30)
     assert code == 1 and "canary aborted by the daemon (stopping)" in err, err
-    assert routing_file(app).strip().startswith("zdagent__blue_")
+    assert parse_active(app.name, routing_file(app)) == ("blue", None)
     assert history(app)[0]["outcome"] == "failed"
 
 

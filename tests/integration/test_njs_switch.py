@@ -7,12 +7,15 @@ import json
 import threading
 import time
 
+import httpx
 import psutil
 import pytest
 
 from benchmarks.harness import NJS_MODULE
 from tests.conftest import require
+from tests.integration.test_daemon import wait_for
 from tests.traffic import RequestLoop
+from zdagent.config import pool_name
 
 NJS = 'switch_mode = "njs"\n'
 
@@ -78,7 +81,7 @@ def test_switches_without_reload_and_raw_keep_alive_loses_nothing(njs_app):
     assert seen == ["v1", "v2", "v3", "v1", "v3"]
     assert "rolled back to v3" in p.stderr
     active = (app.nginx.prefix / "zdagent" / f"{app.name}.upstream.conf.active").read_text()
-    assert active.strip().startswith("zdagent__blue_")  # v1 blue, v2 green, v3 blue, v1 green,
+    assert active.strip() == pool_name(app.name, "blue")  # v1 blue, v2 green, v3 blue, v1 green,
     # back: blue
     st = json.loads(app.ok("status", "--json").stdout)
     assert st["live_slot"] == "blue" and st["routing"]["confirmed"] and st["drift"] == []
@@ -100,3 +103,39 @@ def test_njs_mode_drains_before_stopping_and_failed_candidates_change_nothing(nj
     assert docker_client.containers.get(f"{app.name}-blue").status == "exited"
     p = app.cli("deploy", "fail")
     assert p.returncode == 1 and app.served_version() == "v2"
+
+
+def test_a_candidate_is_no_backup_before_it_is_verified(njs_app, docker_client):
+    """While a deploy starts its candidate in the standby's slot, the live slot has no backup:
+    a request the live slot cannot take is never answered by the unverified candidate."""
+    app = njs_app
+    cfg_text = app.config.read_text()
+    app.config.write_text(cfg_text.replace("startup_deadline = 15", "startup_deadline = 8"))
+    active = app.nginx.prefix / "zdagent" / f"{app.name}.upstream.conf.active"
+    app.ok("deploy", "v1")
+    app.ok("deploy", "v2")  # green serves v2; blue (v1) is the standby and green's backup
+    assert active.read_text().strip() == pool_name(app.name, "green")
+
+    result: list = []
+    deploy = threading.Thread(target=lambda: result.append(app.cli("deploy", "fail")))
+    deploy.start()
+    try:
+        def candidate_answers() -> bool:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{app.blue_port}/cgi-bin/version", timeout=2)
+            except httpx.HTTPError:
+                return False
+            return r.text.startswith("fail")
+
+        wait_for(candidate_answers, 60, "the candidate (health 500) to answer in blue")
+        assert active.read_text().strip() == pool_name(app.name, "green", alone=True)
+        docker_client.containers.get(f"{app.name}-green").kill()  # the live slot fails
+        answers = [app.get() for _ in range(10)]
+        assert [r.text for r in answers if r.status_code == 200] == [], \
+            "a request reached the unverified candidate"
+        assert {r.status_code for r in answers} == {502}
+    finally:
+        deploy.join(60)
+    assert result and result[0].returncode == 1, result
+    # the standby was replaced and the candidate removed: still nobody's backup
+    assert active.read_text().strip() == pool_name(app.name, "green", alone=True)

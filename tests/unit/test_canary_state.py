@@ -71,6 +71,7 @@ def test_njs_active_file_round_trip(njs_cfg):
     text = active_text("web", split)
     assert parse_active("web", text) == ("green", split)
     assert parse_active("web", "zdagent__blue_web\n") == ("blue", None)
+    assert parse_active("web", "zdagent__alone_green_web\n") == ("green", None)
     assert parse_active("web", '{"live": "nope"}') == (None, None)
     assert parse_active("web", "{not json") == (None, None)
     njs_cfg.nginx.active_file.write_text(text)

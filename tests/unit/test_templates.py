@@ -118,6 +118,31 @@ def test_njs_mode_renders_both_pools_and_reads_the_active_file(tmp_path):
     assert routed_slot(cfg) is None
 
 
+def test_njs_groups_without_backup_exist_and_route_to_their_slot(tmp_path):
+    """The groups named while the other slot is no verified standby: one server, no backup;
+    the groups with a backup never mark the live slot down (max_fails=0)."""
+    import re
+
+    from zdagent.nginx import pool_name, routed_slot, switcher_for
+
+    p = tmp_path / "web.toml"
+    p.write_text(CONFIG.replace("/etc/nginx/zdagent/web-app.upstream.conf",
+                                str(tmp_path / "web-app.upstream.conf"))
+                 + 'switch_mode = "njs"\n')
+    cfg = load_config(p)
+    text = render_upstream(cfg, "green", None)
+    blocks = dict(re.findall(r"upstream (\S+) \{(.*?)\}", text, re.S))
+    alone = blocks["zdagent__alone_green_web_app"]
+    assert alone.count("server ") == 1 and "backup" not in alone
+    assert f"127.0.0.1:{cfg.slots.green_port};" in alone
+    assert f"127.0.0.1:{cfg.slots.green_port} max_fails=0;" in blocks["zdagent__green_web_app"]
+    switcher = switcher_for(cfg)
+    assert switcher._has_alone(text)
+    assert not switcher._has_alone("upstream zdagent__blue_web_app { server 127.0.0.1:1; }")
+    cfg.nginx.active_file.write_text(pool_name(cfg, "blue", alone=True) + "\n")
+    assert routed_slot(cfg) == "blue"
+
+
 def test_answering_upstream_is_the_last_try_of_the_last_group():
     from zdagent.nginx import answering_upstream
 
@@ -141,11 +166,12 @@ def test_active_files_come_from_the_whole_upstream_file_name(tmp_path):
 
 @pytest.mark.parametrize(("a", "b"), [("web", "web-blue"), ("web", "web-green"),
                                       ("web", "web-pool"), ("blue-web", "web"),
-                                      ("a-b", "a--b"), ("fallback", "web")])
+                                      ("a-b", "a--b"), ("fallback", "web"),
+                                      ("web", "alone-blue-web"), ("blue-web", "alone-web")])
 def test_nginx_names_of_two_apps_never_collide(a, b):
     from zdagent.config import nginx_names
 
-    assert len(nginx_names(a)) == 4
+    assert len(nginx_names(a)) == 6
     assert not nginx_names(a) & nginx_names(b)
     assert "zdagent_fallback_pool" not in nginx_names(a) | nginx_names(b)
 

@@ -81,6 +81,8 @@ def template_names(cfg: AppConfig) -> dict[str, str]:
     """The Nginx names of one app, as template variables (collision-free across apps)."""
     return {"app": cfg.name, "upstream": upstream_name(cfg.name),
             "blue_pool": pool_name(cfg, "blue"), "green_pool": pool_name(cfg, "green"),
+            "blue_alone": pool_name(cfg, "blue", alone=True),
+            "green_alone": pool_name(cfg, "green", alone=True),
             "pool_var": _config.pool_variable(cfg.name)}
 
 
@@ -115,9 +117,10 @@ def live_port_in(text: str) -> int | None:
     return None
 
 
-def pool_name(cfg: AppConfig, slot: str) -> str:
-    """njs mode: the upstream group of one slot (the active file holds one of these)."""
-    return _config.pool_name(cfg.name, slot)
+def pool_name(cfg: AppConfig, slot: str, *, alone: bool = False) -> str:
+    """njs mode: the upstream group of one slot (the active file holds one of these);
+    ``alone``: without the other slot as its backup."""
+    return _config.pool_name(cfg.name, slot, alone=alone)
 
 
 def routed_slot(cfg: AppConfig) -> str | None:
@@ -272,6 +275,10 @@ class Nginx:
     def switch(self, live_slot: str, standby_slot: str | None) -> SwitchResult:
         """Point Nginx at ``live_slot``, verified; on any failure restore and raise."""
         return self.switcher.switch(self, live_slot, standby_slot)
+
+    def drop_backup(self, live_slot: str) -> bool:
+        """Before a candidate replaces the standby: the live slot without it as backup."""
+        return self.switcher.drop_backup(self, live_slot)
 
     def render_upstream(self, live_slot: str | None, standby_slot: str | None,
                         split: Split | None = None) -> str:

@@ -57,7 +57,8 @@ def active_text(app: str, split: Split) -> str:
 def parse_active(app: str, text: str) -> tuple[str | None, Split | None]:
     """njs mode's active file: (the stable/live slot, the split if one is on)."""
     text = text.strip()
-    pools = {_config.pool_name(app, s): s for s in ("blue", "green")}
+    pools = {_config.pool_name(app, s, alone=a): s for s in ("blue", "green")
+             for a in (False, True)}
     if not text.startswith("{"):
         return pools.get(text), None
     try:

@@ -94,6 +94,13 @@ class Switcher(ABC):
         return how many connections were still open when ``timeout`` ran out."""
         return 0
 
+    def drop_backup(self, nginx: Nginx, live_slot: str) -> bool:
+        """Before the standby's container is replaced by a candidate: stop routing to it as
+        the live slot's backup, so a hiccup of the live slot never reaches an unverified
+        candidate. True if the routing changed. Reload mode: nothing (it would cost a
+        reload per deploy); the backup there is the old version's port until the switch."""
+        return False
+
 
 class ReloadSwitcher(Switcher):
     """Rewrite the upstream file, ``nginx -t``, verified reload (plain Nginx)."""
@@ -259,11 +266,40 @@ class NjsSwitcher(Switcher):
     # --- the switch ---------------------------------------------------------------------
 
     def switch(self, nginx: Nginx, live_slot: str, standby_slot: str | None) -> SwitchResult:
-        """Reload only when the upstream file itself must change (first use, new ports)."""
+        """Reload only when the upstream file itself must change (first use, new ports).
+        Without a standby the live slot's group without backup is named (if the template
+        has one)."""
         def verify(deadline: float) -> None:
             nginx.verify_serving(live_slot, deadline)
 
-        return self._install(nginx, live_slot, pool_name(self.cfg, live_slot) + "\n", verify)
+        alone = standby_slot is None and self._has_alone(nginx.render_upstream(live_slot, None))
+        return self._install(nginx, live_slot,
+                             pool_name(self.cfg, live_slot, alone=alone) + "\n", verify)
+
+    def drop_backup(self, nginx: Nginx, live_slot: str) -> bool:
+        """Name the live slot's group without backup, when the active file names its group
+        with one and the upstream file Nginx runs has the group without (no reload)."""
+        active = self.cfg.nginx.active_file
+        try:
+            routed = active.read_text().strip()
+        except OSError:
+            return False
+        if routed != pool_name(self.cfg, live_slot) or not self._has_alone(
+                nginx.current_text() or ""):
+            return False
+        atomic_write(active, pool_name(self.cfg, live_slot, alone=True) + "\n")
+        try:  # the group must exist in the Nginx that runs, not only on disk
+            nginx.verify_serving(live_slot, time.monotonic() + self.cfg.nginx.reload_timeout)
+        except Exception:
+            atomic_write(active, routed + "\n")
+            raise
+        return True
+
+    def _has_alone(self, upstream_text: str) -> bool:
+        """Whether an upstream file defines both groups without backup (a custom template
+        from before they existed may not: then the groups with backup stay in use)."""
+        return all(re.search(rf"^\s*upstream\s+{pool_name(self.cfg, s, alone=True)}\s*\{{",
+                             upstream_text, re.M) for s in ("blue", "green"))
 
     def split(self, nginx: Nginx, split: Split) -> SwitchResult:
         """The JSON active file; each slot must answer when zdagent asks for its pool."""
