@@ -463,6 +463,8 @@ class Engine:
             if fresh and self.slots.info(slot).deploy_id not in (deploy_id, None):
                 self.emit(Event("info", f"kept the standby in the {slot} slot: the "
                                         "candidate never replaced it"))
+                if self.live_slot() is not None:
+                    self.nginx.restore_backup(other(slot))
                 return
             if fresh:
                 self.slots.remove(slot)

@@ -139,3 +139,28 @@ def test_a_candidate_is_no_backup_before_it_is_verified(njs_app, docker_client):
     assert result and result[0].returncode == 1, result
     # the standby was replaced and the candidate removed: still nobody's backup
     assert active.read_text().strip() == pool_name(app.name, "green", alone=True)
+
+
+def test_a_deploy_refused_before_the_standby_changed_keeps_it_as_the_backup(njs_app, tmp_path):
+    """A bad env file stops the deploy before the standby's container is touched: the live
+    slot gets its backup (the intact standby) back."""
+    import os
+
+    from tests.integration.test_env_file import with_env_file
+
+    app = njs_app
+    env_file = tmp_path / "web.env"
+    fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("ZDT_SECRET=first\n")
+    with_env_file(app, env_file)
+    active = app.nginx.prefix / "zdagent" / f"{app.name}.upstream.conf.active"
+    app.ok("deploy", "v1")
+    app.ok("deploy", "v2")
+    assert active.read_text().strip() == pool_name(app.name, "green")
+    env_file.write_bytes(b"ZDT_SECRET=\xff\xfe\n")  # not UTF-8: refused when blue is created
+    p = app.cli("deploy", "v3")
+    assert p.returncode == 2 and "container.env_file" in p.stderr, p.stderr
+    assert "kept the standby in the blue slot" in p.stderr
+    assert active.read_text().strip() == pool_name(app.name, "green")  # blue is its backup
+    assert app.served_version() == "v2"

@@ -280,6 +280,10 @@ class Nginx:
         """Before a candidate replaces the standby: the live slot without it as backup."""
         return self.switcher.drop_backup(self, live_slot)
 
+    def restore_backup(self, live_slot: str) -> None:
+        """A deploy failed before its candidate replaced the standby: the backup again."""
+        self.switcher.restore_backup(self, live_slot)
+
     def render_upstream(self, live_slot: str | None, standby_slot: str | None,
                         split: Split | None = None) -> str:
         return _mark(self.cfg.name,

@@ -101,6 +101,10 @@ class Switcher(ABC):
         reload per deploy); the backup there is the old version's port until the switch."""
         return False
 
+    def restore_backup(self, nginx: Nginx, live_slot: str) -> None:
+        """Undo ``drop_backup`` when the standby was kept after all."""
+        return None
+
 
 class ReloadSwitcher(Switcher):
     """Rewrite the upstream file, ``nginx -t``, verified reload (plain Nginx)."""
@@ -272,7 +276,10 @@ class NjsSwitcher(Switcher):
         def verify(deadline: float) -> None:
             nginx.verify_serving(live_slot, deadline)
 
-        alone = standby_slot is None and self._has_alone(nginx.render_upstream(live_slot, None))
+        # The running Nginx must know the group too: the active file is renamed into place
+        # before a reload (after an upgrade the first switch keeps the group with backup).
+        alone = standby_slot is None and self._has_alone(nginx.current_text() or "") \
+            and self._has_alone(nginx.render_upstream(live_slot, None))
         return self._install(nginx, live_slot,
                              pool_name(self.cfg, live_slot, alone=alone) + "\n", verify)
 
@@ -290,10 +297,21 @@ class NjsSwitcher(Switcher):
         atomic_write(active, pool_name(self.cfg, live_slot, alone=True) + "\n")
         try:  # the group must exist in the Nginx that runs, not only on disk
             nginx.verify_serving(live_slot, time.monotonic() + self.cfg.nginx.reload_timeout)
-        except Exception:
+        except Exception as e:  # e.g. a hung live slot: the deploy that replaces it goes on
             atomic_write(active, routed + "\n")
-            raise
+            nginx.emit(Event("warn", f"kept {self.cfg.name}'s standby as {live_slot}'s backup "
+                                     f"(without it, {live_slot} did not answer: {e})"))
+            return False
         return True
+
+    def restore_backup(self, nginx: Nginx, live_slot: str) -> None:
+        """After a deploy that never replaced the standby: the live slot's group with it."""
+        active = self.cfg.nginx.active_file
+        try:
+            if active.read_text().strip() == pool_name(self.cfg, live_slot, alone=True):
+                atomic_write(active, pool_name(self.cfg, live_slot) + "\n")
+        except OSError as e:
+            nginx.emit(Event("warn", f"could not route {live_slot}'s backup again: {e}"))
 
     def _has_alone(self, upstream_text: str) -> bool:
         """Whether an upstream file defines both groups without backup (a custom template
