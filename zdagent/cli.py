@@ -710,7 +710,11 @@ def _config_warnings(cfg: AppConfig) -> list[str]:
               "this host and control of its slots" for volume in risky_volumes(cfg.container)),
             *(["swarm: the slot ports are published on every interface of every node (Swarm "
                "cannot bind 127.0.0.1): firewall them (`zdagent doctor` checks; "
-               "docs/scaling.md)"] if cfg.backend == "swarm" else [])]
+               "docs/scaling.md)"] if cfg.backend == "swarm" else []),
+            *(["swarm: publish_mode = \"task-ports\": each task publishes on a port Docker "
+               "picks (its ephemeral range, every interface), its tasks run on this node only, "
+               "and Nginx lists every running task (the slot ports are not published)"]
+              if cfg.backend == "swarm" and cfg.swarm.task_ports else [])]
 
 
 @config_app.command("example")
@@ -744,6 +748,16 @@ def nginx_render(
             text = render_site(cfg)
         elif live == "none":
             text = render_upstream(cfg, None, None)
+        elif cfg.swarm.task_ports and cfg.backend == "swarm":  # the tasks' ports, now
+            from zdagent.services import ServiceSlots
+            from zdagent.slots import connect
+
+            client = connect()
+            try:
+                text = render_upstream(cfg, live, "green" if live == "blue" else "blue",
+                                       ServiceSlots(cfg, client).ports)
+            finally:
+                client.close()
         else:
             text = render_upstream(cfg, live, "green" if live == "blue" else "blue")
         out.print(text, markup=False, end="")

@@ -305,7 +305,9 @@ class SwarmConfig:
     """``app.backend = "swarm"``: each slot is a Docker Swarm service (zdagent.services)."""
 
     replicas: int = 1
-    publish_mode: str = "ingress"  # ingress (routing mesh) | host (one task per node)
+    # ingress (routing mesh) | host (one task per node, on the slot port) | task-ports (each
+    # task on its own host port, picked by Docker; Nginx lists every task: zdagent.services)
+    publish_mode: str = "ingress"
     constraints: tuple[str, ...] = ()
     secrets: tuple[str, ...] = ()  # Docker secret names, mounted at /run/secrets/<name>
     healthcheck: tuple[str, ...] = ()  # argv run in each task; () = the image's HEALTHCHECK
@@ -315,6 +317,11 @@ class SwarmConfig:
     @property
     def floor(self) -> int:
         return self.min_healthy or self.replicas
+
+    @property
+    def task_ports(self) -> bool:
+        """Nginx reaches each task on its own port (no routing mesh, several per node)."""
+        return self.publish_mode == "task-ports"
 
 
 @dataclass(frozen=True)
@@ -733,7 +740,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "swarm": {
         "replicas": Key(1, _int(1, 1000)),
-        "publish_mode": Key("ingress", _choice("ingress", "host")),
+        "publish_mode": Key("ingress", _choice("ingress", "host", "task-ports")),
         "constraints": Key([], _str_list(re.compile(r"^[A-Za-z0-9_.-]+ *[!=]= *[^\s].*$"),
                                          "a placement constraint (node.labels.edge == true)")),
         "secrets": Key([], _str_list(re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"),
@@ -983,6 +990,8 @@ def _build(path: Path, data: dict[str, Any]) -> AppConfig:
         if t is not None and not t.is_file():
             raise r.fail(f"nginx.{key}", f"template not found: {t}")
         templates[key] = t
+    _task_ports_template(r, swarm, app["backend"], ngx["switch_mode"],
+                         templates["upstream_template"])
 
     return AppConfig(
         path=path.resolve(),
@@ -1112,6 +1121,19 @@ def _swarm(r: _Reader, backend: str, source: object, hooks: HooksConfig) -> Swar
     if cfg.min_healthy > cfg.replicas:
         raise r.fail("swarm.min_healthy", f"must be at most swarm.replicas ({cfg.replicas})")
     return cfg
+
+
+def _task_ports_template(r: _Reader, swarm: SwarmConfig, backend: str, mode: str,
+                         template: Path | None) -> None:
+    """A task-ports slot has one Nginx server per task: a custom upstream template that
+    renders only the single slot port would route to a port nothing listens on."""
+    if backend != "swarm" or not swarm.task_ports or template is None:
+        return
+    wanted = "blue_ports" if mode == "njs" else "live_ports"
+    if wanted not in template.read_text(errors="replace"):
+        raise r.fail("nginx.upstream_template",
+                     f"with swarm.publish_mode = \"task-ports\" it must render every task's "
+                     f"port (a loop over {wanted}; see the bundled template)")
 
 
 def _hooks(h: dict[str, Any], base: Path) -> HooksConfig:

@@ -109,7 +109,7 @@ class Engine:
         self.store = Store(cfg.state_dir)
         self.slots = slot_backend(cfg, docker_client if docker_client is not None
                                   else connect(), emit)
-        self.nginx = Nginx(cfg, emit)
+        self.nginx = Nginx(cfg, emit, self.slots.ports)
         self._deploy_id: int | None = None  # the record of the running operation
 
     def close(self) -> None:
@@ -261,6 +261,24 @@ class Engine:
                 self.store.finish(did, "failed", e.message)
                 raise
             self.store.finish(did, "succeeded")
+
+    def reroute(self, reason: str, *, expected_live: str) -> bool:
+        """Swarm task-ports: render the running tasks' ports into the upstream (Swarm
+        replaced a task, or one died), ``nginx -t``, reload, verified through Nginx like a
+        switch (restored on failure). False when the file already lists them."""
+        self.nginx.preflight()
+        with app_lock(self.cfg.state_dir, self.cfg.name, "reroute", self.emit, wait=False):
+            live = self._expect_live(expected_live)
+            standby = other(live)
+            keep = (self.cfg.slots.after_switch == "standby" and self.cfg.nginx.standby_as_backup
+                    and self.slots.info(standby).state == "running")
+            backup = standby if keep else None
+            if self.nginx.render_upstream(live, backup) == self.nginx.current_text():
+                return False
+            self.nginx.switch(live, backup)
+            self.emit(Event("info", f"{reason}: Nginx now routes to {live} on "
+                                    f"{', '.join(sorted(self.nginx.addresses(live)))}"))
+            return True
 
     def _expect_live(self, expected: str) -> str:
         live = self.live_slot()
@@ -434,17 +452,19 @@ class Engine:
                 else:
                     self.slots.start(target)
             with run.phase(Phase.PROBE, f"waiting for {target} to become healthy"):
-                wait_healthy(
-                    slot_url(self.cfg.slot_port(target), self.cfg.health.path),
-                    self.cfg.health, version, self.emit,
-                    exit_reason=lambda: self.slots.exit_reason(target),
-                    logs=lambda: self.slots.logs_tail(target),
-                )
+                for port in self.slots.ports(target):  # swarm task-ports: every task's own
+                    wait_healthy(
+                        slot_url(port, self.cfg.health.path),
+                        self.cfg.health, version, self.emit,
+                        exit_reason=lambda: self.slots.exit_reason(target),
+                        logs=lambda: self.slots.logs_tail(target),
+                    )
                 if fresh:
                     self.slots.keep_running(target)
             if run.kind in ("deploy", "canary") and self.cfg.smoke:
                 with run.phase(Phase.SMOKE, f"smoke checks on {target}"):
-                    hooks.run_smoke(self.cfg.smoke, self.cfg.slot_port(target), self.emit)
+                    for port in self.slots.ports(target):
+                        hooks.run_smoke(self.cfg.smoke, port, self.emit)
             if steps is not None:
                 canary.run_steps(self, run, version or "", *steps)
             self._switch(run)
@@ -498,7 +518,7 @@ class Engine:
             if old_state != "running":
                 return
             if keep is None:  # njs: no worker exits, so wait for its connections
-                still = self.nginx.wait_old_connections(self.cfg.slot_port(old), drain)
+                still = self.nginx.wait_old_connections(self.slots.ports(old), drain)
                 if still:
                     self.emit(Event("warn", f"{still} connection(s) to {old} still open after "
                                             f"{drain:g}s drain"))
@@ -546,12 +566,14 @@ class Engine:
                           reason=f"{rec.reason}; {note}" if rec and rec.reason else note)
 
     def _probe_running(self, slot: str, version: str | None) -> None:
-        url = slot_url(self.cfg.slot_port(slot), self.cfg.health.path)
         with http_client("zdagent-probe") as client:
-            result = probe_once(client, url, self.cfg.health, version)
-        if not result.ok:
-            raise DeployFailed(f"the standby {slot} is not healthy: {result.detail}",
-                               hint="nothing was switched; try `zdagent rollback --to VERSION`")
+            for port in self.slots.ports(slot):  # swarm task-ports: each task
+                result = probe_once(client, slot_url(port, self.cfg.health.path),
+                                    self.cfg.health, version)
+                if not result.ok:
+                    raise DeployFailed(f"the standby {slot} is not healthy: {result.detail}",
+                                       hint="nothing was switched; try `zdagent rollback "
+                                            "--to VERSION`")
 
     def _result(self, run: _Run, kind: str, version: str | None, image: str | None) -> Result:
         secs = time.monotonic() - run.started

@@ -120,6 +120,12 @@ def traffic_lines(paint: Painter, t: dict[str, Any] | None, daemon: bool) -> lis
     return out
 
 
+def _ports(row: dict[str, Any]) -> str:
+    """``127.0.0.1:18001``, or a swarm task-ports slot's tasks: ``127.0.0.1:30001,30002``."""
+    ports = row.get("task_ports") or [row["port"]]
+    return "127.0.0.1:" + ",".join(map(str, ports))
+
+
 def status_text(paint: Painter, data: dict[str, Any]) -> str:
     """``zdagent status`` for people (``--json`` prints ``data`` itself)."""
     live = data["live_slot"]
@@ -128,7 +134,7 @@ def status_text(paint: Painter, data: dict[str, Any]) -> str:
         mark = " (live)" if name == live else ""
         state = f"{row['state']} ({row['tasks']})" if row.get("tasks") else row["state"]
         rows.append([f"{name}{mark}", state, row["version"] or "-", row["image"] or "-",
-                     row["health"], f"127.0.0.1:{row['port']}", ago(row["deployed_at"])])
+                     row["health"], _ports(row), ago(row["deployed_at"])])
     header, *body = table(rows)
     lines = [paint("bold", f"zdagent: {data['app']}"), paint("bold", header), *body]
     r = data["routing"]

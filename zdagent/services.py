@@ -4,7 +4,9 @@
 status and the watchdog do not know which backend they drive: ``slot_backend`` picks one
 from the config, once. A slot is the service ``<app>-<slot>`` with ``swarm.replicas`` tasks,
 labelled like a slot container and published on the slot's port, so Nginx's upstream is
-still ``127.0.0.1:<slot port>``.
+still ``127.0.0.1:<slot port>``. With ``publish_mode = "task-ports"`` each task publishes in
+host mode on a port Docker picks, the tasks run on this node (Nginx reaches them on
+127.0.0.1), and ``ports`` lists the running tasks' ports: Nginx gets one server per task.
 
 A deploy updates the standby service (start-first through the routing mesh; stop-first in
 host mode, where the old task holds the port; it is the standby, so nothing is served by it)
@@ -56,11 +58,18 @@ def _ns(seconds: float) -> int:
 
 
 def service_kwargs(cfg: AppConfig, slot: str, image: str, version: str, deploy_id: int,
-                   env: Mapping[str, str], secrets: list[SecretReference]) -> dict[str, Any]:
+                   env: Mapping[str, str], secrets: list[SecretReference],
+                   node_id: str = "") -> dict[str, Any]:
     """The exact arguments for ``services.create`` / ``Service.update`` (pure: tested as
-    data). Resource limits, user, mounts, network, command as a slot container has them."""
+    data). Resource limits, user, mounts, network, command as a slot container has them.
+    ``node_id``: this node, where task-ports tasks must run (Nginx reaches them locally)."""
     c, s, h = cfg.container, cfg.swarm, cfg.health
     host = s.publish_mode == "host"
+    port: dict[str, Any] = {"Protocol": "tcp", "TargetPort": c.port,
+                            "PublishMode": "host" if s.task_ports else s.publish_mode}
+    if not s.task_ports:  # task-ports: no PublishedPort, Docker picks one per task
+        port["PublishedPort"] = cfg.slot_port(slot)
+    here = [f"node.id == {node_id}"] if s.task_ports and node_id else []
     kwargs: dict[str, Any] = {
         "image": image,
         "name": container_name(cfg.name, slot),
@@ -71,15 +80,14 @@ def service_kwargs(cfg: AppConfig, slot: str, image: str, version: str, deploy_i
         "env": [f"{k}={v}" for k, v in
                 {**env, "ZDAGENT_VERSION": version, "ZDAGENT_SLOT": slot}.items()],
         "mode": ServiceMode("replicated", replicas=s.replicas),
-        "endpoint_spec": EndpointSpec(ports=[{
-            "Protocol": "tcp", "TargetPort": c.port, "PublishedPort": cfg.slot_port(slot),
-            "PublishMode": s.publish_mode}]),
-        # Host mode: the old task holds the port, so it must go first (it is the standby).
+        "endpoint_spec": EndpointSpec(ports=[port]),
+        # Host mode: the old task holds the port, so it must go first (it is the standby);
+        # task-ports: every task has a port of its own, so the new ones start first.
         "update_config": UpdateConfig(parallelism=0, order="stop-first" if host else
                                       "start-first", failure_action="pause", delay=0,
                                       monitor=_ns(1)),
         "restart_policy": RestartPolicy(condition="any", delay=_ns(s.restart_delay)),
-        "constraints": list(s.constraints),
+        "constraints": [*s.constraints, *here],
         "maxreplicas": 1 if host else 0,
         "secrets": secrets,
         "stop_grace_period": _ns(c.stop_timeout),
@@ -121,6 +129,16 @@ def _since(task: dict[str, Any]) -> float:
 
 def task_image(task: dict[str, Any]) -> str:
     return str(task.get("Spec", {}).get("ContainerSpec", {}).get("Image", ""))
+
+
+def running_task_ports(tasks: list[dict[str, Any]], target: int) -> tuple[int, ...]:
+    """Pure: the host ports of the tasks that run (healthy, with a healthcheck) and are
+    meant to, sorted; a task still starting or already stopping is not served."""
+    ports = {int(p["PublishedPort"]) for t in tasks
+             if t.get("DesiredState") == "running" and t["Status"]["State"] == "running"
+             for p in (t["Status"].get("PortStatus") or {}).get("Ports") or []
+             if p.get("TargetPort") == target and p.get("PublishedPort")}
+    return tuple(sorted(ports))
 
 
 class ServiceSlots(Slots):
@@ -202,12 +220,22 @@ class ServiceSlots(Slots):
             return None
         return sum(t["Status"]["State"] == "running" for t in tasks), desired
 
+    def ports(self, slot: str) -> tuple[int, ...]:
+        """task-ports: the slot's running tasks' host ports; when none runs, the slot port
+        (nothing listens there: a probe fails, Nginx passes to the backup)."""
+        if not self.cfg.swarm.task_ports:
+            return super().ports(slot)
+        return running_task_ports(self.tasks(slot), self.cfg.container.port) or \
+            super().ports(slot)
+
     def info(self, slot: str) -> SlotInfo:
         port = self.cfg.slot_port(slot)
         svc = self.service(slot)
         counts = self._counts(svc)
         if svc is None or counts is None:
             return SlotInfo(slot=slot, port=port, state="missing")
+        task_ports = running_task_ports(self.tasks(slot), self.cfg.container.port) \
+            if self.cfg.swarm.task_ports else ()
         running, desired = counts
         labels = svc.attrs["Spec"].get("Labels", {}) or {}
         image = str(svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"].get("Image", ""))
@@ -218,7 +246,8 @@ class ServiceSlots(Slots):
             image=image.split("@", 1)[0] or None, image_id=image or None,
             deployed_at=float(at) if at else None,
             deploy_id=int(dep) if dep and dep.isdigit() else None,
-            container_id=svc.short_id, tasks_running=running, tasks_desired=desired)
+            container_id=svc.short_id, tasks_running=running, tasks_desired=desired,
+            task_ports=task_ports)
 
     def state(self, slot: str) -> str:
         return self.info(slot).state
@@ -268,7 +297,7 @@ class ServiceSlots(Slots):
         if self.cfg.container.env_file:
             env.update(read_env_file(self.cfg.container.env_file))
         kwargs = service_kwargs(self.cfg, slot, image, version, deploy_id, env,
-                                self._secrets())
+                                self._secrets(), self._node_id())
         self._started[slot] = time.time() - 1  # Docker's clock is this host's: 1 s margin
         svc = self.service(slot)
         if svc is None:
@@ -277,6 +306,13 @@ class ServiceSlots(Slots):
         else:
             self._swarm_call(f"updating {svc.name}", lambda: svc.update(**kwargs))
         self.converge(slot, image)
+
+    def _node_id(self) -> str:
+        """This node's swarm id (task-ports tasks are placed here, next to Nginx)."""
+        if not self.cfg.swarm.task_ports:
+            return ""
+        return str(self._swarm_call("reading this node's id", self.client.info)
+                   .get("Swarm", {}).get("NodeID") or "")
 
     def _refuse_foreign_service(self, slot: str) -> None:
         name = container_name(self.cfg.name, slot)
@@ -391,6 +427,7 @@ class TaskFloor:
     def __init__(self, cfg: AppConfig) -> None:
         self.cfg = cfg
         self.client: docker.DockerClient | None = None
+        self.routed: dict[str, tuple[int, ...]] | None = None  # the ports Nginx was given
 
     def shortfall(self, slot: str) -> str | None:
         """Why the live service is short of tasks, or None (a Docker error is no verdict)."""
@@ -401,6 +438,16 @@ class TaskFloor:
         except (docker.errors.DockerException, EnvironmentProblem, DeployFailed):
             return None
         return short_of(slot, counts, self.cfg.swarm.floor)
+
+    def task_ports(self) -> dict[str, tuple[int, ...]] | None:
+        """task-ports: each slot's running tasks' ports (None: Docker did not answer)."""
+        try:
+            if self.client is None:
+                self.client = docker.from_env()
+            slots = ServiceSlots(self.cfg, self.client)
+            return {slot: slots.ports(slot) for slot in ("blue", "green")}
+        except (docker.errors.DockerException, EnvironmentProblem, DeployFailed):
+            return None
 
     def close(self) -> None:
         if self.client is not None:

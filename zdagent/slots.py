@@ -68,6 +68,7 @@ class SlotInfo:
     container_id: str | None = None
     tasks_running: int | None = None  # swarm backend: running tasks of the slot's service
     tasks_desired: int | None = None
+    task_ports: tuple[int, ...] = ()  # swarm task-ports: each running task's host port
 
     @property
     def tasks(self) -> str | None:
@@ -312,6 +313,10 @@ class Slots:
                 f"{self.cfg.name} (no zdagent.app/zdagent.slot labels); it was left alone",
                 hint=f"rename or remove it yourself (`docker rename {name} {name}-old` or "
                      f"`docker rm -f {name}`), or change app.name; the live slot is untouched")
+
+    def ports(self, slot: str) -> tuple[int, ...]:
+        """Where the slot answers on 127.0.0.1 (Nginx's servers for it, the probes' ports)."""
+        return (self.cfg.slot_port(slot),)
 
     def info(self, slot: str) -> SlotInfo:
         c = self._container(slot)

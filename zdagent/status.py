@@ -26,10 +26,11 @@ def collect(engine: Engine) -> dict[str, Any]:
             info = engine.slots.info(slot)
             row = info.to_dict()
             row["container"] = container_name(cfg.name, slot)  # or the service, same name
-            if info.running:
-                url = slot_url(info.port, cfg.health.path)
-                result = probe_once(client, url, cfg.health, info.version)
-                row["health"] = "healthy" if result.ok else f"unhealthy ({result.detail})"
+            if info.running:  # swarm task-ports: each task on its own port
+                results = [probe_once(client, slot_url(port, cfg.health.path), cfg.health,
+                                      info.version) for port in info.task_ports or (info.port,)]
+                bad = next((r for r in results if not r.ok), None)
+                row["health"] = "healthy" if bad is None else f"unhealthy ({bad.detail})"
             else:
                 row["health"] = "-"
             slots[slot] = row

@@ -20,7 +20,7 @@ import asyncio
 import os
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -111,8 +111,16 @@ class Verdict:
     unreachable: bool = False  # failing because the slot does not answer at all
 
 
+Ports = Mapping[str, tuple[int, ...]]
+
+
+def slot_ports(cfg: AppConfig, slot: str, ports: Ports | None = None) -> tuple[int, ...]:
+    """Where ``slot`` answers: ``ports[slot]`` (swarm task-ports: its tasks), else its port."""
+    return tuple(ports[slot]) if ports and ports.get(slot) else (cfg.slot_port(slot),)
+
+
 def classify(cfg: AppConfig, slot: str, master_problem: str | None, direct: Answer | None,
-             through: Answer | None) -> Verdict:
+             through: Answer | None, ports: Ports | None = None) -> Verdict:
     """Pure: what a tick's probes mean. ``None`` = that probe was not needed.
 
     Nginx is down when its master is gone, or when it cannot be reached at all on
@@ -134,7 +142,7 @@ def classify(cfg: AppConfig, slot: str, master_problem: str | None, direct: Answ
     if not _passes(cfg, through):
         return Verdict("failing", f"through Nginx: HTTP {through.status}")
     answered = answering_upstream(through.header)
-    if answered != f"127.0.0.1:{cfg.slot_port(slot)}":
+    if answered not in {f"127.0.0.1:{p}" for p in slot_ports(cfg, slot, ports)}:
         return Verdict("failing", f"through Nginx: answered by {answered or 'nobody'}, "
                                   f"not {slot}")
     return Verdict("ok")
@@ -199,6 +207,10 @@ class RoutedSlot:
         return self._key[0] / 1e9 if self._key else None
 
 
+async def _no_reroute(reason: str, expected_live: str) -> str | None:
+    return "this daemon cannot re-render the upstream"
+
+
 @dataclass
 class WatchHooks:
     """What the loop needs from the daemon: is a deploy running, and the two actions.
@@ -211,6 +223,8 @@ class WatchHooks:
     revert: Callable[[str, str], Awaitable[str | None]]
     restart: Callable[[str, str], Awaitable[str | None]]
     log: Callable[[str], None]
+    # Swarm task-ports: render the tasks' current ports into Nginx (reason, expected_live).
+    reroute: Callable[[str, str], Awaitable[str | None]] = _no_reroute
     probed: Callable[[float], None] = lambda seconds: None  # a probe round's latency
 
 
@@ -267,13 +281,20 @@ def _tick_failed(cfg: AppConfig, state: WatchState, hooks: WatchHooks, e: Except
     return text
 
 
-async def probe_slot(cfg: AppConfig, slot: str) -> Answer:
-    """The slot's health endpoint, directly on its port."""
-    return await aget(f"http://127.0.0.1:{cfg.slot_port(slot)}{cfg.health.path}",
-                      cfg.health.timeout)
+async def probe_slot(cfg: AppConfig, slot: str, ports: Ports | None = None) -> Answer:
+    """The slot's health endpoint, directly on its port (task-ports: on each task's; the
+    first failing answer, else the last)."""
+    answer = None
+    for port in slot_ports(cfg, slot, ports):
+        answer = await aget(f"http://127.0.0.1:{port}{cfg.health.path}", cfg.health.timeout)
+        if not _passes(cfg, answer):
+            return answer
+    assert answer is not None
+    return answer
 
 
-async def look(cfg: AppConfig, slot: str, edge: KeptAlive | None = None) -> Verdict:
+async def look(cfg: AppConfig, slot: str, edge: KeptAlive | None = None,
+               ports: Ports | None = None) -> Verdict:
     """Probe as cheaply as the facts allow.
 
     Healthy tick: one GET through Nginx of the health URL (on a kept-alive connection when
@@ -282,18 +303,20 @@ async def look(cfg: AppConfig, slot: str, edge: KeptAlive | None = None) -> Verd
     checked, to tell the app's failure from Nginx's.
     """
     same_path = cfg.nginx.verify_path == cfg.health.path
-    direct = None if same_path else await probe_slot(cfg, slot)
+    direct = None if same_path else await probe_slot(cfg, slot, ports)
     if direct is not None and not _passes(cfg, direct):
-        return classify(cfg, slot, nginx_master_problem(cfg.nginx.pid_file), direct, None)
+        return classify(cfg, slot, nginx_master_problem(cfg.nginx.pid_file), direct, None,
+                        ports)
     through = await (edge.get(cfg.health.timeout) if edge else
                      aget(cfg.verify_url, cfg.health.timeout, UPSTREAM_HEADER,
                           cfg.verify_headers.get("Host")))
-    verdict = classify(cfg, slot, None, direct, through)
+    verdict = classify(cfg, slot, None, direct, through, ports)
     if verdict.kind == "ok":
         return verdict
     if direct is None:
-        direct = await probe_slot(cfg, slot)
-    return classify(cfg, slot, nginx_master_problem(cfg.nginx.pid_file), direct, through)
+        direct = await probe_slot(cfg, slot, ports)
+    return classify(cfg, slot, nginx_master_problem(cfg.nginx.pid_file), direct, through,
+                    ports)
 
 
 async def tick(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
@@ -309,8 +332,9 @@ async def tick(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
     if live is None:
         state.set("idle", "nothing deployed yet")
         return
+    ports = await _rerouted(cfg, hooks, floor, live)
     began = time.monotonic()
-    verdict = await look(cfg, live, edge)
+    verdict = await look(cfg, live, edge, ports)
     hooks.probed(time.monotonic() - began)
     if verdict.kind == "ok" and floor is not None:
         short = await asyncio.to_thread(floor.shortfall, live)
@@ -328,7 +352,30 @@ async def tick(cfg: AppConfig, state: WatchState, hooks: WatchHooks,
     if not state.observe(ok, policy):
         _settle(cfg, state, hooks, live, ok, verdict.detail)
         return
-    await _act(cfg, state, hooks, live, verdict)
+    await _act(cfg, state, hooks, live, verdict, ports)
+
+
+async def _rerouted(cfg: AppConfig, hooks: WatchHooks, floor: TaskFloor | None,
+                    live: str) -> Ports | None:
+    """Swarm task-ports: the slots' running tasks' ports; when they changed since Nginx was
+    last told (a task replaced or dead), re-render the upstream through the daemon."""
+    if floor is None or not cfg.swarm.task_ports:
+        return None
+    ports = await asyncio.to_thread(floor.task_ports)
+    if ports is None or ports == floor.routed or ports[live] == (cfg.slot_port(live),):
+        return ports  # unchanged, or no live task to route to (the floor decides that)
+    reason = "the tasks' ports changed (" + "; ".join(
+        f"{slot}: {', '.join(map(str, p))}" for slot, p in ports.items()) + ")"
+    refused = await hooks.reroute(reason, live)
+    if refused is None:
+        if floor.routed is not None:  # the first look only confirms what a deploy wrote
+            hooks.log(f"{cfg.name}: {reason}: Nginx's upstream is up to date")
+    else:
+        hooks.log(f"{cfg.name}: {reason}; the upstream was not re-rendered: {refused}")
+        if "lock" in refused:
+            return ports  # a deploy or revert runs: look again next tick
+    floor.routed = ports  # a failed re-render is not retried until the ports change again
+    return ports
 
 
 def _settle(cfg: AppConfig, state: WatchState, hooks: WatchHooks, live: str, ok: bool,
@@ -347,11 +394,11 @@ def _settle(cfg: AppConfig, state: WatchState, hooks: WatchHooks, live: str, ok:
 
 
 async def _act(cfg: AppConfig, state: WatchState, hooks: WatchHooks, live: str,
-               verdict: Verdict) -> None:
+               verdict: Verdict, ports: Ports | None = None) -> None:
     """K failures in a row: revert to a healthy standby, or restart the live container."""
     policy, detail = cfg.watchdog, verdict.detail
     standby = other(live)
-    standby_answer = await probe_slot(cfg, standby)
+    standby_answer = await probe_slot(cfg, standby, ports)
     standby_ok = _passes(cfg, standby_answer)
     action, why = choose(state, time.time(), policy, standby_ok)
     reason = f"{live} failed {state.consecutive} probes in a row (last: {detail})"

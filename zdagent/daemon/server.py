@@ -371,7 +371,11 @@ class Daemon:
         async def restart(reason: str, expected_live: str | None = None) -> str | None:
             return await self._watchdog_action(rt, "restart_live", reason, expected_live)
 
-        hooks = WatchHooks(busy=rt.busy, revert=revert, restart=restart, log=log)
+        async def reroute(reason: str, expected_live: str) -> str | None:
+            return await self._watchdog_action(rt, "reroute", reason, expected_live)
+
+        hooks = WatchHooks(busy=rt.busy, revert=revert, restart=restart, log=log,
+                           reroute=reroute)
         if self.web:
             hooks.probed = self.web.metrics.probed(rt.cfg.name)
         return hooks

@@ -95,12 +95,13 @@ def _mark(app: str, text: str) -> str:
     return f"{managed_header(app)}: rewritten on every switch; do not edit.\n{text}"
 
 
-def render_upstream(cfg: AppConfig, live_slot: str | None, standby_slot: str | None) -> str:
+def render_upstream(cfg: AppConfig, live_slot: str | None, standby_slot: str | None,
+                    ports: SlotPorts | None = None) -> str:
     """The upstream file; with no live slot, a placeholder that Nginx accepts (all down).
 
     In njs mode the file holds both slots' groups and does not depend on the live slot.
     """
-    return _mark(cfg.name, switcher_for(cfg).render_upstream(live_slot, standby_slot))
+    return _mark(cfg.name, switcher_for(cfg, ports).render_upstream(live_slot, standby_slot))
 
 
 def render_site(cfg: AppConfig) -> str:
@@ -187,11 +188,13 @@ class SwitchResult:
 class Nginx:
     """One app's upstream file and the Nginx master that serves it."""
 
-    def __init__(self, cfg: AppConfig, emit: Emit) -> None:
+    def __init__(self, cfg: AppConfig, emit: Emit, ports: SlotPorts | None = None) -> None:
+        """``ports``: where each slot answers (the backend's ``Slots.ports``); default the
+        slot ports."""
         self.cfg = cfg
         self.emit = emit
         self.file = cfg.nginx.upstream_file
-        self.switcher = switcher_for(cfg)  # the switch strategy, chosen once
+        self.switcher = switcher_for(cfg, ports)  # the switch strategy, chosen once
         # One client for every verification request: building one costs ~50 ms.
         self.http = http_client("zdagent-verify")
 
@@ -253,7 +256,11 @@ class Nginx:
         if not addr or ":" not in addr:
             return None
         port = addr.rsplit(":", 1)[1]
-        return self.cfg.slot_for_port(int(port)) if port.isdigit() else None
+        return self.switcher.slot_of(int(port)) if port.isdigit() else None
+
+    def addresses(self, slot: str) -> set[str]:
+        """What ``$upstream_addr`` says when ``slot`` answered."""
+        return {f"127.0.0.1:{p}" for p in self.switcher.ports(slot)}
 
     # --- actions ------------------------------------------------------------------------
 
@@ -289,10 +296,10 @@ class Nginx:
         return _mark(self.cfg.name,
                      self.switcher.render_upstream(live_slot, standby_slot, split))
 
-    def wait_old_connections(self, port: int, timeout: float) -> int:
+    def wait_old_connections(self, ports: tuple[int, ...], timeout: float) -> int:
         """The switcher's drain of the old slot (njs: its connections; reload: nothing left
         once the old workers are gone); the count still open at ``timeout``."""
-        return self.switcher.wait_old_connections(self, port, timeout)
+        return self.switcher.wait_old_connections(self, ports, timeout)
 
     def reload_verified(self, slot: str, old: frozenset[int], *,
                         split: Split | None = None) -> None:
@@ -324,7 +331,7 @@ class Nginx:
     def verify_split(self, split: Split, deadline: float) -> None:
         """Reload mode's canary step: both slots answer fresh requests through Nginx (the
         weights decide how often), by ``deadline``."""
-        want = {f"127.0.0.1:{self.cfg.slot_port(s)}": s for s in (split.stable, split.candidate)}
+        want = {a: s for s in (split.stable, split.candidate) for a in self.addresses(s)}
         seen: set[str] = set()
         while len(seen) < 2:
             addr = served_by(self.http, self.cfg.verify_url, headers=self.cfg.verify_headers)
@@ -350,12 +357,13 @@ class Nginx:
     def verify_serving(self, slot: str, deadline: float,
                        headers: dict[str, str] | None = None) -> None:
         """Three fresh requests in a row through Nginx answered by ``slot``, by ``deadline``."""
-        want = f"127.0.0.1:{self.cfg.slot_port(slot)}"
+        addresses = self.addresses(slot)
+        want = ", ".join(sorted(addresses))
         streak, seen = 0, None
         while streak < 3:
             seen = served_by(self.http, self.cfg.verify_url,
                              headers={**self.cfg.verify_headers, **(headers or {})})
-            streak = streak + 1 if seen == want else 0
+            streak = streak + 1 if seen in addresses else 0
             if streak < 3:
                 if time.monotonic() > deadline:
                     host = self.cfg.nginx.verify_host
@@ -367,16 +375,17 @@ class Nginx:
                         f"`add_header {UPSTREAM_HEADER} $upstream_addr always;` "
                         "(see `zdagent nginx render --site`)",
                     )
-                time.sleep(0.02 if seen == want else 0.1)
+                time.sleep(0.02 if seen in addresses else 0.1)
 
-    def wait_connections_closed(self, port: int, timeout: float) -> int:
-        """Wait until no Nginx worker holds a connection to 127.0.0.1:``port``; return the
-        number still open when ``timeout`` ran out (njs mode's drain: no worker exits)."""
+    def wait_connections_closed(self, ports: tuple[int, ...], timeout: float) -> int:
+        """Wait until no Nginx worker holds a connection to 127.0.0.1 on one of ``ports``;
+        return the number still open when ``timeout`` ran out (njs mode's drain: no worker
+        exits)."""
         deadline = time.monotonic() + timeout
         while True:
             workers = self.workers()
             open_ = [c for c in psutil.net_connections(kind="tcp")
-                     if c.pid in workers and c.raddr and c.raddr.port == port
+                     if c.pid in workers and c.raddr and c.raddr.port in ports
                      and c.status == psutil.CONN_ESTABLISHED]
             if not open_ or time.monotonic() >= deadline:
                 return len(open_)
@@ -439,12 +448,13 @@ from zdagent.nginx.split import Split  # noqa: E402
 from zdagent.nginx.switch import (  # noqa: E402
     NjsSwitcher,
     ReloadSwitcher,
+    SlotPorts,
     Switcher,
     switcher_for,
 )
 
 __all__ = [
-    "NJS_KEEPALIVE_S", "UPSTREAM_HEADER", "Nginx", "NjsSwitcher", "ReloadSwitcher",
+    "NJS_KEEPALIVE_S", "UPSTREAM_HEADER", "Nginx", "NjsSwitcher", "ReloadSwitcher", "SlotPorts",
     "SwitchResult", "Switcher", "answering_upstream", "atomic_write", "live_port_in",
     "pool_name", "render_site", "render_template", "render_upstream", "routed_slot",
     "served_by", "switcher_for", "template_names", "templates_dir", "upstream_name",

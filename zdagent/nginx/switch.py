@@ -51,13 +51,32 @@ if TYPE_CHECKING:
     from zdagent.nginx import Nginx
 
 
+SlotPorts = Callable[[str], tuple[int, ...]]
+_HEADER_LIVE_RE = re.compile(r"^# zdagent: live=(blue|green)\b", re.M)
+
+
+def fixed_ports(cfg: AppConfig) -> SlotPorts:
+    """Each slot on its slot port (containers, and swarm services on a published port)."""
+    return lambda slot: (cfg.slot_port(slot),)
+
+
 class Switcher(ABC):
-    """One switch strategy for one app; pure where it can be (rendering, routing)."""
+    """One switch strategy for one app; pure where it can be (rendering, routing).
+
+    ``ports`` says where a slot answers: its slot port, or (swarm task-ports) the port of
+    each running task, asked whenever a file is rendered."""
 
     mode: ClassVar[str]
 
-    def __init__(self, cfg: AppConfig) -> None:
+    def __init__(self, cfg: AppConfig, ports: SlotPorts | None = None) -> None:
         self.cfg = cfg
+        self.ports = ports or fixed_ports(cfg)
+
+    def slot_of(self, port: int) -> str | None:
+        """The slot that answers on ``port`` (a task's or the slot's own)."""
+        return self.cfg.slot_for_port(port) or next(
+            (s for s in ("blue", "green") if self.cfg.swarm.task_ports and
+             port in self.ports(s)), None)
 
     @abstractmethod
     def render_upstream(self, live_slot: str | None, standby_slot: str | None,
@@ -89,8 +108,9 @@ class Switcher(ABC):
         """Raise (before anything is touched) if the files on disk cannot be switched."""
         return None  # reload mode: any upstream file zdagent wrote can be rewritten
 
-    def wait_old_connections(self, nginx: Nginx, port: int, timeout: float) -> int:
-        """After the switch: wait until nothing is in flight to the old slot on ``port``;
+    def wait_old_connections(self, nginx: Nginx, ports: tuple[int, ...],
+                             timeout: float) -> int:
+        """After the switch: wait until nothing is in flight to the old slot on ``ports``;
         return how many connections were still open when ``timeout`` ran out."""
         return 0
 
@@ -114,19 +134,22 @@ class ReloadSwitcher(Switcher):
     def render_upstream(self, live_slot: str | None, standby_slot: str | None,
                         split: Split | None = None) -> str:
         cfg = self.cfg
-        canary: dict[str, object] = {"canary_port": None}
+        canary: dict[str, object] = {"canary_port": None, "canary_ports": ()}
         if split is not None:  # both primary, weighted; no backup
             live_w, canary_w = weights(split.percent)
-            canary = {"canary_port": cfg.slot_port(split.candidate),
+            ports = self.ports(split.candidate)
+            canary = {"canary_port": ports[0], "canary_ports": ports,
                       "canary_slot": split.candidate, "canary_percent": split.percent,
                       "live_weight": live_w, "canary_weight": canary_w}
             standby_slot = None
+        live = self.ports(live_slot) if live_slot else ()
+        standby = self.ports(standby_slot) if standby_slot else ()
         return render_template(
             cfg.nginx.upstream_template, "upstream.conf.j2", **template_names(cfg),
-            live_slot=live_slot, live_port=cfg.slot_port(live_slot) if live_slot else None,
+            live_slot=live_slot, live_port=live[0] if live else None, live_ports=live,
             placeholder_port=cfg.slots.blue_port,
-            standby_slot=standby_slot,
-            standby_port=cfg.slot_port(standby_slot) if standby_slot else None,
+            standby_slot=standby_slot, standby_port=standby[0] if standby else None,
+            standby_ports=standby,
             **canary,
         )
 
@@ -134,11 +157,17 @@ class ReloadSwitcher(Switcher):
         return _site(self.cfg, "site.conf.j2")
 
     def routed_slot(self) -> str | None:
+        """The primary server's slot; task-ports: the header's, since a task's port
+        outlives its task in the file until the next render."""
         try:
-            port = live_port_in(self.cfg.nginx.upstream_file.read_text())
+            text = self.cfg.nginx.upstream_file.read_text()
         except OSError:
             return None
-        return self.cfg.slot_for_port(port) if port else None
+        header = _HEADER_LIVE_RE.search(text) if self.cfg.swarm.task_ports else None
+        if header:
+            return header.group(1)
+        port = live_port_in(text)
+        return self.slot_of(port) if port else None
 
     def routed_split(self) -> Split | None:
         try:
@@ -192,6 +221,7 @@ class NjsSwitcher(Switcher):
         return render_template(
             cfg.nginx.upstream_template, "upstream_njs.conf.j2", **template_names(cfg),
             blue_port=cfg.slots.blue_port, green_port=cfg.slots.green_port,
+            blue_ports=self.ports("blue"), green_ports=self.ports("green"),
             js_dir=str(templates_dir()), active_file=str(cfg.nginx.active_file),
             keepalive_timeout=NJS_KEEPALIVE_S,
         )
@@ -372,9 +402,10 @@ class NjsSwitcher(Switcher):
             return False
         return nginx.restore_upstream(prev_upstream, reload=reload)
 
-    def wait_old_connections(self, nginx: Nginx, port: int, timeout: float) -> int:
+    def wait_old_connections(self, nginx: Nginx, ports: tuple[int, ...],
+                             timeout: float) -> int:
         # No worker exits in njs mode: wait for Nginx's connections to the old slot.
-        return nginx.wait_connections_closed(port, timeout)
+        return nginx.wait_connections_closed(ports, timeout)
 
 
 def restored_error(e: Exception, restored: bool, what: str, *, hint: str = "",
@@ -429,6 +460,6 @@ def site_tls(cfg: AppConfig) -> dict[str, object]:
 SWITCHERS: dict[str, type[Switcher]] = {s.mode: s for s in (ReloadSwitcher, NjsSwitcher)}
 
 
-def switcher_for(cfg: AppConfig) -> Switcher:
+def switcher_for(cfg: AppConfig, ports: SlotPorts | None = None) -> Switcher:
     """The app's switch strategy, from ``nginx.switch_mode`` (validated by config)."""
-    return SWITCHERS[cfg.nginx.switch_mode](cfg)
+    return SWITCHERS[cfg.nginx.switch_mode](cfg, ports)
