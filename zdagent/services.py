@@ -131,14 +131,24 @@ def task_image(task: dict[str, Any]) -> str:
     return str(task.get("Spec", {}).get("ContainerSpec", {}).get("Image", ""))
 
 
-def running_task_ports(tasks: list[dict[str, Any]], target: int) -> tuple[int, ...]:
-    """Pure: the host ports of the tasks that run (healthy, with a healthcheck) and are
-    meant to, sorted; a task still starting or already stopping is not served."""
-    ports = {int(p["PublishedPort"]) for t in tasks
-             if t.get("DesiredState") == "running" and t["Status"]["State"] == "running"
-             for p in (t["Status"].get("PortStatus") or {}).get("Ports") or []
-             if p.get("TargetPort") == target and p.get("PublishedPort")}
-    return tuple(sorted(ports))
+def running_containers(tasks: list[dict[str, Any]]) -> list[str]:
+    """Pure: the container ids of the tasks that run (healthy, with a healthcheck) and are
+    meant to; a task still starting or already stopping is not served."""
+    return [str(t["Status"]["ContainerStatus"]["ContainerID"]) for t in tasks
+            if t.get("DesiredState") == "running" and t["Status"]["State"] == "running"
+            and (t["Status"].get("ContainerStatus") or {}).get("ContainerID")]
+
+
+def ipv4_host_port(container: dict[str, Any], target: int) -> int | None:
+    """Pure: the IPv4 host port a container publishes ``target`` on (Nginx dials 127.0.0.1).
+
+    Not the task's PortStatus: Docker 20.10 may give a dynamic port's IPv4 and IPv6 bindings
+    different numbers, and the task lists both without saying which is which."""
+    bindings = (container.get("NetworkSettings", {}).get("Ports") or {}).get(f"{target}/tcp")
+    for b in bindings or []:
+        if ":" not in (b.get("HostIp") or "") and str(b.get("HostPort", "")).isdigit():
+            return int(b["HostPort"])
+    return None
 
 
 class ServiceSlots(Slots):
@@ -225,8 +235,20 @@ class ServiceSlots(Slots):
         (nothing listens there: a probe fails, Nginx passes to the backup)."""
         if not self.cfg.swarm.task_ports:
             return super().ports(slot)
-        return running_task_ports(self.tasks(slot), self.cfg.container.port) or \
-            super().ports(slot)
+        return self.task_ports(slot) or super().ports(slot)
+
+    def task_ports(self, slot: str) -> tuple[int, ...]:
+        """The running tasks' IPv4 host ports, read from their containers (on this node)."""
+        ports = set()
+        for cid in running_containers(self.tasks(slot)):
+            try:
+                port = ipv4_host_port(self.client.api.inspect_container(cid),
+                                      self.cfg.container.port)
+            except docker.errors.NotFound:
+                continue  # the task's container just went
+            if port:
+                ports.add(port)
+        return tuple(sorted(ports))
 
     def info(self, slot: str) -> SlotInfo:
         port = self.cfg.slot_port(slot)
@@ -234,8 +256,7 @@ class ServiceSlots(Slots):
         counts = self._counts(svc)
         if svc is None or counts is None:
             return SlotInfo(slot=slot, port=port, state="missing")
-        task_ports = running_task_ports(self.tasks(slot), self.cfg.container.port) \
-            if self.cfg.swarm.task_ports else ()
+        task_ports = self.task_ports(slot) if self.cfg.swarm.task_ports else ()
         running, desired = counts
         labels = svc.attrs["Spec"].get("Labels", {}) or {}
         image = str(svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"].get("Image", ""))

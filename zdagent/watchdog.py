@@ -366,11 +366,8 @@ async def _rerouted(cfg: AppConfig, hooks: WatchHooks, floor: TaskFloor | None,
         return ports  # unchanged, or no live task to route to (the floor decides that)
     reason = "the tasks' ports changed (" + "; ".join(
         f"{slot}: {', '.join(map(str, p))}" for slot, p in ports.items()) + ")"
-    refused = await hooks.reroute(reason, live)
-    if refused is None:
-        if floor.routed is not None:  # the first look only confirms what a deploy wrote
-            hooks.log(f"{cfg.name}: {reason}: Nginx's upstream is up to date")
-    else:
+    refused = await hooks.reroute(reason, live)  # the engine's event says what changed
+    if refused is not None:
         hooks.log(f"{cfg.name}: {reason}; the upstream was not re-rendered: {refused}")
         if "lock" in refused:
             return ports  # a deploy or revert runs: look again next tick

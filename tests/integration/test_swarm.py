@@ -65,6 +65,11 @@ def services(docker_client):
     for name in apps:
         for s in docker_client.services.list(filters={"label": f"zdagent.app={name}"}):
             s.remove()
+    # Swarm removes the tasks' containers by itself: wait, so the session's leftover check
+    # does not race it (a container being removed twice is Docker's 409).
+    wait_for(lambda: not [c for name in apps for c in docker_client.containers.list(
+        all=True, sparse=True, filters={"label": f"zdagent.app={name}"})], 60,
+        "the services' containers to go")
 
 
 def watched_swarm_app(make_app, repo: str, services, daemon_factory, docker_client, **kw):
@@ -252,13 +257,22 @@ def test_three_replicas_through_the_routing_mesh(make_app, swarm_registry, servi
 NO_RESPONSE_NAMES = {e.__name__ for e in NO_RESPONSE}
 
 
+def host_port(docker_client, task: dict) -> int | None:
+    """The IPv4 host port of a task's container (Docker 20.10 may give IPv6 another); None
+    once the container stopped (its task may still say running for a moment)."""
+    c = docker_client.containers.get(task["Status"]["ContainerStatus"]["ContainerID"])
+    ports = [int(b["HostPort"]) for b in
+             (c.attrs["NetworkSettings"]["Ports"] or {}).get("8080/tcp") or []
+             if b["HostIp"] == "0.0.0.0"]
+    return ports[0] if ports else None
+
+
 def task_ports(docker_client, service: str) -> list[int]:
-    """The host ports of the service's running tasks, as Docker reports them (a port is
-    listed once per address family)."""
+    """The IPv4 host ports of the service's running tasks."""
     svc = docker_client.services.get(service)
-    return sorted({p["PublishedPort"] for t in svc.tasks(filters={"desired-state": "running"})
-                   if t["Status"]["State"] == "running"
-                   for p in t["Status"].get("PortStatus", {}).get("Ports", [])})
+    ports = [host_port(docker_client, t) for t in svc.tasks(filters={"desired-state": "running"})
+             if t["Status"]["State"] == "running"]
+    return sorted(p for p in ports if p is not None)
 
 
 def upstream_text(app) -> str:
@@ -325,7 +339,7 @@ def test_a_killed_task_of_three_loses_no_request_and_its_replacement_is_routed(
     require(NJS_MODULE.exists(), "Nginx's njs module (apt-get install libnginx-mod-http-js)")
     app = swarm_app(make_app, swarm_registry, replicas=3, mode="task-ports",
                     nginx='switch_mode = "njs"\n',
-                    extra="[watchdog]\ninterval = 0.3\nfailures = 3\n")
+                    extra="min_healthy = 2\n[watchdog]\ninterval = 0.3\nfailures = 3\n")
     services.append(app.name)
     d = daemon_factory([app]).start()
     app.ok("deploy", "v1")
@@ -335,14 +349,16 @@ def test_a_killed_task_of_three_loses_no_request_and_its_replacement_is_routed(
     before = task_ports(docker_client, svc.name)
     assert all(f"127.0.0.1:{p} " in upstream_text(app) for p in before)
     victim = svc.tasks(filters={"desired-state": "running"})[0]
-    dead = victim["Status"]["PortStatus"]["Ports"][0]["PublishedPort"]
+    dead = host_port(docker_client, victim)
     with Load(app.port, "/cgi-bin/version", 10, tmp_path, max_seconds=120,
               kinds=("close", "retry")) as load, \
             RequestLoop(app.url + "/cgi-bin/version", max_seconds=120) as loop:
         wait_for(lambda: loop.total > 10, 30, "load before the kill")
+        container = docker_client.containers.get(
+            victim["Status"]["ContainerStatus"]["ContainerID"])
         killed_at = time.time()
-        docker_client.containers.get(
-            victim["Status"]["ContainerStatus"]["ContainerID"]).kill()
+        container.kill()
+        kill_done = time.time()
 
         def replaced() -> list[int]:
             now = task_ports(docker_client, svc.name)
@@ -357,13 +373,18 @@ def test_a_killed_task_of_three_loses_no_request_and_its_replacement_is_routed(
         routed_at, base = time.time(), loop.total
         wait_for(lambda: loop.total > base + 20, 30, "load after the reroute")
     records = load.records()
-    # As the zero-downtime benchmark counts: a browser retries GETs, never POSTs, so a
-    # keep-alive POST that meets the reload closing its idle connection is the one loss a
-    # reload can cause (no response at all, never a 5xx).
-    failed = [r for r in records if not r.ok and (r.kind, r.method) != ("retry", "POST")]
-    assert failed == [], failed[:5]
-    lost_posts = [r for r in records if not r.ok and r.method == "POST"]
-    assert all(r.status == 0 and r.error in NO_RESPONSE_NAMES for r in lost_posts), lost_posts
+    # GETs: none lost, fresh connections or keep-alive (a browser retries a GET on a reused
+    # connection closed without a response). POSTs are never replayed, so two losses are
+    # physics, not routing: a POST the task had when SIGKILL hit it (started before the kill
+    # returned, answered by the dead task alone), and a keep-alive POST meeting the reroute's
+    # reload closing its idle connection (no response at all; the zero-downtime benchmark
+    # counts keep-alive POSTs the same way).
+    assert [r for r in records if not r.ok and r.method == "GET"] == []
+    lost = [r for r in records if not r.ok and r.method == "POST"]
+    in_flight = [r for r in lost if r.t < kill_done and r.upstream == f"127.0.0.1:{dead}"]
+    closed = [r for r in lost if r.kind == "retry" and r.status == 0 and
+              r.error in NO_RESPONSE_NAMES]
+    assert len(in_flight) + len(closed) == len(lost), lost
     # Nginx passes a POST on only when it could not be sent: the first try was the dead task.
     passed_on = [r for r in records if r.method == "POST" and "," in r.upstream]
     assert all(r.upstream.split(", ")[0] == f"127.0.0.1:{dead}" for r in passed_on), passed_on
@@ -373,8 +394,11 @@ def test_a_killed_task_of_three_loses_no_request_and_its_replacement_is_routed(
             mine = [r for r in records if (r.kind, r.method) == (kind, method)]
             assert any(r.t < killed_at for r in mine) and any(r.t > routed_at for r in mine), \
                 (kind, method, len(mine))
-    assert "Nginx's upstream is up to date" in d.log.read_text()
+    assert "Nginx now routes to green on 127.0.0.1:" in d.log.read_text()
+    assert any(f"127.0.0.1:{new}" in line and "now routes to green" in line
+               for line in d.log.read_text().splitlines())  # the daemon's record of it
     assert app.served_version() == "v2"
+    assert d.status()["apps"][app.name]["status"] == "healthy"  # 2/3 is min_healthy: no revert
 
 
 def test_watchdog_reverts_when_two_of_three_task_ports_tasks_die(
