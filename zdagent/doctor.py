@@ -269,6 +269,9 @@ def port_verdict(app: str, slot: str, f: PortFacts) -> Result:
 
 # --- swarm ------------------------------------------------------------------------------
 
+EPHEMERAL = (32768, 60999)  # Linux's default ephemeral port range
+
+
 @dataclass(frozen=True)
 class SwarmFacts:
     node_state: str | None  # active | inactive | pending | error | locked; None: unknown
@@ -277,6 +280,8 @@ class SwarmFacts:
     firewall: str | None  # `iptables -S DOCKER-USER`; None when it cannot be read
     error: str | None = None
     nodes: int | None = None  # nodes ready to run tasks (a manager knows)
+    # Where Docker picks a dynamic host port (task-ports): net.ipv4.ip_local_port_range
+    ephemeral: tuple[int, int] = EPHEMERAL
 
 
 PORT_OPTIONS = ("--dport", "--dports", "--destination-port", "--destination-ports",
@@ -366,18 +371,24 @@ def swarm_verdicts(cfg: AppConfig, f: SwarmFacts) -> list[Result]:
                           f"per node: replicas = {cfg.swarm.replicas} needs as many nodes, the "
                           f"swarm has {f.nodes} ready", "add nodes (docs/scaling.md) or lower "
                           "swarm.replicas; a deploy would wait for tasks that cannot be placed"))
-    ports = [cfg.slot_port(s) for s in ("blue", "green")]
+    if cfg.swarm.task_ports:  # Docker picks each task's port from the ephemeral range
+        ports = list(f.ephemeral)
+        exposure = (f"task ports are picked from {ports[0]}-{ports[1]} "
+                    "(net.ipv4.ip_local_port_range) and published on every interface of "
+                    "this node (Swarm cannot bind them to 127.0.0.1)")
+    else:
+        ports = [cfg.slot_port(s) for s in ("blue", "green")]
+        exposure = (f"slot ports {'/'.join(map(str, ports))} are published on every "
+                    "interface (Swarm cannot bind them to 127.0.0.1)")
     open_ = [p for p in ports if f.firewall is None or not firewalled(f.firewall, p)]
-    exposure = (f"slot ports {'/'.join(map(str, ports))} are published on every interface "
-                "(Swarm cannot bind them to 127.0.0.1)")
     if not open_:
         out.append(Result(f"{check}/exposure", OK,
                           f"{exposure}, and DOCKER-USER drops them from outside"))
     else:
         seen = "cannot read the DOCKER-USER chain" if f.firewall is None else \
             f"no DROP rule for {'/'.join(map(str, open_))} in DOCKER-USER"
-        spans = [f"{min(ports)}:{max(ports)}"] if max(ports) - min(ports) == 1 else \
-            [str(p) for p in open_]
+        spans = [f"{min(ports)}:{max(ports)}"] if max(ports) - min(ports) == 1 or \
+            cfg.swarm.task_ports else [str(p) for p in open_]
         rules = " && ".join(f"iptables -I DOCKER-USER -i <public interface> -p tcp -m conntrack "
                             f"--ctorigdstport {span} --ctdir ORIGINAL -j DROP" for span in spans)
         out.append(Result(f"{check}/exposure", WARN, f"{exposure}; {seen}",
@@ -409,7 +420,16 @@ def swarm_facts() -> SwarmFacts:
     except Exception as e:
         return SwarmFacts(None, False, ipvs, rules, _short(e))
     return SwarmFacts(sw.get("LocalNodeState"), bool(sw.get("ControlAvailable")), ipvs, rules,
-                      nodes=nodes)
+                      nodes=nodes, ephemeral=_ephemeral_range())
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's ephemeral port range: Docker's dynamic host ports come from it."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return EPHEMERAL
 
 
 # --- control socket ---------------------------------------------------------------------

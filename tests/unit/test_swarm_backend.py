@@ -183,3 +183,69 @@ def test_the_firewall_hint_never_drops_ports_between_the_slots(tmp_path):
                    if r.check.endswith("/exposure")]
     assert "--ctorigdstport 18001 " in exposure.hint and "--ctorigdstport 18010 " in exposure.hint
     assert "18001:18010" not in exposure.hint
+
+
+TASK_PORTS = 'replicas = 3\npublish_mode = "task-ports"\nmin_healthy = 2'
+
+
+def test_task_ports_spec_lets_docker_pick_each_tasks_port_on_this_node(tmp_path):
+    cfg = swarm_cfg(tmp_path, TASK_PORTS)
+    assert cfg.swarm.task_ports
+    assert not swarm_cfg(tmp_path, 'publish_mode = "host"').swarm.task_ports
+    kw = service_kwargs(cfg, "green", "i", "v2", 1, {}, [], "node-7")
+    (port,) = kw["endpoint_spec"]["Ports"]
+    assert port == {"Protocol": "tcp", "TargetPort": 8080, "PublishMode": "host"}  # no port
+    assert kw["constraints"] == ["node.id == node-7"]  # next to Nginx, which dials 127.0.0.1
+    # every task has a port of its own: new tasks start first, several per node
+    assert kw["update_config"]["Order"] == "start-first" and kw["maxreplicas"] == 0
+
+
+def test_task_ports_refuse_a_custom_template_that_renders_one_port(tmp_path):
+    (tmp_path / "up.j2").write_text("upstream {{ upstream }} { server 127.0.0.1:{{ live_port }}; }")
+    text = SWARM.replace("[nginx]", '[nginx]\nupstream_template = "up.j2"')
+    msg = error_of(tmp_path, text + "\n[swarm]\n" + TASK_PORTS)
+    assert "nginx.upstream_template" in msg and "live_ports" in msg, msg
+    load_config(write(tmp_path, text))  # the slot-port modes need no loop
+
+
+TASKS = [  # what `service.tasks()` returns, trimmed to what zdagent reads
+    {"DesiredState": "running", "Status": {"State": "running",
+                                           "ContainerStatus": {"ContainerID": "a"}}},
+    {"DesiredState": "running", "Status": {"State": "starting",
+                                           "ContainerStatus": {"ContainerID": "b"}}},
+    {"DesiredState": "shutdown", "Status": {"State": "running",
+                                            "ContainerStatus": {"ContainerID": "c"}}},
+    {"DesiredState": "running", "Status": {"State": "running"}},  # no container yet
+]
+
+
+def test_only_running_tasks_meant_to_run_are_served():
+    from zdagent.services import running_containers
+
+    assert running_containers(TASKS) == ["a"]
+
+
+def test_a_tasks_port_is_its_ipv4_binding():
+    """Docker 20.10 gave a dynamic port's IPv6 binding another number (seen here:
+    0.0.0.0:32972 and [::]:32970); Nginx dials 127.0.0.1."""
+    from zdagent.services import ipv4_host_port
+
+    attrs = {"NetworkSettings": {"Ports": {"8080/tcp": [
+        {"HostIp": "::", "HostPort": "32970"}, {"HostIp": "0.0.0.0", "HostPort": "32972"}]}}}
+    assert ipv4_host_port(attrs, 8080) == 32972
+    assert ipv4_host_port(attrs, 9090) is None
+    assert ipv4_host_port({"NetworkSettings": {"Ports": {}}}, 8080) is None  # stopped
+
+
+def test_task_ports_exposure_names_the_ephemeral_range(tmp_path):
+    cfg = swarm_cfg(tmp_path, TASK_PORTS)
+    facts = d.SwarmFacts("active", True, False, RULES, nodes=1, ephemeral=(32768, 60999))
+    (exposure,) = [r for r in d.swarm_verdicts(cfg, facts) if r.check.endswith("/exposure")]
+    assert exposure.status == d.WARN and "32768-60999" in exposure.message, exposure
+    assert "--ctorigdstport 32768:60999" in exposure.hint
+    ok = RULES.replace("18001:18002", "32768:60999")
+    (exposure,) = [r for r in d.swarm_verdicts(cfg, d.SwarmFacts(
+        "active", True, False, ok, nodes=1)) if r.check.endswith("/exposure")]
+    assert exposure.status == d.OK
+    # one node is enough, and no mesh is needed
+    assert [r.check for r in d.swarm_verdicts(cfg, facts) if r.status == d.FAIL] == []

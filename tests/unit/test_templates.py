@@ -216,3 +216,31 @@ def test_the_switch_strategy_is_chosen_once_from_config(tmp_path, cfg):
     njs.nginx.active_file.write_text("zdagent__green_web_app\n")
     assert routed_slot(njs) == switcher.routed_slot() == "green"
 
+
+
+def test_task_ports_render_one_server_per_task_in_both_modes(tmp_path):
+    """Swarm task-ports: every running task of a slot is a server; the other slot's tasks
+    are the backups; the header still names the live slot (the ports come and go)."""
+    from zdagent.nginx import switcher_for
+
+    ports = {"blue": (32771, 32772), "green": (32780, 32781, 32782)}
+    text = render_upstream(cfg_at(tmp_path), "green", "blue", ports.get)
+    assert "# zdagent: live=green standby=blue" in text
+    assert re.findall(r"server 127\.0\.0\.1:(\d+) max_fails=1 fail_timeout=2s;", text) == \
+        ["32780", "32781", "32782"]
+    assert re.findall(r"server 127\.0\.0\.1:(\d+) backup;", text) == ["32771", "32772"]
+    njs = cfg_at(tmp_path, 'switch_mode = "njs"\n')
+    text = render_upstream(njs, "green", None, ports.get)
+    blue, green = text.split("upstream zdagent__green_web_app {")
+    assert re.findall(r":(\d+) max_fails", blue) == ["32771", "32772"]
+    assert re.findall(r":(\d+) backup", green) == ["32771", "32772"]
+    assert re.findall(r":(\d+) max_fails", green) == ["32780", "32781", "32782"]
+    switcher = switcher_for(cfg_at(tmp_path), ports.get)
+    assert switcher.slot_of(18002) == "green"  # the slot ports still name their slot
+
+
+def cfg_at(tmp_path, extra: str = ""):
+    p = tmp_path / "web.toml"
+    p.write_text(CONFIG.replace("/etc/nginx/zdagent/web-app.upstream.conf",
+                                str(tmp_path / "web-app.upstream.conf")) + extra)
+    return load_config(p)

@@ -383,3 +383,14 @@ def test_a_tick_that_raises_is_state_error_logged_once_and_the_loop_goes_on(tmp_
             await s.stop()
 
     asyncio.run(main())
+
+
+def test_classify_accepts_any_task_of_the_live_slot(tmp_path):
+    """Swarm task-ports: the live slot answers on any of its tasks' ports, never the other
+    slot's."""
+    cfg = app_cfg(tmp_path, 18001, 18002, 18003, tmp_path / "pid")
+    ports = {"blue": (32771,), "green": (32780, 32781)}
+    assert classify(cfg, "green", None, None, Answer(200, "127.0.0.1:32781"), ports).kind == \
+        "ok"
+    v = classify(cfg, "green", None, None, Answer(200, "127.0.0.1:32771"), ports)
+    assert v.kind == "failing" and "not green" in v.detail
