@@ -356,7 +356,9 @@ def test_a_killed_task_of_three_loses_no_request_and_its_replacement_is_routed(
             victim["Status"]["ContainerStatus"]["ContainerID"])
         killed_at = time.time()
         container.kill()
-        kill_done = time.time()
+        wait_for(lambda: f"127.0.0.1:{dead} " not in upstream_text(app), 30,
+                 "the daemon to drop the dead task's port")
+        dropped_at = time.time()
 
         def replaced() -> list[int]:
             now = task_ports(docker_client, svc.name)
@@ -373,13 +375,14 @@ def test_a_killed_task_of_three_loses_no_request_and_its_replacement_is_routed(
     records = load.records()
     # GETs: none lost, fresh connections or keep-alive (a browser retries a GET on a reused
     # connection closed without a response). POSTs are never replayed, so two losses are
-    # physics, not routing: a POST the task had when SIGKILL hit it (started before the kill
-    # returned, answered by the dead task alone), and a keep-alive POST meeting the reroute's
+    # physics, not routing: a POST the killed task took as it died (answered 502 by it alone,
+    # sent before its port left the upstream), and a keep-alive POST meeting the re-render's
     # reload closing its idle connection (no response at all; the zero-downtime benchmark
     # counts keep-alive POSTs the same way).
     assert [r for r in records if not r.ok and r.method == "GET"] == []
     lost = [r for r in records if not r.ok and r.method == "POST"]
-    in_flight = [r for r in lost if r.t < kill_done and r.upstream == f"127.0.0.1:{dead}"]
+    in_flight = [r for r in lost if killed_at - 1 < r.t < dropped_at and r.status == 502
+                 and r.upstream == f"127.0.0.1:{dead}"]
     closed = [r for r in lost if r.kind == "retry" and r.status == 0 and
               r.error in NO_RESPONSE_NAMES]
     assert len(in_flight) + len(closed) == len(lost), lost
