@@ -449,6 +449,8 @@ class TaskFloor:
         self.cfg = cfg
         self.client: docker.DockerClient | None = None
         self.routed: dict[str, tuple[int, ...]] | None = None  # the ports Nginx was given
+        self.failed: dict[str, tuple[int, ...]] | None = None  # a re-render that failed
+        self.retry_at = 0.0  # (monotonic) when to try that one again
 
     def shortfall(self, slot: str) -> str | None:
         """Why the live service is short of tasks, or None (a Docker error is no verdict)."""

@@ -32,6 +32,8 @@ from zdagent.probe import Answer, KeptAlive, aget
 from zdagent.services import TaskFloor, task_floor
 from zdagent.slots import other
 
+REROUTE_RETRY = 10.0  # seconds before a failed re-render of the same task ports is retried
+
 
 class Action(StrEnum):
     NONE = "none"
@@ -364,14 +366,16 @@ async def _rerouted(cfg: AppConfig, hooks: WatchHooks, floor: TaskFloor | None,
     ports = await asyncio.to_thread(floor.task_ports)
     if ports is None or ports == floor.routed or ports[live] == (cfg.slot_port(live),):
         return ports  # unchanged, or no live task to route to (the floor decides that)
+    if ports == floor.failed and time.monotonic() < floor.retry_at:
+        return ports  # the same re-render just failed: no reload storm
     reason = "the tasks' ports changed (" + "; ".join(
         f"{slot}: {', '.join(map(str, p))}" for slot, p in ports.items()) + ")"
     refused = await hooks.reroute(reason, live)  # the engine's event says what changed
-    if refused is not None:
+    if refused is None:
+        floor.routed, floor.failed = ports, None
+    elif "lock" not in refused:  # a deploy or revert runs: look again next tick
         hooks.log(f"{cfg.name}: {reason}; the upstream was not re-rendered: {refused}")
-        if "lock" in refused:
-            return ports  # a deploy or revert runs: look again next tick
-    floor.routed = ports  # a failed re-render is not retried until the ports change again
+        floor.failed, floor.retry_at = ports, time.monotonic() + REROUTE_RETRY
     return ports
 
 

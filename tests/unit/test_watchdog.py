@@ -394,3 +394,51 @@ def test_classify_accepts_any_task_of_the_live_slot(tmp_path):
         "ok"
     v = classify(cfg, "green", None, None, Answer(200, "127.0.0.1:32771"), ports)
     assert v.kind == "failing" and "not green" in v.detail
+
+
+def test_task_ports_are_rerendered_once_per_change_and_a_failure_is_not_retried_at_once(
+        tmp_path):
+    """Swarm task-ports: a change of the tasks' ports asks the daemon to re-render once; a
+    busy lock is asked again next round; a failed re-render waits REROUTE_RETRY (no reload
+    storm); a live slot with no task left is not re-rendered (the task count decides)."""
+    from types import SimpleNamespace
+
+    from zdagent import watchdog as w
+    from zdagent.services import TaskFloor
+
+    path = app_cfg(tmp_path, 18001, 18002, 18003, tmp_path / "pid").path
+    path.write_text(path.read_text().replace("[source]", 'backend = "swarm"\n[source]')
+                    + '[swarm]\nreplicas = 2\npublish_mode = "task-ports"\n')
+    cfg = load_config(path)
+    floor = TaskFloor(cfg)
+    now = {"blue": (32771, 32772), "green": (32780, 32781)}
+    floor.task_ports = lambda: dict(now)  # Docker's answer, as data
+    answers: list[str | None] = []
+    asked: list[str] = []
+
+    async def reroute(reason: str, live: str) -> str | None:
+        asked.append(reason)
+        return answers.pop(0)
+
+    hooks = SimpleNamespace(reroute=reroute, log=lambda line: None)
+
+    def round_() -> None:
+        asyncio.run(w._rerouted(cfg, hooks, floor, "green"))
+
+    answers.append(None)
+    round_()
+    round_()  # unchanged: nothing asked
+    assert len(asked) == 1 and "green: 32780, 32781" in asked[0]
+    now["green"] = (32780, 32790)
+    answers += ["a deploy holds the app's lock", "nginx -t failed: ..."]
+    round_()
+    round_()  # the lock was busy: asked again; then it failed
+    round_()  # the same ports failed a moment ago: not asked
+    assert len(asked) == 3
+    floor.retry_at = 0.0  # REROUTE_RETRY later
+    answers.append(None)
+    round_()
+    assert len(asked) == 4 and floor.routed == now
+    now["green"] = (18002,)  # no running task: the slot port stands for none
+    round_()
+    assert len(asked) == 4
