@@ -226,7 +226,7 @@ def test_task_ports_render_one_server_per_task_in_both_modes(tmp_path):
     ports = {"blue": (32771, 32772), "green": (32780, 32781, 32782)}
     text = render_upstream(cfg_at(tmp_path), "green", "blue", ports.get)
     assert "# zdagent: live=green standby=blue" in text
-    assert re.findall(r"server 127\.0\.0\.1:(\d+) max_fails=1 fail_timeout=2s;", text) == \
+    assert re.findall(r"server 127\.0\.0\.1:(\d+) max_fails=0;", text) == \
         ["32780", "32781", "32782"]
     assert re.findall(r"server 127\.0\.0\.1:(\d+) backup;", text) == ["32771", "32772"]
     njs = cfg_at(tmp_path, 'switch_mode = "njs"\n')
@@ -235,6 +235,8 @@ def test_task_ports_render_one_server_per_task_in_both_modes(tmp_path):
     assert re.findall(r":(\d+) max_fails", blue) == ["32771", "32772"]
     assert re.findall(r":(\d+) backup", green) == ["32771", "32772"]
     assert re.findall(r":(\d+) max_fails", green) == ["32780", "32781", "32782"]
+    alone = green.split("upstream zdagent__alone_green_web_app {")[1].split("}")[0]
+    assert re.findall(r":(\d+);", alone) == ["32780", "32781", "32782"]  # no backup
     switcher = switcher_for(cfg_at(tmp_path), ports.get)
     assert switcher.slot_of(18002) == "green"  # the slot ports still name their slot
 
