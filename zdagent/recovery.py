@@ -93,6 +93,8 @@ def reconcile(cfg: AppConfig, store: Store, slots: Slots, nginx: Nginx, emit: Em
     elif st.candidate_slot and st.candidate_slot != plan.live and (kind == STANDBY or
                                                                     not created):
         notes.append(f"kept the standby {st.candidate_slot}")
+    if plan.live and cfg.nginx.standby_as_backup and slots.info(other(plan.live)).running:
+        nginx.restore_backup(plan.live)  # killed after the backup was dropped: it is intact
     store.clear_canary(cfg.name)
     if st.deploy_id is not None:
         store.finish(st.deploy_id, "interrupted", "; ".join(notes))

@@ -47,6 +47,16 @@ def phase(self, p, message, **kw):
             hold()
 
 deploy._Run.phase = phase
+if phase_name == "start" and when == "backup-dropped":  # njs: right after drop_backup
+    from zdagent.nginx import Nginx
+    dropped = Nginx.drop_backup
+
+    def drop_then_hold(self, live):
+        if dropped(self, live):
+            hold()
+        return False
+
+    Nginx.drop_backup = drop_then_hold
 with deploy.Engine(load_config(os.environ["ZDAGENT_CONFIG"]), lambda e: None) as engine:
     engine.deploy("v3") if op == "deploy" else engine.rollback()
 """
@@ -134,3 +144,32 @@ def engine_live(cfg) -> str:
         live = engine.live_slot()
     assert live is not None
     return live
+
+
+def test_kill_9_after_the_backup_was_dropped_gives_it_back(make_app, tmp_path):
+    """njs: killed between naming the live slot's group without backup and touching the
+    standby; recovery finds the standby intact and makes it the backup again."""
+    from tests.integration.test_njs_switch import NJS
+    from zdagent.config import pool_name
+
+    app = make_app(extra=NJS)
+    app.ok("deploy", "v1")
+    app.ok("deploy", "v2")
+    active = app.nginx.prefix / "zdagent" / f"{app.name}.upstream.conf.active"
+    marker = tmp_path / "held"
+    child = subprocess.Popen(
+        [sys.executable, "-c", STOP_AT, "start", "backup-dropped", str(marker), "deploy"],
+        env={**os.environ, "ZDAGENT_CONFIG": str(app.config)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: marker.exists() or child.poll() is not None, 120, "backup dropped")
+        assert marker.exists(), child.stderr.read()[-800:]
+        assert active.read_text().strip() == pool_name(app.name, "green", alone=True)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    with Engine(load_config(app.config), lambda e: None) as engine:
+        notes = engine.recover()
+    assert notes and "interrupted in phase 'start'" in notes[0], notes
+    assert active.read_text().strip() == pool_name(app.name, "green")  # blue: the backup
+    assert app.served_version() == "v2"
