@@ -120,7 +120,7 @@ def test_njs_mode_renders_both_pools_and_reads_the_active_file(tmp_path):
 
 def test_njs_groups_without_backup_exist_and_route_to_their_slot(tmp_path):
     """The groups named while the other slot is no verified standby: one server, no backup;
-    the groups with a backup never mark the live slot down (max_fails=0)."""
+    the groups with a backup mark a failed live slot down for 2 s."""
     import re
 
     from zdagent.nginx import pool_name, routed_slot, switcher_for
@@ -135,7 +135,8 @@ def test_njs_groups_without_backup_exist_and_route_to_their_slot(tmp_path):
     alone = blocks["zdagent__alone_green_web_app"]
     assert alone.count("server ") == 1 and "backup" not in alone
     assert f"127.0.0.1:{cfg.slots.green_port};" in alone
-    assert f"127.0.0.1:{cfg.slots.green_port} max_fails=0;" in blocks["zdagent__green_web_app"]
+    assert f"127.0.0.1:{cfg.slots.green_port} max_fails=1 fail_timeout=2s;" in \
+        blocks["zdagent__green_web_app"]
     switcher = switcher_for(cfg)
     assert switcher._has_alone(text)
     assert not switcher._has_alone("upstream zdagent__blue_web_app { server 127.0.0.1:1; }")
@@ -226,7 +227,7 @@ def test_task_ports_render_one_server_per_task_in_both_modes(tmp_path):
     ports = {"blue": (32771, 32772), "green": (32780, 32781, 32782)}
     text = render_upstream(cfg_at(tmp_path), "green", "blue", ports.get)
     assert "# zdagent: live=green standby=blue" in text
-    assert re.findall(r"server 127\.0\.0\.1:(\d+) max_fails=0;", text) == \
+    assert re.findall(r"server 127\.0\.0\.1:(\d+) max_fails=1 fail_timeout=2s;", text) == \
         ["32780", "32781", "32782"]
     assert re.findall(r"server 127\.0\.0\.1:(\d+) backup;", text) == ["32771", "32772"]
     njs = cfg_at(tmp_path, 'switch_mode = "njs"\n')
