@@ -6,6 +6,8 @@ docs/benchmarks.md.
 
 from __future__ import annotations
 
+import json
+
 from benchmarks import soak
 from benchmarks.harness import NJS_MODULE
 from benchmarks.loadgen import KINDS, METHODS
@@ -30,6 +32,8 @@ def test_soak_through_the_daemon_loses_nothing_and_leaves_nothing(images):
     # no client kind lost a request to a deploy, rollback or failing candidate; while the live
     # container was being killed, no GET was lost either (Nginx retries it on the standby)
     why = {k: res.get(k) for k in ("failed_during", "failed_sample", "op_log", "logs")}
+    if any(c["failed"] for c in res["clients_planned"].values()):
+        print(json.dumps(why, indent=1))  # in full: pytest cuts a long assertion message
     for kind in KINDS:
         for method in METHODS:
             planned = res["clients_planned"][f"{kind}/{method}"]
