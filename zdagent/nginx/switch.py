@@ -306,12 +306,14 @@ class NjsSwitcher(Switcher):
         def verify(deadline: float) -> None:
             nginx.verify_serving(live_slot, deadline)
 
-        # The running Nginx must know the group too: the active file is renamed into place
-        # before a reload (after an upgrade the first switch keeps the group with backup).
-        alone = standby_slot is None and self._has_alone(nginx.current_text() or "") \
-            and self._has_alone(nginx.render_upstream(live_slot, None))
-        return self._install(nginx, live_slot,
-                             pool_name(self.cfg, live_slot, alone=alone) + "\n", verify)
+        def active_line(running: str, wanted: str) -> str:
+            # The running Nginx must know the group too: the active file is renamed into
+            # place before a reload (after an upgrade the first switch keeps the backup).
+            alone = standby_slot is None and self._has_alone(running) and \
+                self._has_alone(wanted)
+            return pool_name(self.cfg, live_slot, alone=alone) + "\n"
+
+        return self._install(nginx, live_slot, active_line, verify)
 
     def drop_backup(self, nginx: Nginx, live_slot: str) -> bool:
         """Name the live slot's group without backup, when the active file names its group
@@ -356,10 +358,13 @@ class NjsSwitcher(Switcher):
                 nginx.verify_serving(slot, deadline,
                                      headers={FORCE_HEADER: pool_name(self.cfg, slot)})
 
-        return self._install(nginx, split.stable, active_text(self.cfg.name, split), verify)
+        return self._install(nginx, split.stable,
+                             lambda _running, _wanted: active_text(self.cfg.name, split), verify)
 
-    def _install(self, nginx: Nginx, live_slot: str, active_line: str,
+    def _install(self, nginx: Nginx, live_slot: str, active_line: Callable[[str, str], str],
                  verify: Callable[[float], None]) -> SwitchResult:
+        """Write the upstream file if it changed, then the active file that ``active_line``
+        makes from the running and the wanted upstream text; verified, or restored."""
         start = time.monotonic()
         self.preflight()
         active = self.cfg.nginx.active_file
@@ -375,7 +380,7 @@ class NjsSwitcher(Switcher):
                 if problem:
                     raise NginxError(f"nginx -t failed: {problem}",
                                      hint="is the njs module loaded (libnginx-mod-http-js)?")
-            atomic_write(active, active_line)
+            atomic_write(active, active_line(prev_upstream or "", wanted))
             deadline = time.monotonic() + self.cfg.nginx.reload_timeout
             if changed:
                 old = nginx.workers()
