@@ -451,6 +451,7 @@ class TaskFloor:
         self.routed: dict[str, tuple[int, ...]] | None = None  # the ports Nginx was given
         self.failed: dict[str, tuple[int, ...]] | None = None  # a re-render that failed
         self.retry_at = 0.0  # (monotonic) when to try that one again
+        self.shrunk_at: float | None = None  # (monotonic) since when tasks only went away
 
     def shortfall(self, slot: str) -> str | None:
         """Why the live service is short of tasks, or None (a Docker error is no verdict)."""

@@ -33,6 +33,9 @@ from zdagent.services import TaskFloor, task_floor
 from zdagent.slots import other
 
 REROUTE_RETRY = 10.0  # seconds before a failed re-render of the same task ports is retried
+# How long a dead task's port may stay in the upstream while Swarm starts its replacement:
+# the replacement's port and the dead one's removal then cost one reload, not two.
+DEAD_PORT_GRACE = 30.0
 
 
 class Action(StrEnum):
@@ -365,18 +368,42 @@ async def _rerouted(cfg: AppConfig, hooks: WatchHooks, floor: TaskFloor | None,
         return None
     ports = await asyncio.to_thread(floor.task_ports)
     if ports is None or ports == floor.routed or ports[live] == (cfg.slot_port(live),):
+        floor.shrunk_at = None
         return ports  # unchanged, or no live task to route to (the floor decides that)
+    if _dead_ports_may_wait(floor, ports):
+        return ports
     if ports == floor.failed and time.monotonic() < floor.retry_at:
         return ports  # the same re-render just failed: no reload storm
     reason = "the tasks' ports changed (" + "; ".join(
         f"{slot}: {', '.join(map(str, p))}" for slot, p in ports.items()) + ")"
     refused = await hooks.reroute(reason, live)  # the engine's event says what changed
     if refused is None:
-        floor.routed, floor.failed = ports, None
+        floor.routed, floor.failed, floor.shrunk_at = ports, None, None
     elif "lock" not in refused:  # a deploy or revert runs: look again next tick
         hooks.log(f"{cfg.name}: {reason}; the upstream was not re-rendered: {refused}")
         floor.failed, floor.retry_at = ports, time.monotonic() + REROUTE_RETRY
     return ports
+
+
+def only_gone(ports: dict[str, tuple[int, ...]],
+              routed: dict[str, tuple[int, ...]] | None) -> bool:
+    """Pure: tasks only went away since Nginx was told (no new port to route to)."""
+    return routed is not None and ports != routed and all(
+        set(p) <= set(routed.get(slot, ())) for slot, p in ports.items())
+
+
+def _dead_ports_may_wait(floor: TaskFloor, ports: dict[str, tuple[int, ...]]) -> bool:
+    """A dead task's port left in the upstream costs nothing (Nginx's connect is refused and
+    passes the request on, a POST too: it was not sent) while the re-render it would take is
+    a reload, whose closed keep-alive connections can cost a request. So removals wait for
+    the replacement's port, or at most ``DEAD_PORT_GRACE``."""
+    if not only_gone(ports, floor.routed):
+        floor.shrunk_at = None
+        return False
+    now = time.monotonic()
+    if floor.shrunk_at is None:
+        floor.shrunk_at = now
+    return now - floor.shrunk_at < DEAD_PORT_GRACE
 
 
 def _settle(cfg: AppConfig, state: WatchState, hooks: WatchHooks, live: str, ok: bool,

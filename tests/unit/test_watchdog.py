@@ -442,3 +442,52 @@ def test_task_ports_are_rerendered_once_per_change_and_a_failure_is_not_retried_
     now["green"] = (18002,)  # no running task: the slot port stands for none
     round_()
     assert len(asked) == 4
+
+
+def test_a_dead_tasks_port_waits_for_its_replacement_so_both_cost_one_reload(tmp_path):
+    """Swarm task-ports: a task that only went away is not re-rendered at once (its port is
+    refused and Nginx passes on); the replacement's port brings one re-render for both, and a
+    removal with no replacement is re-rendered after DEAD_PORT_GRACE."""
+    from types import SimpleNamespace
+
+    from zdagent import watchdog as w
+    from zdagent.services import TaskFloor
+
+    assert w.only_gone({"blue": (1,), "green": (5,)}, {"blue": (1, 2), "green": (5,)})
+    assert not w.only_gone({"blue": (1, 3), "green": (5,)}, {"blue": (1, 2), "green": (5,)})
+    assert not w.only_gone({"blue": (1,)}, None) and not w.only_gone({"blue": (1,)},
+                                                                     {"blue": (1,)})
+    path = app_cfg(tmp_path, 18001, 18002, 18003, tmp_path / "pid").path
+    path.write_text(path.read_text().replace("[source]", 'backend = "swarm"\n[source]')
+                    + '[swarm]\nreplicas = 3\npublish_mode = "task-ports"\n')
+    cfg = load_config(path)
+    floor = TaskFloor(cfg)
+    now = {"blue": (32771,), "green": (32780, 32781, 32782)}
+    floor.task_ports = lambda: dict(now)
+    asked: list[str] = []
+
+    async def reroute(reason: str, live: str) -> str | None:
+        asked.append(reason)
+        return None
+
+    hooks = SimpleNamespace(reroute=reroute, log=lambda line: None)
+
+    def round_() -> None:
+        asyncio.run(w._rerouted(cfg, hooks, floor, "green"))
+
+    round_()
+    assert len(asked) == 1
+    now["green"] = (32780, 32782)  # a task died
+    round_()
+    round_()
+    assert len(asked) == 1 and floor.shrunk_at is not None
+    now["green"] = (32780, 32782, 32790)  # Swarm's replacement
+    round_()
+    assert len(asked) == 2 and "green: 32780, 32782, 32790" in asked[1]
+    assert floor.shrunk_at is None
+    now["green"] = (32780, 32790)  # another died, and no replacement comes
+    round_()
+    assert len(asked) == 2
+    floor.shrunk_at -= w.DEAD_PORT_GRACE  # DEAD_PORT_GRACE later
+    round_()
+    assert len(asked) == 3 and floor.routed == now
