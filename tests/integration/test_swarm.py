@@ -19,6 +19,7 @@ import pytest
 from benchmarks.harness import NJS_MODULE, push, run_registry, untag
 from benchmarks.loadgen import NO_RESPONSE, Load
 from tests.conftest import IMAGE_REPO, TEST_PREFIX, require
+from tests.integration.test_canary import at_step, finish, start_canary
 from tests.integration.test_daemon import daemon_factory, history, live_in_file, wait_for
 from tests.traffic import RequestLoop
 
@@ -403,6 +404,46 @@ def test_a_killed_task_of_three_loses_no_request_and_its_replacement_is_routed(
     assert f"127.0.0.1:{new}" in rerenders[0] and f"127.0.0.1:{dead}" not in rerenders[0]
     assert app.served_version() == "v2"
     assert d.status()["apps"][app.name]["status"] == "healthy"  # 2/3 is min_healthy: no revert
+
+
+def test_task_ports_traffic_counts_per_slot_and_a_bad_canary_fails_by_it(
+        make_app, swarm_registry, services, docker_client, daemon_factory):
+    """task-ports, njs: requests answered by the tasks' own ports count for their slot (the
+    daemon learns the ports from the upstream file), so a canary whose tasks answer 503 on
+    real paths while /health stays 200 fails its first step by traffic analysis."""
+    require(NJS_MODULE.exists(), "Nginx's njs module (apt-get install libnginx-mod-http-js)")
+    app = swarm_app(make_app, swarm_registry, replicas=2, mode="task-ports",
+                    nginx='switch_mode = "njs"\n',
+                    extra="\n[canary]\nsteps = [30, 100]\nstep_seconds = 300\n"
+                          "\n[analysis]\nmin_requests = 10\nmax_error_rate = 0.2\n")
+    services.append(app.name)
+    d = daemon_factory([app]).start()
+    app.ok("deploy", "v1")
+    for _ in range(30):
+        assert app.get().status_code == 200
+
+    def blue_requests() -> int:
+        traffic = d.status()["apps"][app.name]["traffic"] or {}
+        return traffic.get("slots", {}).get("blue", {}).get("requests", 0)
+
+    wait_for(lambda: blue_requests() >= 30, 30, "blue's tasks' requests counted for blue")
+    proc = start_canary(app, "v2")
+    wait_for(lambda: at_step(app, 1), 120, "step 1")
+    green = docker_client.services.get(f"{app.name}-green")
+    for task in green.tasks(filters={"desired-state": "running"}):
+        docker_client.containers.get(task["Status"]["ContainerStatus"]["ContainerID"]) \
+            .exec_run(["/bin/busybox", "sh", "-c", "echo 100 > /tmp/error_percent"])
+    statuses: set[int] = set()
+    deadline = time.monotonic() + 90
+    while proc.poll() is None and time.monotonic() < deadline:
+        statuses.add(app.get().status_code)
+    assert proc.poll() is not None, "the failing step was not cut short"
+    code, err = finish(proc)
+    assert code == 1 and "canary failed at step 1 (30% to green)" in err, err
+    assert 503 in statuses  # the candidate's errors were real
+    assert {app.served_version() for _ in range(20)} == {"v1"}
+    rec = history(app)[0]
+    assert rec["outcome"] == "failed" and "5xx" in rec["error"], rec
 
 
 def test_watchdog_reverts_when_two_of_three_task_ports_tasks_die(

@@ -13,6 +13,7 @@ from zdagent.config import load_config
 from zdagent.nginx import render_upstream
 from zdagent.traffic.follow import LogFollower
 from zdagent.traffic.monitor import TrafficHooks, TrafficState, tick
+from zdagent.traffic.ports import SlotOfPort
 from zdagent.watchdog import RoutedSlot
 
 CONFIG = MINIMAL + """access_log = "access.json"
@@ -63,7 +64,7 @@ class App:
 
         hooks = TrafficHooks(revert=revert, last_switch=last_switch, log=lambda _m: None)
         asyncio.run(tick(self.cfg, self.state, hooks, self.follower, self.routed,
-                         {18001: "blue", 18002: "green"}))
+                         SlotOfPort(self.cfg)))
 
 
 @pytest.fixture
@@ -157,3 +158,41 @@ def test_a_new_switch_supersedes_the_analysis(app):
     app.route("blue")
     app.tick()
     assert first.verdict == "superseded" and app.state.analysis.slot == "blue"
+
+
+def test_swarm_task_ports_count_for_their_slot_even_after_they_left(tmp_path):
+    """task-ports: the monitor learns each task's port from the upstream file zdagent wrote
+    (not from Docker), and keeps a replaced task's port for lines read late."""
+    from zdagent.traffic.follow import feed
+    from zdagent.traffic.windows import TrafficWindows
+
+    (tmp_path / "web.toml").write_text(
+        MINIMAL.replace("[source]", 'backend = "swarm"\n[source]').replace(
+            'image = "registry.local/web"', 'image = "registry.local/web"\npull = "always"')
+        + '[swarm]\nreplicas = 2\npublish_mode = "task-ports"\n')
+    cfg = load_config(tmp_path / "web.toml")
+    tasks = {"blue": (32771, 32772), "green": (32780,)}
+    upstream = cfg.nginx.upstream_file
+
+    def render() -> None:
+        upstream.write_text(render_upstream(cfg, "blue", "green", lambda s: tasks[s]))
+
+    render()
+    assert "# zdagent: task ports blue=32771,32772 green=32780" in upstream.read_text()
+    by_port = SlotOfPort(cfg)
+    assert by_port.get() == {18001: "blue", 18002: "green", 32771: "blue", 32772: "blue",
+                             32780: "green"}
+    tasks["blue"] = (32771, 32790)  # Swarm replaced a task; the next render says so
+    render()
+    ports = by_port.get()
+    assert ports[32790] == "blue" and ports[32772] == "blue"
+
+    def line(port: int, status: int = 200) -> bytes:
+        return json.dumps({"t": time.time(), "s": status, "rt": 0.01, "ut": "0.01",
+                           "ua": f"127.0.0.1:{port}"}).encode() + b"\n"
+
+    windows = TrafficWindows()
+    feed(windows, [line(32772), line(32790, 500), line(32780), line(40000)], ports)
+    now = time.time()
+    assert windows.figures("blue", now).requests == 2
+    assert windows.figures("green", now).requests == 1 and windows.unrouted == 1

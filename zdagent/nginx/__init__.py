@@ -38,6 +38,9 @@ UPSTREAM_HEADER = "X-Zdagent-Upstream"
 # njs mode: idle upstream keep-alive connections close this soon, so a drain that waits for
 # Nginx's connections to the old slot to end is not held up by idle ones for long.
 NJS_KEEPALIVE_S = 4
+TASK_PORTS_MARK = "# zdagent: task ports"
+_TASK_PORTS_RE = re.compile(rf"^{TASK_PORTS_MARK} (.*)$", re.M)
+_SLOT_PORTS_RE = re.compile(r"\b(blue|green)=([\d,]*)")
 _SERVER_RE = re.compile(r"^\s*server\s+(?:127\.0\.0\.1|localhost):(\d+)\b([^;]*);", re.M)
 
 
@@ -86,7 +89,7 @@ def template_names(cfg: AppConfig) -> dict[str, str]:
             "pool_var": _config.pool_variable(cfg.name)}
 
 
-def _mark(app: str, text: str) -> str:
+def mark(app: str, text: str) -> str:
     """Every upstream file starts with zdagent's header, whatever the template: config
     loading refuses to overwrite an existing file without it."""
     m = MANAGED_RE.match(text)
@@ -101,12 +104,30 @@ def render_upstream(cfg: AppConfig, live_slot: str | None, standby_slot: str | N
 
     In njs mode the file holds both slots' groups and does not depend on the live slot.
     """
-    return _mark(cfg.name, switcher_for(cfg, ports).render_upstream(live_slot, standby_slot))
+    return switcher_for(cfg, ports).upstream_text(live_slot, standby_slot)
 
 
 def render_site(cfg: AppConfig) -> str:
     """The server block for the app's switch mode, installed once by the operator."""
     return switcher_for(cfg).render_site()
+
+
+def task_ports_line(ports: dict[str, tuple[int, ...]]) -> str:
+    """Swarm task-ports: the line zdagent appends to the upstream file, saying which slot
+    each port it was rendered with belongs to (the traffic monitor reads it back)."""
+    return f"{TASK_PORTS_MARK} " + " ".join(
+        f"{slot}={','.join(map(str, p))}" for slot, p in sorted(ports.items())) + "\n"
+
+
+def task_ports_in(text: str) -> dict[int, str]:
+    """Each port's slot, from the upstream file's task-ports line (empty without one)."""
+    m = _TASK_PORTS_RE.search(text)
+    if m is None:
+        return {}
+    found: dict[int, str] = {}
+    for slot, ports in _SLOT_PORTS_RE.findall(m.group(1)):
+        found.update((int(p), slot) for p in ports.split(",") if p)
+    return found
 
 
 def live_port_in(text: str) -> int | None:
@@ -293,8 +314,7 @@ class Nginx:
 
     def render_upstream(self, live_slot: str | None, standby_slot: str | None,
                         split: Split | None = None) -> str:
-        return _mark(self.cfg.name,
-                     self.switcher.render_upstream(live_slot, standby_slot, split))
+        return self.switcher.upstream_text(live_slot, standby_slot, split)
 
     def wait_old_connections(self, ports: tuple[int, ...], timeout: float) -> int:
         """The switcher's drain of the old slot (njs: its connections; reload: nothing left

@@ -31,8 +31,10 @@ from zdagent.nginx import (
     SwitchResult,
     atomic_write,
     live_port_in,
+    mark,
     pool_name,
     render_template,
+    task_ports_line,
     template_names,
     templates_dir,
     upstream_name,
@@ -60,6 +62,19 @@ def fixed_ports(cfg: AppConfig) -> SlotPorts:
     return lambda slot: (cfg.slot_port(slot),)
 
 
+class SeenPorts:
+    """A slot's ports as asked while rendering, remembered: the upstream file records the
+    task ports it was rendered with, without asking Docker twice."""
+
+    def __init__(self, ports: SlotPorts) -> None:
+        self._ports = ports
+        self.seen: dict[str, tuple[int, ...]] = {}
+
+    def __call__(self, slot: str) -> tuple[int, ...]:
+        self.seen[slot] = self._ports(slot)
+        return self.seen[slot]
+
+
 class Switcher(ABC):
     """One switch strategy for one app; pure where it can be (rendering, routing).
 
@@ -70,7 +85,17 @@ class Switcher(ABC):
 
     def __init__(self, cfg: AppConfig, ports: SlotPorts | None = None) -> None:
         self.cfg = cfg
-        self.ports = ports or fixed_ports(cfg)
+        self.ports = SeenPorts(ports or fixed_ports(cfg))
+
+    def upstream_text(self, live_slot: str | None, standby_slot: str | None,
+                      split: Split | None = None) -> str:
+        """The upstream file as written: the template's text under zdagent's header, and
+        (task-ports) the line saying which slot each rendered port belongs to."""
+        self.ports.seen.clear()
+        text = mark(self.cfg.name, self.render_upstream(live_slot, standby_slot, split))
+        if not self.cfg.swarm.task_ports:
+            return text
+        return text + ("" if text.endswith("\n") else "\n") + task_ports_line(self.ports.seen)
 
     def slot_of(self, port: int) -> str | None:
         """The slot that answers on ``port`` (a task's or the slot's own)."""

@@ -11,7 +11,8 @@ that is not running and healthy. The reason recorded in history carries the figu
 Reverts by the watchdog (or by analysis itself) start no analysis; an analysis revert is
 never repeated within ``analysis.cooldown``.
 
-The task is cheap when idle: one ``pread`` and two ``stat`` per tick, no thread.
+The task is cheap when idle: one ``pread`` and two ``stat`` per tick (three for swarm
+task-ports apps, whose task ports it learns from the upstream file), no thread.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from zdagent.config import AppConfig
 from zdagent.traffic.analysis import AfterSwitch
 from zdagent.traffic.follow import LogFollower, feed
+from zdagent.traffic.ports import SlotOfPort
 from zdagent.traffic.windows import Figures, TrafficWindows
 from zdagent.watchdog import RoutedSlot
 
@@ -83,7 +85,7 @@ async def monitor(cfg: AppConfig, state: TrafficState, hooks: TrafficHooks,
     state.access_log = str(cfg.nginx.access_log)
     routed = RoutedSlot(cfg)
     state.routed = routed.get()
-    ports = {cfg.slots.blue_port: "blue", cfg.slots.green_port: "green"}
+    ports = SlotOfPort(cfg)
     stopped = asyncio.ensure_future(stop.wait())
     last_error: str | None = None
     try:
@@ -107,8 +109,8 @@ async def monitor(cfg: AppConfig, state: TrafficState, hooks: TrafficHooks,
 
 
 async def tick(cfg: AppConfig, state: TrafficState, hooks: TrafficHooks,
-               follower: LogFollower, routed: RoutedSlot, ports: dict[int, str]) -> None:
-    feed(state.windows, follower.read(), ports)
+               follower: LogFollower, routed: RoutedSlot, ports: SlotOfPort) -> None:
+    feed(state.windows, follower.read(), ports.get())
     state.following = follower.fd is not None
     state.rotations = follower.rotations
     state.error = None if state.following else (
