@@ -2,8 +2,10 @@
 
 Three kinds of client, each with GET and POST, paced at a fixed rate:
 * ``close``: a new connection per request with ``Connection: close``;
-* ``retry``: keep-alive that retries an idempotent request once on a fresh connection when a
-  reused connection closes before any response (what browsers do);
+* ``retry``: keep-alive like a browser or urllib3/httpx: before reusing its idle connection it
+  looks whether the server has closed it (and then opens a new one), and it retries an
+  idempotent request once on a fresh connection when a reused connection closes before any
+  response;
 * ``raw``: keep-alive that never retries (wrk-like).
 Every request is recorded on the client side, because a failed request often never reaches
 Nginx's log: start time, duration, status (0 = no response), error, the answering upstream
@@ -15,6 +17,7 @@ from __future__ import annotations
 import http.client
 import json
 import multiprocessing
+import select
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +73,12 @@ class _Client:
             self._drop()
         return r.status, r.getheader("X-Zdagent-Upstream", ""), text.split(" ", 1)[0].strip()
 
+    def _dropped_by_server(self) -> bool:
+        """An idle kept-alive socket that is readable was closed by the server (or holds
+        junk): what urllib3's ``is_connection_dropped`` checks before reusing one."""
+        sock = self.conn.sock if self.conn is not None else None
+        return sock is not None and bool(select.select([sock], [], [], 0)[0])
+
     def _drop(self) -> None:
         if self.conn is not None:
             self.conn.close()
@@ -77,6 +86,8 @@ class _Client:
 
     def request(self) -> tuple[int, str, str, str, bool]:
         """(status, error, upstream, version, retried) for one logical request."""
+        if self.kind == "retry" and self._dropped_by_server():
+            self._drop()
         reused = self.conn is not None and self.used > 0
         try:
             status, upstream, version = self._send()

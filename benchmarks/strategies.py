@@ -44,6 +44,10 @@ server {{
 """
 
 
+SWARM_SERVICE = ('restart_delay = 1\nhealthcheck = ["/bin/busybox", "wget", "-q", "-O", '
+                 '"/dev/null", "http://127.0.0.1:8080/cgi-bin/health"]\n')
+
+
 @dataclass
 class Op:
     """One deploy or rollback as the driver sees it (wall-clock times)."""
@@ -142,11 +146,7 @@ class ZdagentSwarmStrategy(ZdagentStrategy):
     name = "swarm"
 
     def __init__(self, workdir: Path, repo: str, app: str | None = None) -> None:
-        self.mesh = Path("/proc/net/ip_vs").exists()
-        self.extra = (f'[swarm]\nreplicas = {3 if self.mesh else 1}\npublish_mode = '
-                      f'"{"ingress" if self.mesh else "host"}"\nrestart_delay = 1\n'
-                      'healthcheck = ["/bin/busybox", "wget", "-q", "-O", "/dev/null", '
-                      '"http://127.0.0.1:8080/cgi-bin/health"]\n')
+        self.extra = self.swarm_lines()
         self.client = docker.from_env()
         self.stack = contextlib.ExitStack()
         try:
@@ -164,6 +164,12 @@ class ZdagentSwarmStrategy(ZdagentStrategy):
             self.client.close()
             raise
 
+    def swarm_lines(self) -> str:
+        """The config's [nginx] extra and [swarm] section for this mode."""
+        mesh = Path("/proc/net/ip_vs").exists()
+        return (f'[swarm]\nreplicas = {3 if mesh else 1}\npublish_mode = '
+                f'"{"ingress" if mesh else "host"}"\n{SWARM_SERVICE}')
+
     def source(self, repo: str) -> str:
         return f'backend = "swarm"\n\n[source]\nimage = "{repo}"\npull = "always"'
 
@@ -176,6 +182,17 @@ class ZdagentSwarmStrategy(ZdagentStrategy):
         finally:
             self.stack.close()
             self.client.close()
+
+
+class ZdagentSwarmTasksStrategy(ZdagentSwarmStrategy):
+    """Three tasks per slot service on task ports (each task on its own port, all of them in
+    the upstream; no routing mesh needed), njs switch."""
+
+    name = "swarm-tasks"
+
+    def swarm_lines(self) -> str:
+        return ('switch_mode = "njs"\n[swarm]\nreplicas = 3\npublish_mode = "task-ports"\n'
+                f'{SWARM_SERVICE}')
 
 
 class _ContainerStrategy:
@@ -262,4 +279,5 @@ class NaiveStrategy(_ContainerStrategy):
 
 
 STRATEGIES = {s.name: s for s in (ZdagentStrategy, ZdagentNjsStrategy, BareReloadStrategy,
-                                  NaiveStrategy, ZdagentSwarmStrategy)}
+                                  NaiveStrategy, ZdagentSwarmStrategy,
+                                  ZdagentSwarmTasksStrategy)}
