@@ -1376,9 +1376,33 @@ def log_format_name(app: str) -> str:
     return "zdagent_json_" + app.replace("-", "_")
 
 
+# Nginx 1.22 refuses a variable name longer than 46 characters with the default
+# variables_hash_bucket_size (64): "could not build variables_hash". The longest derived
+# variable is the pool variable plus "_maintenance".
+NGINX_VARIABLE_MAX = 46
+_POOL_VARIABLE_SUFFIX = "_maintenance"
+
+
+def _variable(prefix: str, app: str, suffix: str = "") -> str:
+    """``<prefix><app>`` for an Nginx variable that is also used with ``suffix`` appended:
+    a long app name is cut and made unique by a hash, so the longest form fits."""
+    name = prefix + app.replace("-", "_")
+    room = NGINX_VARIABLE_MAX - len(suffix)
+    if len(name) <= room:
+        return name
+    return f"{name[:room - 7]}_{hashlib.sha256(app.encode()).hexdigest()[:6]}"
+
+
 def pool_variable(app: str) -> str:
-    """njs mode: the variable (without '$') naming the live pool, ``zdagent__pool_<app>``."""
-    return "zdagent__pool_" + app.replace("-", "_")
+    """njs mode: the variable (without '$') naming the live pool, ``zdagent__pool_<app>``
+    (with ``_cookie``, ``_request``, ``_maintenance`` appended: the request's other ones)."""
+    return _variable("zdagent__pool_", app, _POOL_VARIABLE_SUFFIX)
+
+
+def own_variable(app: str) -> str:
+    """The site's variable marking zdagent's own requests in the access log,
+    ``zdagent_json_<app>_own``."""
+    return _variable("zdagent_json_", app, "_own") + "_own"
 
 
 @dataclass

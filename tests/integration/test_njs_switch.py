@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
 import threading
 import time
 
@@ -164,3 +165,28 @@ def test_a_deploy_refused_before_the_standby_changed_keeps_it_as_the_backup(njs_
     assert "kept the standby in the blue slot" in p.stderr
     assert active.read_text().strip() == pool_name(app.name, "green")  # blue is its backup
     assert app.served_version() == "v2"
+
+
+@pytest.mark.parametrize("mode", ["njs", "reload"])
+def test_the_longest_app_name_passes_nginx_t(nginx_server, tmp_path, mode):
+    """Nginx refuses variable names over 46 characters ("could not build variables_hash");
+    a 40-character app name (the most app.name allows) gets variables that fit, and the
+    real Nginx accepts its site and upstream files in both switch modes."""
+    if mode == "njs":
+        require(NJS_MODULE.exists(), "Nginx's njs module (apt-get install libnginx-mod-http-js)")
+    from benchmarks.harness import app_config, free_port
+    from tests.conftest import IMAGE_REPO
+    from zdagent.config import load_config
+    from zdagent.nginx import render_site, render_upstream
+
+    name = "zdtest-" + "n" * 33
+    assert len(name) == 40
+    path = tmp_path / f"{name}.toml"
+    path.write_text(app_config(name, tmp_path / "state", nginx_server, free_port(), free_port(),
+                               f'[source]\nimage = "{IMAGE_REPO}"\npull = "never"',
+                               NJS if mode == "njs" else ""))
+    cfg = load_config(path)
+    (nginx_server.prefix / "sites" / f"{name}.conf").write_text(render_site(cfg))
+    cfg.nginx.upstream_file.write_text(render_upstream(cfg, None, None))
+    p = subprocess.run(nginx_server.argv("-t"), capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stderr

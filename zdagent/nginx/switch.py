@@ -469,6 +469,7 @@ def _site(cfg: AppConfig, template: str) -> str:
         maintenance_file=str(maintenance_file(cfg)), maintenance_conf=str(maintenance_conf(cfg)),
         verify_path=cfg.nginx.verify_path.split("?", 1)[0],
         access_log=str(cfg.nginx.access_log), log_format=_config.log_format_name(cfg.name),
+        own_var=_config.own_variable(cfg.name),
         **site_tls(cfg),
     )
 
