@@ -123,7 +123,8 @@ class ZdagentStrategy:
         try:
             for c in client.containers.list(all=True,
                                             filters={"label": f"zdagent.app={self.app}"}):
-                c.remove(force=True)
+                with contextlib.suppress(docker.errors.NotFound):  # Swarm removing a task's
+                    c.remove(force=True)
         finally:
             client.close()
 

@@ -348,6 +348,13 @@ class Nginx:
             time.sleep(0.005)
         return deadline
 
+    def wait_not_accepting(self, pids: frozenset[int], deadline: float) -> None:
+        """After a reload: wait (until ``deadline``, monotonic) for the old workers to close
+        their listening sockets, so no new connection lands on the old config. Workers of
+        another user cannot be looked at: then no wait."""
+        while any(_listening(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.005)
+
     def verify_split(self, split: Split, deadline: float) -> None:
         """Reload mode's canary step: both slots answer fresh requests through Nginx (the
         weights decide how often), by ``deadline``."""
@@ -454,6 +461,15 @@ class Nginx:
             if not alive or time.monotonic() >= deadline:
                 return alive
             time.sleep(0.05)
+
+
+def _listening(pid: int) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        conns = (getattr(proc, "net_connections", None) or proc.connections)(kind="tcp")
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return any(c.status == psutil.CONN_LISTEN for c in conns)
 
 
 def _alive(pid: int) -> bool:

@@ -332,8 +332,8 @@ class NjsSwitcher(Switcher):
             nginx.verify_serving(live_slot, deadline)
 
         def active_line(running: str, wanted: str) -> str:
-            # The running Nginx must know the group too: the active file is renamed into
-            # place before a reload (after an upgrade the first switch keeps the backup).
+            # The running Nginx must know the group too (an upgrade's first switch may not
+            # reload: then it keeps the backup).
             alone = standby_slot is None and self._has_alone(running) and \
                 self._has_alone(wanted)
             return pool_name(self.cfg, live_slot, alone=alone) + "\n"
@@ -399,17 +399,20 @@ class NjsSwitcher(Switcher):
         changed = wanted != prev_upstream
         old: frozenset[int] = frozenset()
         try:
-            if changed:
+            deadline = time.monotonic() + self.cfg.nginx.reload_timeout
+            if changed:  # first use, or new ports (swarm task-ports: new tasks)
                 atomic_write(nginx.file, wanted)
                 problem = nginx.run_command(self.cfg.nginx.test_command, "nginx -t")
                 if problem:
                     raise NginxError(f"nginx -t failed: {problem}",
                                      hint="is the njs module loaded (libnginx-mod-http-js)?")
-            atomic_write(active, active_line(prev_upstream or "", wanted))
-            deadline = time.monotonic() + self.cfg.nginx.reload_timeout
-            if changed:
+                # Reload before the active file changes: workers of the old config would
+                # route by the new active file to their groups' old ports (gone tasks).
                 old = nginx.workers()
-                nginx.reload_verified(live_slot, old)
+                deadline = nginx.reload(old)
+                nginx.wait_not_accepting(old, deadline)
+            running = wanted if changed else prev_upstream or ""
+            atomic_write(active, active_line(running, wanted))
             verify(deadline)
         except Exception as e:
             restored = self._restore(nginx, prev_active, prev_upstream, reload=changed)
