@@ -399,7 +399,9 @@ def swarm_verdicts(cfg: AppConfig, f: SwarmFacts) -> list[Result]:
 def swarm_facts() -> SwarmFacts:
     import docker
 
-    ipvs = Path("/proc/net/ip_vs").exists()
+    from zdagent.services import IPVS_PROC  # with docker: only when a swarm app is checked
+
+    ipvs = Path(IPVS_PROC).exists()
     try:
         rules: str | None = subprocess.run(
             ["iptables", "-S", "DOCKER-USER"], capture_output=True, text=True, timeout=10,

@@ -45,6 +45,8 @@ NS = 1_000_000_000
 POLL = 0.2
 FAILED = ("failed", "rejected", "orphaned")
 
+IPVS_PROC = "/proc/net/ip_vs"  # exists while the kernel can do the routing mesh
+
 
 def slot_backend(cfg: AppConfig, client: docker.DockerClient,
                  emit: Callable[[Event], None] | None = None) -> Slots:
@@ -287,7 +289,18 @@ class ServiceSlots(Slots):
         update = svc.attrs.get("UpdateStatus") or {}
         if str(update.get("State", "")).startswith(("paused", "rollback")):
             return f"the update of {svc.name} stopped: {update.get('Message')}"
-        return None
+        return self._no_mesh(slot)
+
+    def _no_mesh(self, slot: str) -> str | None:
+        """Ingress mode on a kernel without IPVS: the tasks run, but the slot port never
+        answers (dockerd logs "ipvs is not enabled"). Asked once the service converged, when
+        Docker would have loaded the module, so a probe need not wait out its deadline."""
+        if self.cfg.swarm.publish_mode != "ingress" or Path(IPVS_PROC).exists():
+            return None
+        return (f"Swarm's routing mesh cannot publish port {self.cfg.slot_port(slot)} here: "
+                f"this kernel has no IPVS ({IPVS_PROC}); set swarm.publish_mode = "
+                '"task-ports" (several tasks on this node) or "host" (one per node), '
+                "see docs/scaling.md")
 
     def logs_tail(self, slot: str, lines: int = 20) -> list[str]:
         svc = self.service(slot)

@@ -255,6 +255,26 @@ def test_three_replicas_through_the_routing_mesh(make_app, swarm_registry, servi
     assert app.served_version() == "v1"
 
 
+def test_ingress_without_ipvs_fails_fast_and_says_why(make_app, swarm_registry, services):
+    """A kernel without IPVS cannot run the routing mesh: the deploy stops as soon as the
+    service converged (not at the probe deadline) with the cause and the way out, and
+    nothing is routed."""
+    if ipvs_available():
+        pytest.skip("this kernel has IPVS: the routing mesh works here")
+    app = swarm_app(make_app, swarm_registry, mode="ingress")
+    text = app.config.read_text()
+    assert "startup_deadline = 15\n" in text
+    app.config.write_text(text.replace("startup_deadline = 15\n", "startup_deadline = 600\n"))
+    services.append(app.name)
+    began = time.monotonic()
+    r = app.cli("deploy", "v1", timeout=700)
+    took = time.monotonic() - began
+    assert r.returncode != 0 and "this kernel has no IPVS (/proc/net/ip_vs)" in r.stderr, r.stderr
+    assert 'publish_mode = "task-ports"' in r.stderr and "Traceback" not in r.stderr
+    assert took < 300, took  # the 600 s probe deadline was not waited out
+    assert history(app)[0]["outcome"] == "failed"
+
+
 NO_RESPONSE_NAMES = {e.__name__ for e in NO_RESPONSE}
 
 
@@ -463,16 +483,21 @@ def test_watchdog_reverts_when_two_of_three_task_ports_tasks_die(
     assert "1/3 tasks running (min_healthy 3)" in w["last_reason"], w
 
 
-def test_the_zero_downtime_benchmark_swarm_mode(swarm, docker_client, tmp_path):
-    """CI-sized `python -m benchmarks.zero_downtime --modes swarm`: the service backend
-    under six clients loses no close or browser-like GET."""
+@pytest.mark.parametrize("mode", ["swarm", "swarm-tasks"])
+def test_the_zero_downtime_benchmark_swarm_mode(swarm, docker_client, tmp_path, mode):
+    """CI-sized `python -m benchmarks.zero_downtime --modes swarm,swarm-tasks`: the service
+    backend (one task in host mode; three on task ports with the njs switch, where each
+    deploy brings new ports and so a reload) under six clients loses no close or
+    browser-like request."""
     require(shutil.which("docker-registry") is not None,
             "docker-registry (apt-get install docker-registry)")
+    if mode == "swarm-tasks":
+        require(NJS_MODULE.exists(), "Nginx's njs module (apt-get install libnginx-mod-http-js)")
     from benchmarks import zero_downtime as bench
 
     bench.build_images()
-    res = bench.run_mode("swarm", tmp_path, bench.schedule(deploys=2, rollbacks=1), rate=40,
-                         gap=0.5, app=f"{TEST_PREFIX}zd-swarm")
+    res = bench.run_mode(mode, tmp_path, bench.schedule(deploys=2, rollbacks=1), rate=40,
+                         gap=0.5, app=f"{TEST_PREFIX}zd-{mode}")
     assert res["deploys"] == 2 and res["rollbacks"] == 1
     for key in ("close/GET", "close/POST", "retry/GET"):
         assert res["clients"][key]["failed"] == 0, (key, res["clients"][key])
