@@ -1115,9 +1115,11 @@ def _swarm(r: _Reader, backend: str, source: object, hooks: HooksConfig) -> Swar
             "pulls the image from a registry, and a local build exists on this host only",
             hint="build and push in CI (docker build -t registry.example.com/app:V . && "
                  "docker push ...), then set source.image = \"registry.example.com/app\"")
-    if hooks.release:
-        raise r.fail("hooks.release", "is not supported with app.backend = \"swarm\" yet "
-                                      "(run migrations from CI or a pre_deploy hook)")
+    if hooks.release and cfg.secrets:  # zdagent.services.ServiceSlots.oneoff_image
+        raise r.fail("hooks.release", "cannot run with swarm.secrets: it runs in a one-off "
+                                      "container, and Swarm mounts Docker secrets into "
+                                      "service tasks only (run it from CI or a pre_deploy "
+                                      "hook)")
     if cfg.min_healthy > cfg.replicas:
         raise r.fail("swarm.min_healthy", f"must be at most swarm.replicas ({cfg.replicas})")
     return cfg

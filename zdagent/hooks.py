@@ -129,7 +129,7 @@ def run_release(slots: Slots, image_id: str, version: str, deploy_id: int,
     """Run ``hooks.release`` in a one-off container of the candidate image; raise
     ReleaseFailed on a non-zero exit or a timeout (the container is killed and removed)."""
     argv = hooks.release
-    kwargs = oneoff_kwargs(slots, image_id, version, argv, tty=False)
+    kwargs = oneoff_kwargs(slots, slots.oneoff_image(image_id), version, argv, tty=False)
     kwargs["environment"].update(ZDAGENT_SLOT="release", ZDAGENT_DEPLOY_ID=str(deploy_id))
     kwargs["labels"][RELEASE_LABEL] = str(deploy_id)
     kwargs["name"] = kwargs["name"].replace("-oneoff-", "-release-", 1)

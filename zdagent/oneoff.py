@@ -60,16 +60,13 @@ def resolve_slot(which: str, live: str | None) -> str:
 
 def stream_logs(slots: Slots, slot: str, out: BinaryIO, *, follow: bool,
                 since: int | None, tail: int | None) -> None:
-    """Copy the slot container's stdout+stderr to ``out`` as Docker delivers it."""
-    c = slots._container(slot)
-    if c is None:
-        raise DeployFailed(f"the {slot} slot has no container",
+    """Copy the slot's stdout+stderr (its container's, or its service's tasks') to ``out``
+    as Docker delivers it."""
+    chunks = slots.log_stream(slot, follow=follow, since=since, tail=tail)
+    if chunks is None:
+        raise DeployFailed(f"the {slot} slot has no {slots.UNIT}",
                            hint="`zdagent status` shows both slots")
-    kwargs: dict[str, Any] = {"stdout": True, "stderr": True, "stream": True,
-                              "follow": follow, "tail": tail if tail is not None else "all"}
-    if since is not None:
-        kwargs["since"] = since
-    for chunk in c.logs(**kwargs):
+    for chunk in chunks:
         out.write(chunk)
         out.flush()
 
@@ -151,7 +148,8 @@ def run_oneoff(slots: Slots, live: str | None, argv: Sequence[str], *, tty: bool
     if not info.image_id:
         raise DeployFailed(f"the live slot {live} has no image", hint="deploy again")
     stdin = not tty and forwards_stdin(stdin_fd)
-    kwargs = oneoff_kwargs(slots, info.image_id, info.version, argv, tty=tty, stdin=stdin)
+    image = slots.oneoff_image(info.image_id)
+    kwargs = oneoff_kwargs(slots, image, info.version, argv, tty=tty, stdin=stdin)
     with oneoff_container(slots, kwargs) as c:
         if tty:
             return _interactive(slots, c, stdin_fd)

@@ -18,7 +18,7 @@ by its registry digest: every node pulls exactly what was resolved here.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,16 @@ from docker.types import (
 from zdagent.config import AppConfig, read_env_file
 from zdagent.errors import DeployFailed, EnvironmentProblem
 from zdagent.events import Event
-from zdagent.slots import LABEL, LogLine, SlotInfo, Slots, _short, container_name, slot_labels
+from zdagent.slots import (
+    LABEL,
+    LogLine,
+    SlotInfo,
+    Slots,
+    _short,
+    container_name,
+    log_options,
+    slot_labels,
+)
 
 NS = 1_000_000_000
 POLL = 0.2
@@ -127,6 +136,16 @@ def _since(task: dict[str, Any]) -> float:
         return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").timestamp()
     except ValueError:
         return 0.0
+
+
+def by_digest(image: str) -> str:
+    """Pure: ``registry:5000/app:v2@sha256:…`` as ``registry:5000/app@sha256:…``, the one
+    name a pull by digest takes (an image that is no such ref is returned as it is)."""
+    name, at, digest = image.partition("@")
+    if not at:
+        return image
+    head, slash, last = name.rpartition("/")
+    return f"{head}{slash}{last.split(':', 1)[0]}@{digest}"
 
 
 def task_image(task: dict[str, Any]) -> str:
@@ -301,6 +320,57 @@ class ServiceSlots(Slots):
                 f"this kernel has no IPVS ({IPVS_PROC}); set swarm.publish_mode = "
                 '"task-ports" (several tasks on this node) or "host" (one per node), '
                 "see docs/scaling.md")
+
+    # --- logs and one-offs ---------------------------------------------------------------
+
+    UNIT = "service"
+
+    def log_stream(self, slot: str, *, follow: bool, since: int | None,
+                   tail: int | None) -> Iterator[bytes] | None:
+        """The service's logs: every task's, on whichever node it runs (Docker's
+        ``service logs``; the tasks Swarm keeps from earlier versions of the slot too)."""
+        svc = self.service(slot)
+        if svc is None:
+            return None
+        return self._swarm_call(f"reading the logs of {svc.name}",
+                                lambda: svc.logs(**log_options(follow, since, tail)))
+
+    def oneoff_image(self, image: str) -> str:
+        """A one-off is a plain container on this host, while tasks run on any node: pull the
+        digest-pinned ``image`` here. First refuse what a plain container cannot have: the
+        app's Docker secrets, an overlay network that is not attachable."""
+        self._refuse_oneoff()
+        ref = by_digest(image)
+        local = self._local_image(ref)
+        if local is None:
+            repo, _, digest = ref.partition("@")
+            self._fetch(ref, repo, digest, lambda _line: None)
+            local = self.client.images.get(ref)
+        return str(local.id)
+
+    def _refuse_oneoff(self) -> None:
+        secrets = self.cfg.swarm.secrets
+        if secrets:
+            raise DeployFailed(
+                f"a one-off container cannot have the app's Docker secrets "
+                f"({', '.join(secrets)}): Swarm mounts them into service tasks only",
+                hint="`docker exec` into a running task of the live service instead, or run "
+                     "the command from CI (see docs/scaling.md)")
+        net = self.cfg.container.network
+        if not net:
+            return
+        try:
+            attrs = self.client.networks.get(net).attrs
+        except docker.errors.NotFound:
+            raise DeployFailed(f"the network {net} (container.network) does not exist",
+                               hint=f"create it: docker network create --driver overlay "
+                                    f"--attachable {net}") from None
+        if attrs.get("Scope") == "swarm" and not attrs.get("Attachable"):
+            raise DeployFailed(
+                f"a one-off container cannot join the overlay network {net}: it was created "
+                "without --attachable (only services can join it)",
+                hint=f"use a network made with `docker network create --driver overlay "
+                     f"--attachable {net}` (container.network)")
 
     def logs_tail(self, slot: str, lines: int = 20) -> list[str]:
         svc = self.service(slot)

@@ -180,6 +180,15 @@ def container_kwargs(cfg: AppConfig, slot: str, image: str, version: str, deploy
     return kwargs
 
 
+def log_options(follow: bool, since: int | None, tail: int | None) -> dict[str, Any]:
+    """The arguments of a container's or a service's ``logs``: both streams, streamed."""
+    kwargs: dict[str, Any] = {"stdout": True, "stderr": True, "follow": follow,
+                              "tail": tail if tail is not None else "all"}
+    if since is not None:
+        kwargs["since"] = since
+    return kwargs
+
+
 class Slots:
     """The Docker side of one app: its two slot containers and its images."""
 
@@ -249,6 +258,12 @@ class Slots:
             raise DeployFailed(f"image {ref} is not present locally and source.pull is 'never'",
                                hint="load or build the image first, or set source.pull")
         repo, _, tag = ref.rpartition(":")
+        self._fetch(ref, repo, tag, on_line)
+        return str(self.client.images.get(ref).id)
+
+    def _fetch(self, ref: str, repo: str, tag: str, on_line: LogLine) -> None:
+        """Pull ``repo`` at ``tag`` (a tag or a digest) from its registry, progress streamed;
+        an error chunk or an API error is a one-line deploy error."""
         try:
             for chunk in self.client.api.pull(repo, tag=tag, stream=True, decode=True):
                 if "error" in chunk:
@@ -264,7 +279,6 @@ class Slots:
                 raise disk_full(f"pull of {ref} failed", _short(e)) from None
             raise DeployFailed(f"pull of {ref} failed: {_short(e)}",
                                hint="check the image name, tag and registry login") from None
-        return str(self.client.images.get(ref).id)
 
     def _local_image(self, ref: str) -> Any:
         try:
@@ -366,6 +380,21 @@ class Slots:
         if st.get("Restarting") or c.status in ("exited", "dead"):
             return f"the container exited with code {st.get('ExitCode')}"
         return None
+
+    # --- what `zdagent logs`, `zdagent exec` and the release command run on -------------
+
+    UNIT = "container"  # what a slot is, in messages ("the blue slot has no container")
+
+    def log_stream(self, slot: str, *, follow: bool, since: int | None,
+                   tail: int | None) -> Iterator[bytes] | None:
+        """The slot's stdout and stderr as Docker delivers them; None without a slot."""
+        c = self._container(slot)
+        return None if c is None else c.logs(stream=True, **log_options(follow, since, tail))
+
+    def oneoff_image(self, image: str) -> str:
+        """The image a one-off container of ``image`` (a slot's or a candidate's) is created
+        from: here, where the slots run, it is already local."""
+        return image
 
     def logs_tail(self, slot: str, lines: int = 20) -> list[str]:
         c = self._container(slot)

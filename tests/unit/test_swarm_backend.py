@@ -7,7 +7,7 @@ import pytest
 from tests.unit.test_config import MINIMAL, error_of, write
 from zdagent import doctor as d
 from zdagent.config import load_config
-from zdagent.services import ServiceSlots, service_kwargs, short_of, slot_backend
+from zdagent.services import ServiceSlots, by_digest, service_kwargs, short_of, slot_backend
 from zdagent.slots import SlotInfo, Slots
 
 SWARM = MINIMAL.replace('state_dir = "state"', 'state_dir = "state"\nbackend = "swarm"')
@@ -57,9 +57,23 @@ def test_swarm_errors_name_the_key(tmp_path, section, key, fragment):
     assert key in msg and fragment in msg, msg
 
 
-def test_release_hook_is_refused_for_swarm(tmp_path):
-    msg = error_of(tmp_path, SWARM + '\n[hooks]\nrelease = ["migrate"]\n')
-    assert "hooks.release" in msg and "swarm" in msg
+def test_release_hook_is_refused_only_beside_swarm_secrets(tmp_path):
+    """A one-off container gets no Docker secrets: a release command there would run
+    without what the tasks have."""
+    release = '\n[hooks]\nrelease = ["migrate"]\n'
+    assert swarm_cfg(tmp_path, base=SWARM + release).hooks.release == ("migrate",)
+    msg = error_of(tmp_path, SWARM + release + '\n[swarm]\nsecrets = ["db"]\n')
+    assert "hooks.release" in msg and "swarm.secrets" in msg and "tasks only" in msg, msg
+
+
+@pytest.mark.parametrize(("image", "ref"), [
+    ("127.0.0.1:5000/web:v2@sha256:ab", "127.0.0.1:5000/web@sha256:ab"),
+    ("reg/team/web@sha256:ab", "reg/team/web@sha256:ab"),
+    ("web:v2@sha256:ab", "web@sha256:ab"),
+    ("sha256:0123", "sha256:0123"),  # an image id: as it is
+])
+def test_a_one_off_pulls_the_digest_alone(image, ref):
+    assert by_digest(image) == ref
 
 
 def test_service_spec_as_data(tmp_path):
