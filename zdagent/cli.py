@@ -957,7 +957,8 @@ def logs(
         min=0, max=1_000_000, help="Only the last N lines (default: all).")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Print a slot container's output (stdout and stderr), from Docker."""
+    """Print a slot's output (stdout and stderr), from Docker: its container's, or for a
+    swarm app its service's (every task's)."""
     from zdagent import oneoff
 
     with _guard():

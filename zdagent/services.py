@@ -343,6 +343,8 @@ class ServiceSlots(Slots):
         ref = by_digest(image)
         local = self._local_image(ref)
         if local is None:
+            if self.emit is not None:  # an image of some size takes a while: say why
+                self.emit(Event("info", f"pulling {ref} onto this host for the one-off"))
             repo, _, digest = ref.partition("@")
             self._fetch(ref, repo, digest, lambda _line: None)
             local = self.client.images.get(ref)

@@ -74,6 +74,7 @@ def test_logs_exec_and_release_of_a_swarm_app(make_app, swarm_registry, services
         # app's env and env_file, before the candidate's service exists
         p = app.ok("deploy", "v1")
         assert "migrating to v1 in release greeting=hi" in p.stderr and "migrated" in p.stderr
+        assert f"pulling {swarm_registry}@sha256:" in p.stderr, p.stderr
         assert app.served_version() == "v1" and _oneoffs(docker_client, app) == []
 
         # logs: the live service's output (-f keeps streaming it), --tail, and a slot
