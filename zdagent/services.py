@@ -367,6 +367,9 @@ class ServiceSlots(Slots):
             raise DeployFailed(f"the network {net} (container.network) does not exist",
                                hint=f"create it: docker network create --driver overlay "
                                     f"--attachable {net}") from None
+        except docker.errors.APIError as e:
+            raise DeployFailed(f"Docker refused reading the network {net}: {_short(e)}",
+                               hint="check the Docker daemon log") from None
         if attrs.get("Scope") == "swarm" and not attrs.get("Attachable"):
             raise DeployFailed(
                 f"a one-off container cannot join the overlay network {net}: it was created "
