@@ -36,6 +36,7 @@ REROUTE_RETRY = 10.0  # seconds before a failed re-render of the same task ports
 # How long a dead task's port may stay in the upstream while Swarm starts its replacement:
 # the replacement's port and the dead one's removal then cost one reload, not two.
 DEAD_PORT_GRACE = 30.0
+REFUSED_WITHIN = 0.5  # seconds: a dead task's port refuses a connection at once
 
 
 class Action(StrEnum):
@@ -370,7 +371,7 @@ async def _rerouted(cfg: AppConfig, hooks: WatchHooks, floor: TaskFloor | None,
     if ports is None or ports == floor.routed or ports[live] == (cfg.slot_port(live),):
         floor.shrunk_at = None
         return ports  # unchanged, or no live task to route to (the floor decides that)
-    if _dead_ports_may_wait(floor, ports):
+    if await _dead_ports_may_wait(floor, ports):
         return ports
     if ports == floor.failed and time.monotonic() < floor.retry_at:
         return ports  # the same re-render just failed: no reload storm
@@ -385,25 +386,50 @@ async def _rerouted(cfg: AppConfig, hooks: WatchHooks, floor: TaskFloor | None,
     return ports
 
 
-def only_gone(ports: dict[str, tuple[int, ...]],
-              routed: dict[str, tuple[int, ...]] | None) -> bool:
-    """Pure: tasks only went away since Nginx was told (no new port to route to)."""
-    return routed is not None and ports != routed and all(
-        set(p) <= set(routed.get(slot, ())) for slot, p in ports.items())
+def waitable_gone(ports: dict[str, tuple[int, ...]],
+                  routed: dict[str, tuple[int, ...]] | None) -> list[int] | None:
+    """Pure: the ports that left since Nginx was told, when leaving is all that changed and
+    at most one per slot left (the site passes a request on once, proxy_next_upstream_tries
+    2: two dead servers in a group could both be tried); else None."""
+    if routed is None or ports == routed:
+        return None
+    gone: list[int] = []
+    for slot, now in ports.items():
+        before = set(routed.get(slot, ()))
+        left = before - set(now)
+        if not set(now) <= before or len(left) > 1:
+            return None
+        gone.extend(left)
+    return gone or None
 
 
-def _dead_ports_may_wait(floor: TaskFloor, ports: dict[str, tuple[int, ...]]) -> bool:
+async def _dead_ports_may_wait(floor: TaskFloor, ports: dict[str, tuple[int, ...]]) -> bool:
     """A dead task's port left in the upstream costs nothing (Nginx's connect is refused and
     passes the request on, a POST too: it was not sent) while the re-render it would take is
-    a reload, whose closed keep-alive connections can cost a request. So removals wait for
-    the replacement's port, or at most ``DEAD_PORT_GRACE``."""
-    if not only_gone(ports, floor.routed):
+    a reload, whose closed keep-alive connections can cost a request. So one removal per slot
+    waits for the replacement's port, at most ``DEAD_PORT_GRACE``, and only while its port
+    refuses connections (a task still stopping, or a port taken again, is re-rendered now)."""
+    gone = waitable_gone(ports, floor.routed)
+    if gone is None or not all([await _refuses(port) for port in gone]):
         floor.shrunk_at = None
         return False
     now = time.monotonic()
     if floor.shrunk_at is None:
         floor.shrunk_at = now
     return now - floor.shrunk_at < DEAD_PORT_GRACE
+
+
+async def _refuses(port: int) -> bool:
+    """Whether a connection to 127.0.0.1:``port`` is refused at once (nothing listens)."""
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port),
+                                                 REFUSED_WITHIN)
+    except ConnectionRefusedError:
+        return True
+    except OSError:  # TimeoutError too
+        return False  # not refused at once: Nginx would wait on it too
+    writer.close()
+    return False
 
 
 def _settle(cfg: AppConfig, state: WatchState, hooks: WatchHooks, live: str, ok: bool,

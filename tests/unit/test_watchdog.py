@@ -445,24 +445,29 @@ def test_task_ports_are_rerendered_once_per_change_and_a_failure_is_not_retried_
 
 
 def test_a_dead_tasks_port_waits_for_its_replacement_so_both_cost_one_reload(tmp_path):
-    """Swarm task-ports: a task that only went away is not re-rendered at once (its port is
-    refused and Nginx passes on); the replacement's port brings one re-render for both, and a
-    removal with no replacement is re-rendered after DEAD_PORT_GRACE."""
+    """Swarm task-ports: one task per slot that only went away, its port refusing
+    connections, is not re-rendered at once (Nginx passes on); the replacement's port brings
+    one re-render for both. Two gone at once (the site passes a request on once), or a port
+    that still accepts, are re-rendered at once; no replacement: after DEAD_PORT_GRACE."""
     from types import SimpleNamespace
 
     from zdagent import watchdog as w
     from zdagent.services import TaskFloor
 
-    assert w.only_gone({"blue": (1,), "green": (5,)}, {"blue": (1, 2), "green": (5,)})
-    assert not w.only_gone({"blue": (1, 3), "green": (5,)}, {"blue": (1, 2), "green": (5,)})
-    assert not w.only_gone({"blue": (1,)}, None) and not w.only_gone({"blue": (1,)},
-                                                                     {"blue": (1,)})
+    assert w.waitable_gone({"blue": (1,), "green": (5,)}, {"blue": (1, 2), "green": (5,)}) \
+        == [2]
+    assert w.waitable_gone({"blue": (1, 3), "green": (5,)},
+                           {"blue": (1, 2), "green": (5,)}) is None  # a new port
+    assert w.waitable_gone({"blue": (1,)}, {"blue": (1, 2, 3)}) is None  # two gone
+    assert w.waitable_gone({"blue": (1,)}, None) is None
+    assert w.waitable_gone({"blue": (1,)}, {"blue": (1,)}) is None
     path = app_cfg(tmp_path, 18001, 18002, 18003, tmp_path / "pid").path
     path.write_text(path.read_text().replace("[source]", 'backend = "swarm"\n[source]')
                     + '[swarm]\nreplicas = 3\npublish_mode = "task-ports"\n')
     cfg = load_config(path)
     floor = TaskFloor(cfg)
-    now = {"blue": (32771,), "green": (32780, 32781, 32782)}
+    a, b, c, d, e = (free_port() for _ in range(5))  # nothing listens: refused
+    now = {"blue": (a,), "green": (b, c, d)}
     floor.task_ports = lambda: dict(now)
     asked: list[str] = []
 
@@ -477,17 +482,32 @@ def test_a_dead_tasks_port_waits_for_its_replacement_so_both_cost_one_reload(tmp
 
     round_()
     assert len(asked) == 1
-    now["green"] = (32780, 32782)  # a task died
+    now["green"] = (b, d)  # a task died
     round_()
     round_()
     assert len(asked) == 1 and floor.shrunk_at is not None
-    now["green"] = (32780, 32782, 32790)  # Swarm's replacement
+    now["green"] = (b, d, e)  # Swarm's replacement
     round_()
-    assert len(asked) == 2 and "green: 32780, 32782, 32790" in asked[1]
+    assert len(asked) == 2 and f"green: {b}, {d}, {e}" in asked[1]
     assert floor.shrunk_at is None
-    now["green"] = (32780, 32790)  # another died, and no replacement comes
+    now["green"] = (b,)  # two died at once: at once
     round_()
-    assert len(asked) == 2
+    assert len(asked) == 3
+    now["green"] = (b, d)
+    round_()  # a new port (d again): re-rendered
+    assert len(asked) == 4
+    with socket.socket() as listener:  # a gone port that still accepts (a task stopping)
+        listener.bind(("127.0.0.1", d))
+        listener.listen()
+        now["green"] = (b,)
+        round_()
+        assert len(asked) == 5
+    now["green"] = (b, d)
+    round_()
+    assert len(asked) == 6
+    now["green"] = (b,)  # one died, and no replacement comes
+    round_()
+    assert len(asked) == 6
     floor.shrunk_at -= w.DEAD_PORT_GRACE  # DEAD_PORT_GRACE later
     round_()
-    assert len(asked) == 3 and floor.routed == now
+    assert len(asked) == 7 and floor.routed == now
