@@ -17,6 +17,7 @@ by its registry digest: every node pulls exactly what was resolved here.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
@@ -55,6 +56,21 @@ POLL = 0.2
 FAILED = ("failed", "rejected", "orphaned")
 
 IPVS_PROC = "/proc/net/ip_vs"  # exists while the kernel can do the routing mesh
+
+
+def no_ipvs() -> bool:
+    """The kernel has no IPVS: not loaded, and no ``ip_vs`` module to load (a module that
+    exists is loaded by Docker when a service first needs it)."""
+    if Path(IPVS_PROC).exists():
+        return False
+    modules = Path("/lib/modules") / os.uname().release
+    for index in ("modules.builtin", "modules.dep"):
+        try:
+            if "/ip_vs.ko" in (modules / index).read_text():
+                return False
+        except OSError:
+            continue
+    return True
 
 
 def slot_backend(cfg: AppConfig, client: docker.DockerClient,
@@ -308,13 +324,17 @@ class ServiceSlots(Slots):
         update = svc.attrs.get("UpdateStatus") or {}
         if str(update.get("State", "")).startswith(("paused", "rollback")):
             return f"the update of {svc.name} stopped: {update.get('Message')}"
-        return self._no_mesh(slot)
+        return self._no_mesh(slot, svc)
 
-    def _no_mesh(self, slot: str) -> str | None:
+    def _no_mesh(self, slot: str, svc: Service) -> str | None:
         """Ingress mode on a kernel without IPVS: the tasks run, but the slot port never
-        answers (dockerd logs "ipvs is not enabled"). Asked once the service converged, when
-        Docker would have loaded the module, so a probe need not wait out its deadline."""
-        if self.cfg.swarm.publish_mode != "ingress" or Path(IPVS_PROC).exists():
+        answers (dockerd logs "ipvs is not enabled"). Said once every task runs, so that a
+        probe need not wait out its deadline; a kernel that has the module but has not
+        loaded it yet is not judged."""
+        if self.cfg.swarm.publish_mode != "ingress" or not no_ipvs():
+            return None
+        counts = self._counts(svc)
+        if counts is None or not counts[1] or counts[0] < counts[1]:
             return None
         return (f"Swarm's routing mesh cannot publish port {self.cfg.slot_port(slot)} here: "
                 f"this kernel has no IPVS ({IPVS_PROC}); set swarm.publish_mode = "
