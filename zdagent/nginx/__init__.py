@@ -348,12 +348,15 @@ class Nginx:
             time.sleep(0.005)
         return deadline
 
-    def wait_not_accepting(self, pids: frozenset[int], deadline: float) -> None:
+    def wait_not_accepting(self, pids: frozenset[int], deadline: float) -> bool:
         """After a reload: wait (until ``deadline``, monotonic) for the old workers to close
-        their listening sockets, so no new connection lands on the old config. Workers of
-        another user cannot be looked at: then no wait."""
-        while any(_listening(p) for p in pids) and time.monotonic() < deadline:
+        their listening sockets, so no new connection lands on the old config; False if
+        one still listens. Workers of another user cannot be looked at: then no wait."""
+        while any(_listening(p) for p in pids):
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.005)
+        return True
 
     def verify_split(self, split: Split, deadline: float) -> None:
         """Reload mode's canary step: both slots answer fresh requests through Nginx (the

@@ -404,13 +404,15 @@ class NjsSwitcher(Switcher):
                 atomic_write(nginx.file, wanted)
                 problem = nginx.run_command(self.cfg.nginx.test_command, "nginx -t")
                 if problem:
-                    raise NginxError(f"nginx -t failed: {problem}",
-                                     hint="is the njs module loaded (libnginx-mod-http-js)?")
+                    raise NginxError(f"nginx -t failed: {problem}", hint=_njs_test_hint(
+                        self.cfg, problem))
                 # Reload before the active file changes: workers of the old config would
                 # route by the new active file to their groups' old ports (gone tasks).
                 old = nginx.workers()
-                deadline = nginx.reload(old)
-                nginx.wait_not_accepting(old, deadline)
+                if not nginx.wait_not_accepting(old, nginx.reload(old)):
+                    nginx.emit(Event("warn", "old Nginx workers still held their listening "
+                                             "sockets after the reload; switching anyway"))
+                deadline = time.monotonic() + self.cfg.nginx.reload_timeout
             running = wanted if changed else prev_upstream or ""
             atomic_write(active, active_line(running, wanted))
             verify(deadline)
@@ -462,6 +464,15 @@ def restored_error(e: Exception, restored: bool, what: str, *, hint: str = "",
 def _cause(e: Exception) -> Exception | None:
     """Chain only what zdagent did not explain itself (its messages carry the cause)."""
     return None if isinstance(e, ZdError) else e
+
+
+def _njs_test_hint(cfg: AppConfig, problem: str) -> str:
+    """What to do when ``nginx -t`` refuses the njs upstream file."""
+    if "unknown" in problem and "variable" in problem:
+        return (f"the installed site block is older than this zdagent: re-render it "
+                f"(zdagent nginx render -c {cfg.path} --site > <site file>), then "
+                "nginx -t && nginx -s reload (nothing was changed)")
+    return "is the njs module loaded (libnginx-mod-http-js)?"
 
 
 def _site(cfg: AppConfig, template: str) -> str:
