@@ -362,9 +362,11 @@ def swarm_verdicts(cfg: AppConfig, f: SwarmFacts) -> list[Result]:
                                "manager", "run zdagent on a manager node")]
     if cfg.swarm.publish_mode == "ingress" and not f.ipvs:
         out.append(Result(f"{check}/mesh", FAIL, "publish_mode = \"ingress\" needs the "
-                          "routing mesh, and this kernel has no IPVS (/proc/net/ip_vs)",
-                          "load ip_vs (`modprobe ip_vs`) or use a kernel with it; or set "
-                          "swarm.publish_mode = \"host\" (one task per node)"))
+                          "routing mesh, and this kernel has no IPVS (no /proc/net/ip_vs, no "
+                          "ip_vs module)",
+                          "use a kernel with the ip_vs module; or set swarm.publish_mode = "
+                          "\"task-ports\" (several tasks on this node) or \"host\" (one task "
+                          "per node)"))
     if cfg.swarm.publish_mode == "host" and f.nodes is not None and \
             cfg.swarm.replicas > f.nodes:
         out.append(Result(f"{check}/placement", FAIL, f"publish_mode = \"host\" runs one task "
@@ -399,9 +401,9 @@ def swarm_verdicts(cfg: AppConfig, f: SwarmFacts) -> list[Result]:
 def swarm_facts() -> SwarmFacts:
     import docker
 
-    from zdagent.services import IPVS_PROC  # with docker: only when a swarm app is checked
+    from zdagent.services import no_ipvs  # with docker: only when a swarm app is checked
 
-    ipvs = Path(IPVS_PROC).exists()
+    ipvs = not no_ipvs()  # loaded, or a module Docker loads when the mesh first needs it
     try:
         rules: str | None = subprocess.run(
             ["iptables", "-S", "DOCKER-USER"], capture_output=True, text=True, timeout=10,

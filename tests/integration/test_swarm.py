@@ -255,13 +255,23 @@ def test_three_replicas_through_the_routing_mesh(make_app, swarm_registry, servi
     assert app.served_version() == "v1"
 
 
-def test_ingress_without_ipvs_fails_fast_and_says_why(make_app, swarm_registry, services):
-    """A kernel without IPVS cannot run the routing mesh: the deploy stops as soon as the
-    service converged (not at the probe deadline) with the cause and the way out, and
-    nothing is routed."""
-    if ipvs_available():
-        pytest.skip("this kernel has IPVS: the routing mesh works here")
+def test_ingress_without_ipvs_fails_fast_and_says_why(make_app, swarm_registry, services,
+                                                      tmp_path):
+    """A kernel without IPVS cannot run the routing mesh: doctor fails the app, and the
+    deploy stops as soon as the service converged (not at the probe deadline) with the
+    cause and the way out, and nothing is routed."""
+    from zdagent.services import no_ipvs
+
+    if not no_ipvs():
+        pytest.skip("this kernel has IPVS (or an ip_vs module): the routing mesh can work")
     app = swarm_app(make_app, swarm_registry, mode="ingress")
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    shutil.copy(app.config, apps / f"{app.name}.toml")
+    checks = {r["check"]: r for r in json.loads(
+        app.cli("doctor", "--json", "--config-dir", str(apps)).stdout)}
+    mesh = checks[f"swarm:{app.name}/mesh"]
+    assert mesh["status"] == "fail" and "task-ports" in json.dumps(mesh), mesh
     text = app.config.read_text()
     assert "startup_deadline = 15\n" in text
     app.config.write_text(text.replace("startup_deadline = 15\n", "startup_deadline = 600\n"))
