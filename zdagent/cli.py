@@ -1041,6 +1041,9 @@ def prune(
         for d in plan.builds_remove:
             out.print(f"{'would remove' if dry_run else 'removed'}  build dir {d}",
                       markup=False)
+        for cid in plan.containers_remove:
+            out.print(f"{'would remove' if dry_run else 'removed'}  stopped task container "
+                      f"{cid[:12]} (Swarm's task history of an image that goes)", markup=False)
         verb = "would free" if dry_run else "freed"
         err.print(f"{len(plan.remove)} image(s), {verb} "
                   f"{retention.human_bytes(plan.bytes_freed)} (retain = {cfg.retain})")

@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ class Plan:
     keep: list[Choice] = field(default_factory=list)
     remove: list[Choice] = field(default_factory=list)
     builds_remove: list[str] = field(default_factory=list)  # directory paths
+    containers_remove: list[str] = field(default_factory=list)  # stopped swarm tasks' (ids)
 
     @property
     def bytes_freed(self) -> int:
@@ -86,7 +87,9 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {"keep": [asdict(c) for c in self.keep],
                 "remove": [asdict(c) for c in self.remove],
-                "builds_remove": list(self.builds_remove), "bytes_freed": self.bytes_freed}
+                "builds_remove": list(self.builds_remove),
+                "containers_remove": list(self.containers_remove),
+                "bytes_freed": self.bytes_freed}
 
 
 def choose(deployed: Sequence[Deployed], images: Sequence[ImageFacts],
@@ -167,6 +170,12 @@ def collect(cfg: AppConfig, slots: Slots, store: Store, live: str | None) -> Pla
     """Everything :func:`choose` needs, read from Docker and the store, and its decision."""
     api = slots.client.api
     deployed = _history(store, cfg.name)
+    slot_refs: dict[str, str] = {}  # the slots' image refs (a swarm slot's is a digest ref)
+    if live:
+        for slot, role in ((other(live), "standby"), (live, "live")):
+            ref = slots.info(slot).image_id
+            if ref:
+                slot_refs[ref] = role
     src = cfg.source
     sizes = {i["Id"]: max(0, int(i.get("Size") or 0) - max(0, int(i.get("SharedSize") or 0)))
              for i in api.df().get("Images") or []}
@@ -174,18 +183,20 @@ def collect(cfg: AppConfig, slots: Slots, store: Store, live: str | None) -> Pla
     if isinstance(src, ImageSource):
         raw = {}  # pulled images carry the publisher's labels, not ours: history names them
         if src.pull != "never":
+            local = api.images()
+            ids = slots.local_ids({d.image_id for d in deployed} | set(slot_refs), local)
+            deployed = [replace(d, image_id=ids.get(d.image_id, d.image_id)) for d in deployed]
+            slot_refs = {ids.get(ref, ref): role for ref, role in slot_refs.items()}
             wanted = {d.image_id for d in deployed}
-            raw = {i["Id"]: i for i in api.images() if i["Id"] in wanted}
+            raw = {i["Id"]: i for i in local if i["Id"] in wanted}
     images = [_facts(i, _repository(cfg), sizes) for i in raw.values()]
+    containers = api.containers(all=True)
+    spent = slots.spent(containers)
     in_use = {c.get("ImageID", ""): (c.get("Names") or ["?"])[0].lstrip("/")
-              for c in api.containers(all=True)}
-    slot_images: dict[str, str] = {}
-    if live:
-        for slot, role in ((other(live), "standby"), (live, "live")):
-            image_id = slots.info(slot).image_id
-            if image_id:
-                slot_images[image_id] = role
-    plan = choose(deployed, images, in_use, slot_images, cfg.retain)
+              for c in containers if c.get("Id") not in spent}
+    plan = choose(deployed, images, in_use, slot_refs, cfg.retain)
+    gone = {c.image_id for c in plan.remove}
+    plan.containers_remove = sorted(cid for cid, image in spent.items() if image in gone)
     if isinstance(src, GitSource):
         builds = cfg.state_dir / "builds" / cfg.name
         dirs = [d for d in builds.iterdir() if d.is_dir()] if builds.is_dir() else []
@@ -200,6 +211,16 @@ def apply(cfg: AppConfig, slots: Slots, plan: Plan, emit: Emit) -> Plan:
     """Remove what the plan chose; return what actually went (an image that became used
     since is skipped with a warning)."""
     done = Plan(keep=plan.keep)
+    for cid in plan.containers_remove:  # stopped, never started again: Swarm's task history
+        try:
+            slots.client.api.remove_container(cid)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:  # its image is then kept, with a warning below
+            emit(Event("warn", f"kept the stopped task container {cid[:12]}: "
+                               f"{e.explanation or e}"))
+            continue
+        done.containers_remove.append(cid)
     for c in plan.remove:
         try:
             for ref in c.tags or (c.image_id,):

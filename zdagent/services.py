@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ from zdagent.slots import (
 NS = 1_000_000_000
 POLL = 0.2
 FAILED = ("failed", "rejected", "orphaned")
+SWARM_TASK = "com.docker.swarm.task.id"  # the label of a task's container
 
 IPVS_PROC = "/proc/net/ip_vs"  # exists while the kernel can do the routing mesh
 
@@ -164,6 +165,23 @@ def by_digest(image: str) -> str:
     return f"{head}{slash}{last.split(':', 1)[0]}@{digest}"
 
 
+def local_image_ids(refs: Iterable[str], images: Sequence[Mapping[str, Any]]
+                    ) -> dict[str, str]:
+    """Pure: digest-pinned refs -> the ids of this host's images pulled by them (their
+    ``RepoDigests``); a ref this host never pulled is left out (its image is elsewhere)."""
+    here = {d: str(i["Id"]) for i in images for d in i.get("RepoDigests") or []}
+    return {r: here[by_digest(r)] for r in refs if by_digest(r) in here}
+
+
+def spent_tasks(containers: Sequence[Mapping[str, Any]], app: str) -> dict[str, str]:
+    """Pure: container id -> image id of ``app``'s task containers that stopped. Swarm never
+    starts such a container again (a restart is a new task); it keeps them as the service's
+    task history, which would otherwise hold every old image here."""
+    return {str(c["Id"]): str(c.get("ImageID", "")) for c in containers
+            if (c.get("Labels") or {}).get(f"{LABEL}.app") == app
+            and SWARM_TASK in (c.get("Labels") or {}) and c.get("State") in ("exited", "dead")}
+
+
 def task_image(task: dict[str, Any]) -> str:
     return str(task.get("Spec", {}).get("ContainerSpec", {}).get("Image", ""))
 
@@ -219,6 +237,15 @@ class ServiceSlots(Slots):
             return True
         except docker.errors.APIError:
             return False
+
+    def local_ids(self, refs: Iterable[str],
+                  images: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+        """History and the services name images by digest; this host has them under
+        ``repo@sha256:…`` if it pulled them (other nodes keep their own)."""
+        return local_image_ids(refs, images)
+
+    def spent(self, containers: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+        return spent_tasks(containers, self.cfg.name)
 
     # --- services ----------------------------------------------------------------------
 

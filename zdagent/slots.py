@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -288,6 +288,19 @@ class Slots:
 
     def has_image(self, image_id: str) -> bool:
         return self._local_image(image_id) is not None
+
+    # --- what image retention sees on this host -------------------------------------------
+
+    def local_ids(self, refs: Iterable[str],
+                  images: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+        """ref -> this host's image id, for the images history and the slots name: a
+        container's ``image_id`` is the local id already."""
+        return {r: r for r in refs}
+
+    def spent(self, containers: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+        """container id -> image id of this app's containers that keep an image only as a
+        record (none here: a stopped slot container is started again by a rollback)."""
+        return {}
 
     # --- containers ---------------------------------------------------------------------
 

@@ -7,7 +7,15 @@ import pytest
 from tests.unit.test_config import MINIMAL, error_of, write
 from zdagent import doctor as d
 from zdagent.config import load_config
-from zdagent.services import ServiceSlots, by_digest, service_kwargs, short_of, slot_backend
+from zdagent.services import (
+    ServiceSlots,
+    by_digest,
+    local_image_ids,
+    service_kwargs,
+    short_of,
+    slot_backend,
+    spent_tasks,
+)
 from zdagent.slots import SlotInfo, Slots
 
 SWARM = MINIMAL.replace('state_dir = "state"', 'state_dir = "state"\nbackend = "swarm"')
@@ -74,6 +82,33 @@ def test_release_hook_is_refused_only_beside_swarm_secrets(tmp_path):
 ])
 def test_a_one_off_pulls_the_digest_alone(image, ref):
     assert by_digest(image) == ref
+
+
+def test_retention_maps_digest_refs_to_this_hosts_images():
+    images = [{"Id": "sha256:1", "RepoDigests": ["reg:5000/web@sha256:aa"]},
+              {"Id": "sha256:2", "RepoDigests": ["other/x@sha256:bb", "reg:5000/web@sha256:bb"]},
+              {"Id": "sha256:3", "RepoDigests": None}]
+    refs = ["reg:5000/web:v1@sha256:aa", "reg:5000/web:v2@sha256:bb",
+            "reg:5000/web:v3@sha256:cc"]  # v3 was never pulled here: another node has it
+    assert local_image_ids(refs, images) == {"reg:5000/web:v1@sha256:aa": "sha256:1",
+                                             "reg:5000/web:v2@sha256:bb": "sha256:2"}
+    assert Slots.local_ids(None, ["sha256:9"], images) == {"sha256:9": "sha256:9"}  # type: ignore[arg-type]
+
+
+def test_only_this_apps_stopped_task_containers_are_spent():
+    task = {"zdagent.app": "web", "com.docker.swarm.task.id": "t"}
+    containers = [
+        {"Id": "c1", "ImageID": "sha256:1", "Labels": task, "State": "exited"},
+        {"Id": "c2", "ImageID": "sha256:2", "Labels": task, "State": "running"},
+        {"Id": "c3", "ImageID": "sha256:1", "Labels": {**task, "zdagent.app": "api"},
+         "State": "exited"},  # another app's
+        {"Id": "c4", "ImageID": "sha256:1", "Labels": {"zdagent.app": "web"},
+         "State": "exited"},  # a container of ours that is no task (a one-off, a slot)
+        {"Id": "c5", "ImageID": "sha256:3", "Labels": task, "State": "dead"},
+        {"Id": "c6", "ImageID": "sha256:3", "Labels": task, "State": "created"},  # starting
+    ]
+    assert spent_tasks(containers, "web") == {"c1": "sha256:1", "c5": "sha256:3"}
+    assert Slots.spent(None, containers) == {}  # type: ignore[arg-type]
 
 
 def test_service_spec_as_data(tmp_path):
