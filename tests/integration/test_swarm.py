@@ -63,6 +63,11 @@ def services(docker_client):
     """Removes every service of the test's apps, also when the test failed."""
     apps: list[str] = []
     yield apps
+    remove_services(docker_client, apps)
+
+
+def remove_services(docker_client, apps: list[str]) -> None:
+    """Remove the apps' services and wait until Swarm removed their tasks' containers."""
     for name in apps:
         for s in docker_client.services.list(filters={"label": f"zdagent.app={name}"}):
             s.remove()

@@ -10,9 +10,12 @@ import io
 import json
 import uuid
 
+import docker.errors
+import pytest
+
 from benchmarks.harness import push, untag
-from tests.integration.test_daemon import wait_for
-from tests.integration.test_swarm import services, swarm_app, swarm_registry
+from tests.integration.test_swarm import remove_services, services, swarm_app, swarm_registry
+from zdagent.services import by_digest
 
 __all__ = ["services", "swarm_registry"]  # the fixtures, shared
 
@@ -51,8 +54,7 @@ def _digest(app, version: str) -> str:
     """The digest ref (repo@sha256:…) the last deploy of ``version`` pinned."""
     for h in json.loads(app.ok("history", "--json").stdout):
         if h["version"] == version and h.get("image_id"):
-            name, _, digest = h["image_id"].partition("@")
-            return f"{name.rpartition(':')[0]}@{digest}"
+            return by_digest(h["image_id"])
     raise AssertionError(f"no deploy of {version} in the history")
 
 
@@ -71,10 +73,10 @@ def _stopped_tasks(client, app) -> list[str]:
 def test_retention_prunes_a_swarm_apps_old_images_on_this_host(
         make_app, swarm_registry, services, docker_client):
     repo = f"{swarm_registry.rpartition('/')[0]}/zdret{uuid.uuid4().hex[:6]}"
-    _push_versions(docker_client, repo, ["r1", "r2", "r3"])
     app = swarm_app(make_app, repo)
     services.append(app.name)
     try:
+        _push_versions(docker_client, repo, ["r1", "r2", "r3"])
         for v in ("r1", "r2", "r3"):  # retain = 5: nothing goes yet
             assert "pruned" not in app.ok("deploy", v).stderr
         digests = {v: _digest(app, v) for v in ("r1", "r2", "r3")}
@@ -97,6 +99,10 @@ def test_retention_prunes_a_swarm_apps_old_images_on_this_host(
         real = json.loads(app.ok("prune", "--json").stdout)
         assert real["remove"] == dry["remove"]
         assert set(_here(docker_client, repo)) == {digests["r2"], digests["r3"]}
+        assert real["containers_remove"] == dry["containers_remove"]
+        for cid in real["containers_remove"]:
+            with pytest.raises(docker.errors.NotFound):
+                docker_client.containers.get(cid)
         assert _live(app) == "r3"
         assert json.loads(app.ok("prune", "--dry-run", "--json").stdout)["remove"] == []
 
@@ -110,10 +116,6 @@ def test_retention_prunes_a_swarm_apps_old_images_on_this_host(
         assert {s["version"] for s in st.values()} == {"r1", "r3"}
         assert all(s["tasks"] == "1/1 running" for s in st.values()), st
     finally:
-        for s in docker_client.services.list(filters={"label": f"zdagent.app={app.name}"}):
-            s.remove()
-        wait_for(lambda: not docker_client.containers.list(
-            all=True, sparse=True, filters={"label": f"zdagent.app={app.name}"}), 60,
-            "the services' containers to go")
+        remove_services(docker_client, [app.name])  # before untag: they use the images
         untag(docker_client, repo)
 
