@@ -1,7 +1,7 @@
 """Image retention of a swarm app (app.backend = "swarm") on this host: a real single-node
 swarm, images pulled by digest from a local registry (host mode: see test_swarm.py).
 
-The images are made for this test (zdtest:v1 plus a label of their own) and exist here only
+The images are made for this test (zdtest:v1 saying their own version) and exist here only
 as pulled by digest, so nothing else names them and retention may remove them."""
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ def _push_versions(client, repo: str, versions: list[str]) -> None:
     for v in versions:
         local = f"zdtest-ret-{uuid.uuid4().hex[:8]}:{v}"
         client.images.build(fileobj=io.BytesIO(
-            f"FROM zdtest:v1\nLABEL zdtest.retention={local}\n".encode()), tag=local, rm=True)
+            f"FROM zdtest:v1\nLABEL zdtest.retention={local}\n"  # the probe wants {v}:
+            f'RUN ["/bin/busybox", "sh", "-c", "echo {v} > /www/version.txt"]\n'.encode()),
+            tag=local, rm=True)
         push(client, local, repo, v)
         client.images.remove(local)  # left here under repo@sha256:… only, as if pulled
 
@@ -59,10 +61,10 @@ def _digest(app, version: str) -> str:
 
 
 def _live(app) -> str:
-    """The live slot's version, once it serves (every image here says v1 itself)."""
-    assert app.get().status_code == 200
+    """The version the app serves, and that status names it live."""
     st = json.loads(app.ok("status", "--json").stdout)
-    return str(st["slots"][st["live_slot"]]["version"])
+    assert st["slots"][st["live_slot"]]["version"] == app.served_version()
+    return app.served_version()
 
 
 def _stopped_tasks(client, app) -> list[str]:
