@@ -11,6 +11,9 @@ it chose. Rules, in order:
   failed candidate's, after all of those) fill ``retain``;
 * an image that also carries a tag outside this app's repository is left alone;
 * with an image source and ``pull = "never"`` the images are the operator's: never pruned.
+* a swarm app's images are this host's ones its digest refs name (``Slots.local_ids``); its
+  stopped task containers (Swarm's task history, ``Slots.spent``) hold no image and go
+  with theirs. Other nodes prune their own.
 
 Git build directories (``state_dir/builds/<app>/<commit>``) of versions not kept go too.
 Pruned versions are remembered (``state_dir/retention-<app>.json``) so ``rollback --to`` can

@@ -176,7 +176,7 @@ def local_image_ids(refs: Iterable[str], images: Sequence[Mapping[str, Any]]
 def spent_tasks(containers: Sequence[Mapping[str, Any]], app: str) -> dict[str, str]:
     """Pure: container id -> image id of ``app``'s task containers that stopped. Swarm never
     starts such a container again (a restart is a new task); it keeps them as the service's
-    task history, which would otherwise hold every old image here."""
+    task history (5 per task by default), which would otherwise keep old images in use."""
     return {str(c["Id"]): str(c.get("ImageID", "")) for c in containers
             if (c.get("Labels") or {}).get(f"{LABEL}.app") == app
             and SWARM_TASK in (c.get("Labels") or {}) and c.get("State") in ("exited", "dead")}
