@@ -17,6 +17,7 @@ by its registry digest: every node pulls exactly what was resolved here.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -62,16 +63,21 @@ IPVS_PROC = "/proc/net/ip_vs"  # exists while the kernel can do the routing mesh
 def no_ipvs() -> bool:
     """The kernel has no IPVS: not loaded, and no ``ip_vs`` module to load (a module that
     exists is loaded by Docker when a service first needs it)."""
-    if Path(IPVS_PROC).exists():
-        return False
+    return not Path(IPVS_PROC).exists() and not _ipvs_module()
+
+
+@functools.cache
+def _ipvs_module() -> bool:
+    """Whether the running kernel has an ``ip_vs`` module (built in or loadable). Read once:
+    the indexes are large and do not change under a running kernel."""
     modules = Path("/lib/modules") / os.uname().release
     for index in ("modules.builtin", "modules.dep"):
         try:
             if "/ip_vs.ko" in (modules / index).read_text():
-                return False
+                return True
         except OSError:
             continue
-    return True
+    return False
 
 
 def slot_backend(cfg: AppConfig, client: docker.DockerClient,
@@ -358,10 +364,10 @@ class ServiceSlots(Slots):
         answers (dockerd logs "ipvs is not enabled"). Said once every task runs, so that a
         probe need not wait out its deadline; a kernel that has the module but has not
         loaded it yet is not judged."""
-        if self.cfg.swarm.publish_mode != "ingress" or not no_ipvs():
+        if self.cfg.swarm.publish_mode != "ingress":
             return None
         counts = self._counts(svc)
-        if counts is None or not counts[1] or counts[0] < counts[1]:
+        if counts is None or not counts[1] or counts[0] < counts[1] or not no_ipvs():
             return None
         return (f"Swarm's routing mesh cannot publish port {self.cfg.slot_port(slot)} here: "
                 f"this kernel has no IPVS ({IPVS_PROC}); set swarm.publish_mode = "
