@@ -386,8 +386,7 @@ async def _rerouted(cfg: AppConfig, hooks: WatchHooks, floor: TaskFloor | None,
     return ports
 
 
-def waitable_gone(ports: dict[str, tuple[int, ...]],
-                  routed: dict[str, tuple[int, ...]] | None) -> list[int] | None:
+def waitable_gone(ports: Ports, routed: Ports | None) -> list[int] | None:
     """Pure: the ports that left since Nginx was told, when leaving is all that changed and
     at most one per slot left (the site passes a request on once, proxy_next_upstream_tries
     2: two dead servers in a group could both be tried); else None."""
@@ -403,7 +402,7 @@ def waitable_gone(ports: dict[str, tuple[int, ...]],
     return gone or None
 
 
-async def _dead_ports_may_wait(floor: TaskFloor, ports: dict[str, tuple[int, ...]]) -> bool:
+async def _dead_ports_may_wait(floor: TaskFloor, ports: Ports) -> bool:
     """A dead task's port left in the upstream costs nothing (Nginx's connect is refused and
     passes the request on, a POST too: it was not sent) while the re-render it would take is
     a reload, whose closed keep-alive connections can cost a request. So one removal per slot

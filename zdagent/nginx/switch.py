@@ -399,7 +399,6 @@ class NjsSwitcher(Switcher):
         changed = wanted != prev_upstream
         old: frozenset[int] = frozenset()
         try:
-            deadline = time.monotonic() + self.cfg.nginx.reload_timeout
             if changed:  # first use, or new ports (swarm task-ports: new tasks)
                 atomic_write(nginx.file, wanted)
                 problem = nginx.run_command(self.cfg.nginx.test_command, "nginx -t")
@@ -412,7 +411,7 @@ class NjsSwitcher(Switcher):
                 if not nginx.wait_not_accepting(old, nginx.reload(old)):
                     nginx.emit(Event("warn", "old Nginx workers still held their listening "
                                              "sockets after the reload; switching anyway"))
-                deadline = time.monotonic() + self.cfg.nginx.reload_timeout
+            deadline = time.monotonic() + self.cfg.nginx.reload_timeout
             running = wanted if changed else prev_upstream or ""
             atomic_write(active, active_line(running, wanted))
             verify(deadline)
