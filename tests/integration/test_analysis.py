@@ -69,7 +69,13 @@ def test_bad_release_is_reverted_by_its_traffic(make_app, daemon_factory, releas
     assert "> 5%" in row["reason"] and "green since the switch: " in row["reason"], row
     assert "previous blue: " in row["reason"], row
     assert live_in_file(app) == "blue" and app.served_version() == "v1"
-    a = analysis(app, d)
+    # The history row is written inside the revert; the daemon's analysis says "reverted"
+    # once the revert has returned to it: wait for that state, not for luck.
+    def reverted() -> dict | None:
+        a = analysis(app, d)
+        return a if a["verdict"] == "reverted" else None
+
+    a = wait_for(reverted, 10, "the analysis to record its revert")
     assert a["verdict"] == "reverted" and a["slot"] == "green", a
     assert a["figures"]["errors"] >= 4 and a["figures"]["error_rate"] > 0.05, a
     failed = [f for f in load.failures if f.startswith("HTTP 500")]
